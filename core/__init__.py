@@ -1,0 +1,1 @@
+"""The diffusion model and its training: plain PyTorch, no UI imports."""

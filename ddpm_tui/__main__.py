@@ -1,0 +1,3 @@
+from ddpm_tui.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Selenium image search, validated downloads and the scrape manifest; no torch imports."""
