@@ -1,0 +1,130 @@
+"""The breeds to search for: the seed's 26 defaults, safe folder slugs and query text.
+
+A breed is known by its slug (``labrador_retrievers``). The seed stored its photos in
+folders named after the whole query (``labrador_retrievers_dog_pictures``); such names map
+to the same slug, so an existing seed folder keeps receiving that breed's photos.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from pathlib import Path
+
+# The seed's image_scrapper.py list, in its order (spelling kept: "jack russel").
+DEFAULT_BREEDS: tuple[str, ...] = (
+    "jack russel terrier",
+    "french bulldogs",
+    "labrador retrievers",
+    "golden retrievers",
+    "german shepherd",
+    "poodles",
+    "bulldogs",
+    "rottweilers",
+    "beagles",
+    "dachshunds",
+    "german shorthaired pointers",
+    "pembroke welsh corgis",
+    "australian shepherds",
+    "yorkshire terriers",
+    "cavalier king charles spaniels",
+    "doberman pinschers",
+    "boxers",
+    "miniature schnauzers",
+    "cane corso",
+    "great danes",
+    "shih tzu",
+    "siberian huskies",
+    "bernese mountain dogs",
+    "pomeranians",
+    "boston terriers",
+    "havanese",
+)
+
+QUERY_SUFFIX = "dog pictures"
+_SEED_SUFFIX = "_" + QUERY_SUFFIX.replace(" ", "_")  # "_dog_pictures"
+MAX_SLUG_LENGTH = 80
+
+
+class BreedError(ValueError):
+    """A breed name that cannot become a safe folder name."""
+
+
+def breed_slug(name: str) -> str:
+    """Folder-safe slug: lower case, letters/digits joined by ``_``; never empty, ``.`` or
+    ``..``, never a path separator. The seed's ``<breed>_dog_pictures`` maps to ``<breed>``."""
+    text = unicodedata.normalize("NFKC", str(name)).casefold().strip()
+    # \w keeps letters of any script; everything else (/, \, ., spaces, quotes) separates words.
+    slug = re.sub(r"[\W_]+", "_", text).strip("_")
+    if slug.endswith(_SEED_SUFFIX) and len(slug) > len(_SEED_SUFFIX):
+        slug = slug[: -len(_SEED_SUFFIX)]
+    slug = slug[:MAX_SLUG_LENGTH].strip("_")
+    if not slug:
+        raise BreedError(f"breed name {name!r} has no letters or digits to name a folder")
+    return slug
+
+
+def breed_label(name: str) -> str:
+    """Human-readable name of a breed (the slug with spaces)."""
+    return breed_slug(name).replace("_", " ")
+
+
+def query_for(name: str) -> str:
+    """Search text for a breed, as the seed typed it: ``"<breed> dog pictures"``."""
+    return f"{breed_label(name)} {QUERY_SUFFIX}"
+
+
+def parse_breeds(text: str) -> list[str]:
+    """Comma-separated breed names -> unique slugs in order (``--breeds a,b``)."""
+    return _unique_slugs(part for part in text.split(","))
+
+
+def read_breeds_file(path: str | Path) -> list[str]:
+    """One breed a line (``#`` starts a comment; commas also separate) -> unique slugs."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise BreedError(f"{p}: not a UTF-8 text file ({exc.reason})") from None
+    except OSError as exc:
+        raise BreedError(f"{p}: cannot read breeds file ({exc.strerror or exc})") from None
+    parts: list[str] = []
+    for line in text.splitlines():
+        parts.extend(line.split("#", 1)[0].split(","))
+    slugs = _unique_slugs(parts)
+    if not slugs:
+        raise BreedError(f"{p}: no breed names in the file")
+    return slugs
+
+
+def _unique_slugs(parts) -> list[str]:
+    seen: dict[str, None] = {}
+    for part in parts:
+        if part.strip():
+            seen.setdefault(breed_slug(part), None)
+    return list(seen)
+
+
+def breed_folder(dataset_dir: str | Path, breed: str) -> Path:
+    """The folder a breed's photos go to inside ``dataset_dir``.
+
+    An existing folder whose name has the same slug (the seed's
+    ``labrador_retrievers_dog_pictures``, or ``Labrador Retrievers``) is reused, so one breed
+    never ends up split over two class folders. Otherwise ``dataset_dir/<slug>``.
+    """
+    root = Path(dataset_dir)
+    slug = breed_slug(breed)
+    exact = root / slug
+    if exact.is_dir():
+        return exact
+    try:
+        entries = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        entries = []
+    for entry in entries:
+        try:
+            if breed_slug(entry.name) == slug:
+                return entry
+        except BreedError:
+            continue
+    return exact
