@@ -1,0 +1,548 @@
+"""The run directory: the contract between the trainer (writer) and the studio / CLI (readers).
+
+```
+runs/<name>/
+  config.json     everything needed to rebuild the model and continue training
+  status.json     state, pid, host, step, epoch, message; replaced atomically
+  metrics.jsonl   one JSON object a line, appended and flushed
+  checkpoints/    last.pt (+ kept milestones), written atomically by core.checkpoint
+  samples/        epoch_0010.png, ema_epoch_0010.png, ...
+  train.log       the trainer's own log
+```
+
+Writers never leave a half-written JSON file (temp file + fsync + os.replace). Readers
+never crash on what a killed writer may leave behind: a missing or garbled file reads as
+None, a half-written last metrics line is left for the next read, and a status that still
+says "running" while its process is gone reads as "died".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RUN_STATES = ("running", "stopped", "finished", "failed")
+# What effective_state() can return on top of RUN_STATES.
+DIED = "died"
+UNKNOWN = "unknown"
+
+CONFIG_FILE = "config.json"
+STATUS_FILE = "status.json"
+METRICS_FILE = "metrics.jsonl"
+LOG_FILE = "train.log"
+CHECKPOINTS_DIR = "checkpoints"
+SAMPLES_DIR = "samples"
+LAST_CHECKPOINT = "last.pt"
+
+# How much of the end of metrics.jsonl run_info() reads to find the last loss.
+_TAIL_BYTES = 64 * 1024
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def _json_default(value: Any) -> Any:
+    """Let configs carry Paths, tuples of Paths and other simple objects."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _finite(value: Any) -> Any:
+    """NaN/inf are not JSON; write them as null so every reader can parse the line."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    """Write ``text`` so that ``path`` is always either the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # Our own temp file, never the user's: safe to remove.
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (best effort: not every OS/filesystem allows it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_json(path: Path | str, obj: Any) -> None:
+    text = json.dumps(_finite(obj), indent=2, sort_keys=True, default=_json_default, allow_nan=False)
+    atomic_write_text(path, text + "\n")
+
+
+def _read_json_dict(path: Path) -> dict | None:
+    """A JSON object from ``path``; None when missing, unreadable, garbled or not an object."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        log.warning("cannot read %s: %s", path, exc)
+        return None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        log.warning("ignoring garbled %s: %s", path, exc)
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+# ---------------------------------------------------------------------------- config / status
+
+
+def write_config(run_dir: Path | str, config: dict) -> None:
+    atomic_write_json(Path(run_dir) / CONFIG_FILE, config)
+
+
+def read_config(run_dir: Path | str) -> dict | None:
+    return _read_json_dict(Path(run_dir) / CONFIG_FILE)
+
+
+def _process_start_time(pid: int) -> float | None:
+    try:
+        import psutil
+
+        return psutil.Process(pid).create_time()
+    except Exception:  # no psutil, no such process, no permission: just unknown
+        return None
+
+
+def process_identity() -> dict:
+    """pid, host and process start time of the calling process, as status.json stores them.
+    The start time lets a reader tell our process from a later one that reused the pid."""
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "pid_started": _process_start_time(os.getpid()),
+    }
+
+
+def write_status(run_dir: Path | str, **fields: Any) -> dict:
+    """Merge ``fields`` into status.json (atomic replace) and return the new status.
+
+    ``updated_at`` (Unix seconds) is always set. Writing ``state="running"`` without a pid
+    records the calling process (pid, host, start time): "running" means "this process".
+    """
+    run_dir = Path(run_dir)
+    state = fields.get("state")
+    if state is not None and state not in RUN_STATES:
+        raise ValueError(f"unknown run state {state!r}; expected one of {', '.join(RUN_STATES)}")
+    status = read_status(run_dir) or {}
+    status.update(fields)
+    if state == "running" and "pid" not in fields:
+        status.update(process_identity())
+    status["updated_at"] = time.time()
+    atomic_write_json(run_dir / STATUS_FILE, status)
+    return status
+
+
+def read_status(run_dir: Path | str) -> dict | None:
+    return _read_json_dict(Path(run_dir) / STATUS_FILE)
+
+
+# ---------------------------------------------------------------------------- liveness
+
+
+def pid_status(pid: Any, host: str | None = None, started: float | None = None) -> str:
+    """"alive", "dead" or "unknown" (another host: we cannot look at its processes)."""
+    if host and host != socket.gethostname():
+        return "unknown"
+    try:
+        pid = int(pid)
+    except (TypeError, ValueError):
+        return "unknown"
+    if pid <= 0:
+        return "dead"
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - psutil is a declared dependency
+        psutil = None
+    if psutil is not None:
+        try:
+            proc = psutil.Process(pid)
+            # A killed child its parent has not reaped yet is a zombie: it is not training.
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return "dead"
+            # The pid was reused by another process since the run recorded it.
+            if started is not None and abs(proc.create_time() - float(started)) > 1.0:
+                return "dead"
+            return "alive"
+        except psutil.NoSuchProcess:
+            return "dead"
+        except psutil.AccessDenied:
+            return "alive"
+        except (psutil.Error, OSError, ValueError):
+            pass  # fall back to signal 0
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "dead"
+    except PermissionError:
+        return "alive"  # exists, owned by someone else
+    except OSError:
+        return "unknown"
+    return "alive"
+
+
+def is_pid_alive(pid: Any, host: str | None = None, started: float | None = None) -> bool:
+    """True unless the process is known to be gone. A process on another host cannot be
+    checked from here, so it counts as alive (never declare dead what we cannot see)."""
+    return pid_status(pid, host, started) != "dead"
+
+
+def effective_state(status: dict | None) -> str:
+    """The state a reader should show: status["state"], except a "running" run whose
+    process is gone on this host is "died". Missing/invalid status -> "unknown"."""
+    if not status:
+        return UNKNOWN
+    state = status.get("state")
+    if state not in RUN_STATES:
+        return UNKNOWN
+    if state == "running":
+        if pid_status(status.get("pid"), status.get("host"), status.get("pid_started")) == "dead":
+            return DIED
+    return state
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+class MetricsWriter:
+    """Appends one JSON object per line to metrics.jsonl, flushed per line so a reader (or
+    a kill -9) sees every finished line. Not-finite floats are written as null."""
+
+    def __init__(self, run_dir: Path | str, *, fsync: bool = False) -> None:
+        self.path = Path(run_dir) / METRICS_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fsync = fsync
+        self._fh = open(self.path, "a+b")
+        # A writer killed mid-line leaves a fragment without "\n"; end it so our first
+        # record starts on a line of its own (readers skip the garbled fragment).
+        self._fh.seek(0, os.SEEK_END)
+        if self._fh.tell() > 0:
+            self._fh.seek(-1, os.SEEK_END)
+            if self._fh.read(1) != b"\n":
+                self._fh.seek(0, os.SEEK_END)
+                self._fh.write(b"\n")
+                self._fh.flush()
+
+    def append(self, record: dict) -> None:
+        if self._fh is None:
+            raise ValueError(f"{self.path}: metrics writer is closed")
+        record = dict(record)
+        record.setdefault("time", time.time())
+        line = json.dumps(_finite(record), default=_json_default, allow_nan=False)
+        self._fh.write(line.encode("utf-8") + b"\n")  # one write per line
+        self._fh.flush()
+        if self._fsync:
+            os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> "MetricsWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _parse_lines(chunk: bytes) -> list[dict]:
+    records = []
+    for raw in chunk.split(b"\n"):
+        raw = raw.strip()
+        if not raw:
+            continue
+        try:
+            obj = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue  # the fragment a killed writer left behind
+        if isinstance(obj, dict):
+            records.append(obj)
+    return records
+
+
+def read_metrics(run_dir: Path | str, offset: int = 0) -> tuple[list[dict], int]:
+    """Records appended since ``offset`` and the offset to pass next time.
+
+    Only complete lines are consumed: a half-written last line stays unread until its
+    newline arrives. If the file is shorter than ``offset`` (it was replaced), reading
+    starts again from the beginning.
+    """
+    path = Path(run_dir) / METRICS_FILE
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            if offset > size:
+                offset = 0
+            fh.seek(offset)
+            chunk = fh.read(size - offset)
+    except (FileNotFoundError, NotADirectoryError):
+        return [], offset
+    except OSError as exc:
+        log.warning("cannot read %s: %s", path, exc)
+        return [], offset
+    end = chunk.rfind(b"\n")
+    if end < 0:
+        return [], offset
+    return _parse_lines(chunk[: end + 1]), offset + end + 1
+
+
+def last_metrics(run_dir: Path | str, key: str | None = "loss") -> dict | None:
+    """The last complete metrics record (having ``key`` if given), reading only the tail."""
+    path = Path(run_dir) / METRICS_FILE
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - _TAIL_BYTES))
+            chunk = fh.read()
+    except OSError:
+        return None
+    end = chunk.rfind(b"\n")
+    if end < 0:
+        return None
+    for record in reversed(_parse_lines(chunk[: end + 1])):
+        if key is None or record.get(key) is not None:
+            return record
+    return None
+
+
+def dedupe_metrics(records: list[dict]) -> list[dict]:
+    """Records as a plot should show them after resumes: when the step goes back (a run
+    resumed from an older checkpoint), the earlier records from that step on are dropped."""
+    out: list[dict] = []
+    for record in records:
+        step = record.get("step")
+        if isinstance(step, (int, float)):
+            while out and isinstance(out[-1].get("step"), (int, float)) and out[-1]["step"] >= step:
+                out.pop()
+        out.append(record)
+    return out
+
+
+# ---------------------------------------------------------------------------- layout
+
+
+def checkpoints_dir(run_dir: Path | str) -> Path:
+    return Path(run_dir) / CHECKPOINTS_DIR
+
+
+def samples_dir(run_dir: Path | str) -> Path:
+    return Path(run_dir) / SAMPLES_DIR
+
+
+def log_path(run_dir: Path | str) -> Path:
+    return Path(run_dir) / LOG_FILE
+
+
+def metrics_path(run_dir: Path | str) -> Path:
+    return Path(run_dir) / METRICS_FILE
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def latest_checkpoint(run_dir: Path | str) -> Path | None:
+    """checkpoints/last.pt; if that is missing, the newest other *.pt (a milestone)."""
+    ckpt_dir = checkpoints_dir(run_dir)
+    last = ckpt_dir / LAST_CHECKPOINT
+    if last.is_file():
+        return last
+    try:
+        candidates = [p for p in ckpt_dir.glob("*.pt") if p.is_file() and not p.name.startswith(".")]
+    except OSError:
+        return None
+    if not candidates:
+        return None
+    return max(candidates, key=lambda p: (_mtime(p), p.name))
+
+
+def latest_samples(run_dir: Path | str) -> list[Path]:
+    """Sample PNGs, newest first (ties: name descending, so ema_epoch_0010 comes with epoch_0010)."""
+    try:
+        pngs = [p for p in samples_dir(run_dir).glob("*.png") if p.is_file() and not p.name.startswith(".")]
+    except OSError:
+        return []
+    return sorted(pngs, key=lambda p: (_mtime(p), p.name), reverse=True)
+
+
+# ---------------------------------------------------------------------------- listing
+
+
+@dataclass
+class RunInfo:
+    name: str
+    path: Path
+    state: str  # one of RUN_STATES, "died" or "unknown"
+    step: int | None = None
+    epoch: int | None = None
+    last_loss: float | None = None
+    pid: int | None = None
+    alive: bool | None = None  # None: not running, or on another host (cannot tell)
+    updated_at: float | None = None  # Unix seconds
+    config: dict = field(default_factory=dict)
+    message: str = ""
+    host: str | None = None
+    status: dict = field(default_factory=dict)
+
+    @property
+    def is_active(self) -> bool:
+        return self.state == "running"
+
+
+def _as_int(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _as_float(value: Any) -> float | None:
+    try:
+        out = float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+    return out if out is None or math.isfinite(out) else None
+
+
+def run_info(run_dir: Path | str) -> RunInfo:
+    """Everything a run list shows about one run directory; never raises on bad contents."""
+    run_dir = Path(run_dir)
+    status = read_status(run_dir)
+    config = read_config(run_dir) or {}
+    state = effective_state(status)
+    status = status or {}
+
+    last_loss = _as_float(status.get("last_loss", status.get("loss")))
+    step = _as_int(status.get("step"))
+    epoch = _as_int(status.get("epoch"))
+    if last_loss is None or step is None:
+        record = last_metrics(run_dir)
+        if record:
+            last_loss = last_loss if last_loss is not None else _as_float(record.get("loss"))
+            step = step if step is not None else _as_int(record.get("step"))
+            epoch = epoch if epoch is not None else _as_int(record.get("epoch"))
+
+    alive: bool | None = None
+    if status.get("state") == "running":
+        seen = pid_status(status.get("pid"), status.get("host"), status.get("pid_started"))
+        alive = None if seen == "unknown" else seen == "alive"
+
+    updated_at = _as_float(status.get("updated_at"))
+    if updated_at is None:
+        updated_at = max(_mtime(run_dir / STATUS_FILE), _mtime(run_dir / CONFIG_FILE),
+                         _mtime(run_dir / METRICS_FILE), _mtime(run_dir)) or None
+
+    return RunInfo(
+        name=run_dir.name,
+        path=run_dir,
+        state=state,
+        step=step,
+        epoch=epoch,
+        last_loss=last_loss,
+        pid=_as_int(status.get("pid")),
+        alive=alive,
+        updated_at=updated_at,
+        config=config,
+        message=str(status.get("message") or ""),
+        host=status.get("host"),
+        status=status,
+    )
+
+
+def list_runs(runs_dir: Path | str) -> list[RunInfo]:
+    """Every run folder under ``runs_dir``, newest first (by status.updated_at, else file
+    times). Folders without status/config still show, as state "unknown"."""
+    runs_dir = Path(runs_dir)
+    try:
+        entries = [p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as exc:
+        log.warning("cannot list %s: %s", runs_dir, exc)
+        return []
+    infos = [run_info(p) for p in entries]
+    infos.sort(key=lambda r: (r.updated_at or 0.0, r.name), reverse=True)
+    return infos
+
+
+# ---------------------------------------------------------------------------- logging
+
+
+_HANDLER_TAG = "_ddpm_run_log"
+
+
+def setup_run_logger(run_dir: Path | str, name: str = "ddpm_tui.train", level: int = logging.INFO) -> logging.Logger:
+    """A logger that appends to run_dir/train.log (flushed per record). Calling it again
+    for another run directory replaces the previous train.log handler instead of adding one."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger(name)
+    for handler in list(logger.handlers):
+        if getattr(handler, _HANDLER_TAG, False):
+            logger.removeHandler(handler)
+            handler.close()
+    handler = logging.FileHandler(run_dir / LOG_FILE, mode="a", encoding="utf-8")
+    setattr(handler, _HANDLER_TAG, True)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET or logger.level > level:
+        logger.setLevel(level)
+    return logger
+
+
+def close_run_logger(logger: logging.Logger) -> None:
+    """Detach and close the train.log handler set up by setup_run_logger."""
+    for handler in list(logger.handlers):
+        if getattr(handler, _HANDLER_TAG, False):
+            logger.removeHandler(handler)
+            handler.close()
