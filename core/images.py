@@ -50,7 +50,10 @@ def read_size(path: Path | str) -> tuple[int, int]:
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise ImageLoadError(path, "decompression_bomb", str(exc).splitlines()[0][:200]) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageLoadError(path, "not_an_image", str(exc).splitlines()[0][:200]) from exc
+        msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        # Pillow's guard against zTXt/iCCP chunks that inflate past MAX_TEXT_CHUNK: a bomb too.
+        reason = "decompression_bomb" if "decompressed data too large" in msg.lower() else "not_an_image"
+        raise ImageLoadError(path, reason, msg) from exc
     if w * h > MAX_PIXELS:
         raise ImageLoadError(path, "decompression_bomb", f"{w}x{h} pixels")
     return w, h
@@ -98,4 +101,6 @@ def load_rgb(path: Path | str) -> Image.Image:
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         msg = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         reason = "truncated" if "truncated" in msg.lower() or isinstance(exc, EOFError) else "unreadable"
+        if "decompressed data too large" in msg.lower():
+            reason = "decompression_bomb"
         raise ImageLoadError(path, reason, msg) from exc
