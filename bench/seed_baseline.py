@@ -1,0 +1,156 @@
+"""The seed's UNet as the seed wrote it: the baseline the benchmarks measure against.
+
+Not used by the project itself. It reproduces the seed's computational choices: attention
+through ``nn.MultiheadAttention`` returning its (averaged) attention weights, attention
+sizes hard-coded at 32/16/8/4 (so 64x64 input only), the time embedding ``repeat``-ed over
+H and W, ``view``-based reshapes (contiguous NCHW only) and fp32. Its module names and
+parameter shapes are the seed's (including the never-called ``sa8`` block), so its state_dict
+is exactly what the seed's ``train.py`` saved: tests load it with
+``core.unet.from_seed_state_dict`` and check that both networks compute the same function.
+``to_seed_style`` turns a UNet of any preset into the same seed-style computation (the
+benchmarks' baseline).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+from core.unet import DoubleConv, Down, SelfAttention, Up
+
+# The seed's DoubleConv is computed exactly as ours (core.unet.DoubleConv): nothing to
+# reproduce there.
+SeedDoubleConv = DoubleConv
+
+
+class SeedDown(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int = 256):
+        super().__init__()
+        self.maxpool_conv = nn.Sequential(
+            nn.MaxPool2d(2), SeedDoubleConv(in_ch, in_ch, residual=True), SeedDoubleConv(in_ch, out_ch)
+        )
+        self.emb_layer = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, out_ch))
+
+    def forward(self, x, t):
+        x = self.maxpool_conv(x)
+        emb = self.emb_layer(t)[:, :, None, None].repeat(1, 1, x.shape[-2], x.shape[-1])
+        return x + emb
+
+
+class SeedUp(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int = 256):
+        super().__init__()
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
+        self.conv = nn.Sequential(
+            SeedDoubleConv(in_ch, in_ch, residual=True), SeedDoubleConv(in_ch, out_ch, in_ch // 2)
+        )
+        self.emb_layer = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, out_ch))
+
+    def forward(self, x, skip_x, t):
+        x = self.up(x)
+        x = torch.cat([skip_x, x], dim=1)
+        x = self.conv(x)
+        emb = self.emb_layer(t)[:, :, None, None].repeat(1, 1, x.shape[-2], x.shape[-1])
+        return x + emb
+
+
+class SeedSelfAttention(nn.Module):
+    """The seed's block at a fixed ``size``; ``size=None`` takes it from the input (for presets)."""
+
+    def __init__(self, channels: int, size: int | None, num_heads: int = 4):
+        super().__init__()
+        self.channels = channels
+        self.size = size
+        self.attention = nn.MultiheadAttention(channels, num_heads, batch_first=True)
+        self.ln = nn.LayerNorm([channels])
+        self.seq = nn.Sequential(
+            nn.LayerNorm([channels]), nn.Linear(channels, channels), nn.GELU(), nn.Linear(channels, channels)
+        )
+
+    def forward(self, x):
+        size = self.size or x.shape[-1]
+        x = x.view(-1, self.channels, size * size).swapaxes(1, 2)
+        x_ln = self.ln(x)
+        attention_value, _ = self.attention(x_ln, x_ln, x_ln)  # need_weights=True (default)
+        attention_value = attention_value + x
+        attention_value = self.seq(attention_value) + attention_value
+        return attention_value.swapaxes(2, 1).view(-1, self.channels, size, size)
+
+
+class SeedBaselineUNet(nn.Module):
+    """The seed's network (64x64 RGB, 93,417,859 parameters including the unused sa8)."""
+
+    def __init__(self, c_in: int = 3, c_out: int = 3, time_dim: int = 256):
+        super().__init__()
+        self.time_dim = time_dim
+        self.conv0 = SeedDoubleConv(c_in, 64)
+        self.down1 = SeedDown(64, 128)
+        self.sa1 = SeedSelfAttention(128, 32)
+        self.down2 = SeedDown(128, 256)
+        self.sa2 = SeedSelfAttention(256, 16)
+        self.down3 = SeedDown(256, 512)
+        self.sa3 = SeedSelfAttention(512, 8)
+        self.down4 = SeedDown(512, 512)
+        self.sa4 = SeedSelfAttention(512, 4)
+        self.conv1 = nn.Sequential(SeedDoubleConv(512, 1024), SeedDoubleConv(1024, 1024), SeedDoubleConv(1024, 512))
+        self.up1 = SeedUp(1024, 256)
+        self.sa5 = SeedSelfAttention(256, 8)
+        self.up2 = SeedUp(512, 128)
+        self.sa6 = SeedSelfAttention(128, 16)
+        self.up3 = SeedUp(256, 64)
+        self.sa7 = SeedSelfAttention(64, 32)
+        self.up4 = SeedUp(128, 64)
+        self.sa8 = SeedSelfAttention(64, 64)  # defined by the seed, never called
+        self.output = nn.Conv2d(64, c_out, kernel_size=1)
+
+    def pos_encoding(self, t, channels):
+        inv_freq = 1.0 / (10000 ** (torch.arange(0, channels, 2, device=t.device).float() / channels))
+        pos_enc_a = torch.sin(t.repeat(1, channels // 2) * inv_freq)
+        pos_enc_b = torch.cos(t.repeat(1, channels // 2) * inv_freq)
+        return torch.cat([pos_enc_a, pos_enc_b], dim=-1)
+
+    def forward(self, x, t, labels=None):
+        t = t.unsqueeze(-1).type(torch.float)
+        t = self.pos_encoding(t, self.time_dim)
+        x1 = self.conv0(x)
+        x2 = self.sa1(self.down1(x1, t))
+        x3 = self.sa2(self.down2(x2, t))
+        x4 = self.sa3(self.down3(x3, t))
+        x5 = self.sa4(self.down4(x4, t))
+        x5 = self.conv1(x5)
+        x = self.sa5(self.up1(x5, x4, t))
+        x = self.sa6(self.up2(x, x3, t))
+        x = self.sa7(self.up3(x, x2, t))
+        x = self.up4(x, x1, t)
+        return self.output(x)
+
+
+def to_seed_style(model: nn.Module) -> nn.Module:
+    """A copy of a ``core.unet.UNet`` (any preset) whose blocks run the seed's way.
+
+    Down/Up blocks ``repeat`` the time embedding, attention blocks use
+    ``nn.MultiheadAttention`` with weights returned and ``view`` reshapes. Same parameters,
+    same function as ``model``: only the computational choices differ.
+    """
+    seed_style = copy.deepcopy(model)
+
+    def convert(parent: nn.Module) -> None:
+        for name, child in list(parent.named_children()):
+            if isinstance(child, Down):
+                new = SeedDown(child.maxpool_conv[1].double_conv[0].in_channels,
+                               child.emb_layer[1].out_features, child.emb_layer[1].in_features)
+            elif isinstance(child, Up):
+                new = SeedUp(child.conv[0].double_conv[0].in_channels,
+                             child.emb_layer[1].out_features, child.emb_layer[1].in_features)
+            elif isinstance(child, SelfAttention):
+                new = SeedSelfAttention(child.channels, None, child.attention.num_heads)
+            else:
+                convert(child)
+                continue
+            new.load_state_dict(child.state_dict())
+            setattr(parent, name, new)
+
+    convert(seed_style)
+    return seed_style

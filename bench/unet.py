@@ -1,0 +1,154 @@
+"""Training-step speed of the UNet: ours against the seed's computational choices, same run.
+
+    python -m bench.unet [--preset seed] [--batch 16] [--size 64] [--steps 3] [--profile]
+
+One step = forward + MSE loss + backward + Adam step.
+- baseline: the seed's choices: fp32, contiguous NCHW, ``nn.MultiheadAttention`` returning
+  its attention weights, the time embedding ``repeat``-ed (bench/seed_baseline.py), plain Adam;
+- ours: ``core.unet.UNet`` under bf16 autocast (when the device has fast bf16, or --dtype
+  bf16), channels_last, SDPA attention, broadcast embedding, fused Adam.
+Both start from the same weights; steps are interleaved so machine noise hits both alike.
+Also printed: the step's FLOPs (torch.utils.flop_counter) and the fraction of a bf16 matmul
+peak (a large bf16 matmul timed in the same run) that ours achieves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.common import fmt_seconds, median, time_repeats
+from bench.seed_baseline import to_seed_style
+from core.device import autocast_context, autocast_dtype
+from core.unet import PRESETS, UNet, count_parameters, get_preset
+
+
+def make_step(model, *, x, t, noise, dtype, channels_last: bool, fused_adam: bool):
+    """A closure running one training step of ``model`` on fixed inputs."""
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+        noise = noise.contiguous(memory_format=torch.channels_last)
+    kwargs = {"fused": True} if fused_adam else {}
+    opt = torch.optim.Adam(model.parameters(), lr=3e-4, **kwargs)
+
+    def step() -> float:
+        with autocast_context("cpu", dtype):
+            pred = model(x, t)
+        loss = F.mse_loss(pred.float(), noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()  # also a sync point
+
+    return step
+
+
+def count_step_flops(model, x, t, noise, dtype) -> int:
+    """FLOPs of forward + backward (the optimizer's elementwise work is not counted)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        with autocast_context("cpu", dtype):
+            pred = model(x, t)
+        F.mse_loss(pred.float(), noise).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of an n x n x n matmul in ``dtype``: the practical peak of this machine."""
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    times = time_repeats(lambda: torch.mm(a, b), repeats=repeats, warmup=2)
+    return 2 * n**3 / median(times)
+
+
+def profile_step(step, rows: int = 15) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.unet", description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="seed", choices=sorted(PRESETS))
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--size", type=int, default=None, help="image size (default: the preset's)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps of each variant (median reported)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto", help="autocast for ours")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--profile", action="store_true", help="print the top ops of one step of each variant")
+    args = p.parse_args(argv)
+    if args.batch < 1 or args.steps < 1 or args.warmup < 0:
+        p.error("--batch and --steps must be >= 1, --warmup >= 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    try:
+        config = get_preset(args.preset, **({"image_size": args.size} if args.size else {}))
+    except ValueError as exc:
+        p.error(str(exc))
+    size = config.image_size
+    dtype = autocast_dtype("cpu", args.dtype)
+    torch.manual_seed(0)
+    model = UNet(config)
+    baseline_model = to_seed_style(model)  # same weights, the seed's way of computing
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch, config.in_channels, size, size, generator=g)
+    noise = torch.randn(x.shape, generator=g)
+    t = torch.randint(0, 1000, (args.batch,), generator=g)
+
+    print(f"UNet training step: preset {config.preset} ({count_parameters(model):,} parameters), "
+          f"batch {args.batch}, {size}x{size}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"ours: autocast {dtype or 'off (fp32)'}, channels_last, SDPA, broadcast time embedding, fused Adam")
+    print("baseline: fp32, NCHW, nn.MultiheadAttention with weights, repeated time embedding, Adam")
+
+    flops = count_step_flops(model, x, t, noise, dtype)
+
+    ours = make_step(model, x=x, t=t, noise=noise, dtype=dtype, channels_last=True, fused_adam=True)
+    base = make_step(baseline_model, x=x, t=t, noise=noise, dtype=None, channels_last=False, fused_adam=False)
+    time_repeats(base, repeats=0, warmup=args.warmup)
+    time_repeats(ours, repeats=0, warmup=args.warmup)
+    base_times: list[float] = []
+    our_times: list[float] = []
+    base_cpu: list[float] = []
+    our_cpu: list[float] = []
+    for _ in range(args.steps):  # interleaved: noise from other processes hits both
+        for fn, wall, cpu in ((base, base_times, base_cpu), (ours, our_times, our_cpu)):
+            start = time.process_time()
+            wall += time_repeats(fn, repeats=1, warmup=0)
+            cpu.append(time.process_time() - start)
+
+    peak_bf16 = matmul_peak(torch.bfloat16)
+    peak_fp32 = matmul_peak(torch.float32)
+    base_med, our_med = median(base_times), median(our_times)
+    fmt_all = lambda ts: ", ".join(fmt_seconds(s) for s in ts)  # noqa: E731
+    print(f"baseline step: median {fmt_seconds(base_med)}  ({fmt_all(base_times)})")
+    print(f"ours step:     median {fmt_seconds(our_med)}  ({fmt_all(our_times)})")
+    print(f"speed-up: {base_med / our_med:.2f}x  (target >= 3x)")
+    # CPU seconds the process used: less sensitive than wall time to other processes on a shared box.
+    print(f"process CPU time per step: baseline {fmt_seconds(median(base_cpu))}, ours {fmt_seconds(median(our_cpu))}"
+          f" -> {median(base_cpu) / median(our_cpu):.2f}x")
+    print(f"step FLOPs (forward + backward): {flops / 1e9:.4g} GFLOP")
+    print(f"matmul peak (2048^3, same run): bf16 {peak_bf16 / 1e9:.0f} GFLOP/s, fp32 {peak_fp32 / 1e9:.0f} GFLOP/s"
+          f" (bf16/fp32 = {peak_bf16 / peak_fp32:.2f}x)")
+    print(f"ours achieves {flops / our_med / 1e9:.3g} GFLOP/s = {flops / our_med / peak_bf16:.1%} of the bf16 matmul peak; "
+          f"baseline {flops / base_med / 1e9:.3g} GFLOP/s = {flops / base_med / peak_fp32:.1%} of the fp32 peak")
+    if args.profile:
+        print("\n== ours: one step, top ops by self CPU time ==")
+        profile_step(ours)
+        print("\n== baseline: one step, top ops by self CPU time ==")
+        profile_step(base)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

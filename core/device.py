@@ -1,0 +1,107 @@
+"""Which device to run on, and which autocast dtype that device does well."""
+
+from __future__ import annotations
+
+import contextlib
+from functools import lru_cache
+from pathlib import Path
+from typing import ContextManager
+
+import torch
+
+DEVICE_SPECS = ("auto", "cpu", "cuda", "cuda:N", "mps")
+AUTOCAST_MODES = ("auto", "bf16", "fp16", "fp32", "off")
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def resolve_device(spec: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA, then MPS, then CPU. Unavailable or malformed specs raise ValueError."""
+    if isinstance(spec, torch.device):
+        spec = str(spec)
+    text = str(spec).strip().lower()
+    if text == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "mps":
+        if not _mps_available():
+            raise ValueError("device 'mps' is not available on this machine (no Apple GPU / MPS build)")
+        return torch.device("mps")
+    if text == "cuda" or text.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {spec!r} is not available: no CUDA GPU is visible to PyTorch")
+        if text == "cuda":
+            return torch.device("cuda")
+        index_text = text.split(":", 1)[1]
+        if not index_text.isdigit():
+            raise ValueError(f"bad device {spec!r}: expected cuda:N with N a GPU index")
+        index = int(index_text)
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise ValueError(f"device {spec!r} is not available: only {count} CUDA GPU(s) (cuda:0..cuda:{count - 1})")
+        return torch.device("cuda", index)
+    raise ValueError(f"unknown device {spec!r}; expected one of {', '.join(DEVICE_SPECS)}")
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags") and ":" in line:
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU does bf16 matmuls natively (AVX512-BF16 or AMX), i.e. faster than fp32."""
+    flags = cpu_flags()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_dtype(device: torch.device | str, mode: str = "auto") -> torch.dtype | None:
+    """The autocast dtype for ``mode`` on ``device``; None means plain fp32.
+
+    auto: bf16 on CUDA GPUs that support it, bf16 on CPUs with AVX512-BF16/AMX, else fp32.
+    bf16/fp16 force that dtype where the device type supports it (ValueError otherwise).
+    """
+    device = torch.device(device)
+    mode = str(mode).strip().lower()
+    if mode not in AUTOCAST_MODES:
+        raise ValueError(f"unknown autocast mode {mode!r}; expected one of {', '.join(AUTOCAST_MODES)}")
+    if mode in ("fp32", "off"):
+        return None
+    if mode == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        if device.type == "cpu":
+            return torch.bfloat16 if cpu_has_fast_bf16() else None
+        return None  # MPS and others: fp32 unless asked
+    if mode == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError(f"bf16 autocast requested but {device} does not support bfloat16; use fp16 or fp32")
+        if device.type not in ("cuda", "cpu", "mps"):
+            raise ValueError(f"bf16 autocast is not supported on device type {device.type!r}")
+        return torch.bfloat16
+    # fp16
+    if device.type not in ("cuda", "mps"):
+        raise ValueError(f"fp16 autocast is not supported on {device.type}; use bf16 or fp32")
+    return torch.float16
+
+
+def autocast_context(device: torch.device | str, dtype: torch.dtype | None) -> ContextManager:
+    """``torch.autocast`` for ``dtype`` on ``device``'s type; a no-op context when dtype is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)

@@ -1,0 +1,90 @@
+"""Device resolution and the autocast dtype choice."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import core.device as device_mod
+from core.device import autocast_context, autocast_dtype, resolve_device
+
+
+def test_cpu_and_auto_without_accelerators(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(device_mod, "_mps_available", lambda: False)
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(ValueError, match="'cuda' is not available: no CUDA GPU"):
+        resolve_device("cuda")
+    with pytest.raises(ValueError, match="'cuda:1' is not available"):
+        resolve_device("cuda:1")
+    with pytest.raises(ValueError, match="'mps' is not available"):
+        resolve_device("mps")
+
+
+def test_auto_prefers_cuda_then_mps(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(device_mod, "_mps_available", lambda: True)
+    assert resolve_device("auto") == torch.device("mps")
+
+
+def test_cuda_index_checked_against_device_count(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert resolve_device("CUDA") == torch.device("cuda")
+    with pytest.raises(ValueError, match=r"only 2 CUDA GPU\(s\)"):
+        resolve_device("cuda:2")
+    with pytest.raises(ValueError, match="expected cuda:N"):
+        resolve_device("cuda:x")
+
+
+def test_unknown_device_lists_the_choices():
+    with pytest.raises(ValueError, match="unknown device 'tpu'; expected one of auto, cpu, cuda"):
+        resolve_device("tpu")
+
+
+def test_autocast_dtype_modes(monkeypatch):
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu, "fp32") is None
+    assert autocast_dtype(cpu, "off") is None
+    assert autocast_dtype(cpu, "bf16") is torch.bfloat16
+    with pytest.raises(ValueError, match="fp16 autocast is not supported on cpu"):
+        autocast_dtype(cpu, "fp16")
+    with pytest.raises(ValueError, match="unknown autocast mode 'half'"):
+        autocast_dtype(cpu, "half")
+    monkeypatch.setattr(device_mod, "cpu_has_fast_bf16", lambda: True)
+    assert autocast_dtype(cpu, "auto") is torch.bfloat16
+    monkeypatch.setattr(device_mod, "cpu_has_fast_bf16", lambda: False)
+    assert autocast_dtype("cpu", "auto") is None
+
+
+def test_autocast_dtype_on_cuda(monkeypatch):
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert autocast_dtype(cuda, "auto") is torch.bfloat16
+    assert autocast_dtype(cuda, "fp16") is torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert autocast_dtype(cuda, "auto") is None
+    with pytest.raises(ValueError, match="does not support bfloat16"):
+        autocast_dtype(cuda, "bf16")
+
+
+def test_cpu_bf16_detection_reads_cpu_flags(monkeypatch):
+    monkeypatch.setattr(device_mod, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
+    assert device_mod.cpu_has_fast_bf16()
+    monkeypatch.setattr(device_mod, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    assert device_mod.cpu_has_fast_bf16()
+    monkeypatch.setattr(device_mod, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    assert not device_mod.cpu_has_fast_bf16()
+
+
+def test_autocast_context():
+    x = torch.randn(4, 4)
+    with autocast_context("cpu", torch.bfloat16):
+        assert (x @ x).dtype == torch.bfloat16
+    with autocast_context(torch.device("cpu"), None):
+        assert (x @ x).dtype == torch.float32
