@@ -14,13 +14,14 @@ import os
 import pickle
 import re
 import random
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+
+from core.atomic import atomic_write
 
 FORMAT_VERSION = 1
 FORMAT_NAME = "ddpm-tui-checkpoint"
@@ -63,43 +64,9 @@ def _plain_dict(obj: Any) -> Any:
     return obj
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable (best effort: not every platform can open a directory)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on directories; the rename is still atomic
-    finally:
-        os.close(fd)
-
-
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temp file beside ``path``, fsync, then os.replace over ``path``.
-
-    On any failure the temp file is removed and ``path`` is untouched (old file intact).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # The temp file is ours; the user's file at ``path`` was never touched.
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
+    """torch.save through core.atomic: on any failure ``path`` keeps the old file."""
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def save_checkpoint(

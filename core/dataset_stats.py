@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from core.images import IMAGE_EXTENSIONS, ImageLoadError, read_size
-from core.runs import atomic_write_text
+from core.atomic import atomic_write_text
 
 Progress = Callable[[int, int, str], None]
 
@@ -86,7 +86,7 @@ def list_dataset(data_dir: Path | str) -> tuple[list[str], list[DatasetFile]]:
 # ---------------------------------------------------------------------------- small JSON helpers
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Compact JSON via core.runs.atomic_write_text (temp file, fsync, os.replace): a
+    """Compact JSON via core.atomic.atomic_write_text (temp file, fsync, os.replace): a
     reader sees the old file or the new one, never half of one."""
     atomic_write_text(path, json.dumps(data, separators=(",", ":")))
 

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from core.atomic import atomic_write_bytes
 
 Progress = Callable[[int, int, str], None]
 
@@ -216,21 +216,6 @@ def render(class_name: str, index: int, *, size: int = DEFAULT_SIZE, seed: int =
     return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8))
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; these are ordinary dataset images
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def make_demo_dataset(
     out_dir: Path | str,
     *,
@@ -266,7 +251,7 @@ def make_demo_dataset(
             except OSError:
                 same = False
             if not same:
-                _write_atomic(path, data)
+                atomic_write_bytes(path, data)
             done += 1
             if progress is not None and (done % every == 0 or done == total):
                 progress(done, total, f"drawing {name}")

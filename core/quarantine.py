@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from core.atomic import fsync_dir
+
 Progress = Callable[[int, int, str], None]
 
 LOG_NAME = "quarantine.jsonl"
@@ -49,19 +51,6 @@ class Move:
 
 
 # ---------------------------------------------------------------------------- one safe move
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
@@ -100,7 +89,7 @@ def _copy_across(src: Path, dst: Path) -> None:
         if tmp.stat().st_size != src.stat().st_size or _sha256(tmp) != src_hash.hexdigest():
             raise MoveError(f"{src}: copy to {dst.parent} did not verify (size or SHA-256 differ)")
         _link_no_clobber(tmp, dst)
-        _fsync_dir(dst.parent)
+        fsync_dir(dst.parent)
     finally:
         # After a successful link the temp name is a second name for dst: drop it; after a
         # failure it is a partial copy: drop it. The source is never touched here.
@@ -133,8 +122,8 @@ def safe_move(src: Path | str, dst: Path | str) -> None:
         except OSError:
             pass
         raise
-    _fsync_dir(src.parent)
-    _fsync_dir(dst.parent)
+    fsync_dir(src.parent)
+    fsync_dir(dst.parent)
 
 
 # ---------------------------------------------------------------------------- the log
