@@ -1,0 +1,215 @@
+"""The studio: a Textual app with four screens (Dataset, Scrape, Train, Sample), one per
+Textual mode, so each keeps its state while another is showing.
+
+The app itself only routes keys, owns the table of background processes it started, and
+asks what to do with running jobs on quit. Screens render state from files (run
+directories, events files) and do heavy work in workers; jobs run as separate processes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Input, TextArea
+
+from ddpm_tui.jobs import TRAIN_LOG, JobError, JobTable, current_scrape, log_tail, stop_run, terminate
+from ddpm_tui.screens.confirm import QuitScreen
+from ddpm_tui.screens.dataset import DatasetScreen
+from ddpm_tui.screens.help import HelpScreen
+from ddpm_tui.screens.sample import SampleScreen
+from ddpm_tui.screens.scrape import ScrapeScreen
+from ddpm_tui.screens.train import TrainScreen
+from ddpm_tui.widgets.halfblock import COLOR_MODES, HalfBlockImage
+from ddpm_tui.workspace import DEFAULT_DATASET, Workspace
+
+
+class StudioApp(App[None]):
+    """`ddpm-tui` with no arguments. `workspace` holds data/, runs/, quarantine/, cache/."""
+
+    CSS_PATH = "studio.tcss"
+    TITLE = "ddpm-tui"
+    MODES = {
+        "dataset": DatasetScreen,
+        "scrape": ScrapeScreen,
+        "train": TrainScreen,
+        "sample": SampleScreen,
+    }
+    BINDINGS = [
+        # priority: a focused list or select must not swallow them (check_action lets
+        # them through to text fields, where digits are typed)
+        Binding("1", "switch_mode('dataset')", "Dataset", priority=True),
+        Binding("2", "switch_mode('scrape')", "Scrape", priority=True),
+        Binding("3", "switch_mode('train')", "Train", priority=True),
+        Binding("4", "switch_mode('sample')", "Sample", priority=True),
+        Binding("d", "switch_mode('dataset')", "Dataset", show=False),
+        Binding("s", "switch_mode('scrape')", "Scrape", show=False),
+        Binding("t", "switch_mode('train')", "Train", show=False),
+        Binding("g", "switch_mode('sample')", "Sample", show=False),
+        Binding("f1,question_mark", "help", "Help", key_display="F1"),
+        Binding("q", "quit", "Quit", show=False),
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+    ]
+
+    def __init__(self, workspace: Workspace, *, color_mode: str = "auto", start_mode: str = "dataset",
+                 poll_interval: float = 0.5, sysmon: bool = True) -> None:
+        super().__init__()
+        if color_mode not in COLOR_MODES:
+            raise ValueError(f"unknown colour mode {color_mode!r}; use one of {', '.join(COLOR_MODES)}")
+        if start_mode not in self.MODES:
+            raise ValueError(f"unknown screen {start_mode!r}; use one of {', '.join(self.MODES)}")
+        self.workspace = workspace
+        self.color_mode = color_mode
+        self.start_mode = start_mode
+        # File polling period (<= 4 Hz keeps SSH traffic and CPU low).
+        self.poll_interval = max(0.25, float(poll_interval))
+        self.sysmon_enabled = sysmon
+        self.dataset_name = DEFAULT_DATASET
+        self.jobs = JobTable()
+
+    # -- paths the screens share -------------------------------------------------------------
+
+    @property
+    def dataset_dir(self) -> Path:
+        return self.workspace.dataset_dir(self.dataset_name)
+
+    def set_dataset(self, path: Path) -> None:
+        """Switch the dataset folder. A folder directly inside data/ is known by its name
+        (the scraper can add to it); any other folder is used by its absolute path."""
+        path = Path(path).resolve()
+        data = self.workspace.data_dir.resolve()
+        self.dataset_name = path.name if path.parent == data else str(path)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def on_mount(self) -> None:
+        try:
+            self.workspace.ensure()
+        except OSError as exc:
+            self.notify(f"cannot create workspace {self.workspace.root}: {exc}", severity="error", timeout=10)
+        self.dataset_name = self._initial_dataset()
+        self.set_interval(1.0, self._reap)  # reap finished children: no zombies
+        self.switch_mode(self.start_mode)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "switch_mode":
+            if isinstance(self.focused, (Input, TextArea)):
+                return False  # the digit goes into the field
+            if isinstance(self.screen, ModalScreen):
+                return False  # answer the dialog first
+        return True
+
+    def _initial_dataset(self) -> str:
+        """data/dogs when it has breed folders; else the first dataset under data/ that has
+        (e.g. data/demo made from the Dataset screen); else dogs, to be filled."""
+        def has_breeds(d: Path) -> bool:
+            try:
+                return any(p.is_dir() and not p.name.startswith(".") for p in d.iterdir())
+            except OSError:
+                return False
+
+        if has_breeds(self.workspace.dataset_dir(DEFAULT_DATASET)):
+            return DEFAULT_DATASET
+        try:
+            others = sorted(p for p in self.workspace.data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError:
+            others = []
+        for d in others:
+            if has_breeds(d):
+                return d.name
+        return DEFAULT_DATASET
+
+    def _reap(self) -> None:
+        """Collect children that exited; a failed start says why (last line of its log)."""
+        for key, code in self.jobs.poll().items():
+            if code in (0, -15, 143):  # done, or stopped by SIGTERM
+                continue
+            kind, _, name = key.partition(":")
+            if kind == "train":
+                tail = log_tail(self.workspace.run_dir(name) / TRAIN_LOG)
+                self.notify(f"training {name} exited ({code}): {tail or 'see its console.log'}",
+                            severity="error", timeout=15)
+            else:
+                job = current_scrape(self.workspace)
+                tail = log_tail(job.log) if job else ""
+                self.notify(f"scrape exited ({code}): {tail or 'see its log'}", severity="error", timeout=15)
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    # -- quitting with jobs running --------------------------------------------------------
+
+    def running_jobs(self) -> list[tuple[str, object]]:
+        """(description, stop handle) for every live job in this workspace."""
+        from core.runs import list_runs
+
+        out: list[tuple[str, object]] = []
+        for info in list_runs(self.workspace.runs_dir):
+            if info.state == "running" and info.alive:
+                step = f"step {info.step}" if info.step is not None else "starting"
+                out.append((f"training run {info.name} ({step})", info))
+        job = current_scrape(self.workspace)
+        if job is not None and job.alive():
+            out.append((f"scrape of {len(job.breeds)} breed(s)", job))
+        return out
+
+    async def action_quit(self) -> None:
+        self.jobs.poll()
+        jobs = self.running_jobs()
+        if not jobs:
+            self.exit()
+            return
+
+        def decided(choice: str | None) -> None:
+            if choice is None:
+                return
+            if choice == "stop":
+                self.stop_jobs([handle for _, handle in jobs])
+            self.exit()
+
+        self.push_screen(QuitScreen([desc for desc, _ in jobs]), decided)
+
+    def stop_jobs(self, handles: Iterable[object]) -> None:
+        from core.runs import RunInfo
+
+        for handle in handles:
+            try:
+                if isinstance(handle, RunInfo):
+                    stop_run(handle.path, handle.status)
+                else:
+                    terminate(handle.pid)  # type: ignore[attr-defined]
+            except JobError as exc:
+                self.notify(str(exc), severity="error")
+
+    # -- command palette ---------------------------------------------------------------------
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for mode, title in (("dataset", "Dataset"), ("scrape", "Scrape"), ("train", "Train"), ("sample", "Sample")):
+            yield SystemCommand(f"Go to {title}", f"Open the {title} screen", lambda m=mode: self.switch_mode(m))
+        yield SystemCommand("Help", "Show every key", self.action_help)
+        for mode in COLOR_MODES:
+            yield SystemCommand(f"Image colours: {mode}", "How half-block images are coloured "
+                                "(auto = from the terminal)", lambda m=mode: self.set_color_mode(m))
+        commands = getattr(screen, "palette_commands", None)
+        if callable(commands):
+            yield from commands()
+
+    def set_color_mode(self, mode: str) -> None:
+        self.color_mode = mode
+        for widget in self.screen.query(HalfBlockImage):
+            widget.watch_color_mode()
+        self.notify(f"image colours: {mode}")
+
+
+def main() -> None:  # for `python -m ddpm_tui.app` during development
+    StudioApp(Workspace.resolve(os.environ.get("DDPM_TUI_HOME"))).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""What every studio screen shares: the nav bar on top, the footer of key bindings below,
+and small helpers for messages that replace older ones instead of piling up."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable, cast
+
+from textual.app import ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import Footer
+from textual.worker import Worker, WorkerState
+
+from ddpm_tui.widgets.navbar import NavBar
+
+if TYPE_CHECKING:
+    from ddpm_tui.app import StudioApp
+
+
+class StudioScreen(Screen):
+    """Subclasses set MODE and implement compose_body()."""
+
+    MODE = ""
+
+    @property
+    def studio(self) -> "StudioApp":
+        return cast("StudioApp", self.app)
+
+    def compose(self) -> ComposeResult:
+        yield NavBar(self.MODE)
+        yield from self.compose_body()
+        yield Footer(compact=True)
+
+    def palette_commands(self) -> Iterable[SystemCommand]:
+        """This screen's shown key bindings, also as command-palette entries."""
+        title = self.MODE.capitalize()
+        for binding in self.BINDINGS:
+            if isinstance(binding, Binding) and binding.show and binding.description:
+                key = binding.key_display or binding.key.split(",")[0]
+                yield SystemCommand(f"{title}: {binding.description}", f"key {key}",
+                                    lambda action=binding.action: self.run_action(action))
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """A worker that crashed says so in one line instead of failing silently."""
+        if event.state == WorkerState.ERROR:
+            error = event.worker.error
+            first = str(error).splitlines()[0] if str(error) else ""
+            message = f"{event.worker.name or 'background job'} failed: {type(error).__name__}: {first}"
+            if message != getattr(self, "_last_worker_error", None):  # a poller failing each tick says it once
+                self._last_worker_error = message
+                self.notify(message, severity="error", timeout=10)
+
+    def on_resize(self) -> None:
+        # 80x24 over SSH: side panels get narrower (see Screen.-narrow in studio.tcss)
+        self.set_class(self.size.width < 100, "-narrow")
+
+    def compose_body(self) -> ComposeResult:
+        raise NotImplementedError(f"{type(self).__name__} must implement compose_body")

@@ -1,0 +1,349 @@
+"""Sample: pick a run and checkpoint, EMA or raw weights, DDPM or DDIM, steps, eta, count,
+seed, breed and guidance (conditional runs); generate in a thread worker with a progress
+bar and a live half-block preview of the images forming from noise; save PNGs with `w`.
+
+The worker draws the preview at most 4 times a second (and always the last step), so a
+fast sampler does not flood the terminal over SSH.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
+from textual.widgets import Button, Input, Label, ProgressBar, Select, Static
+from textual.worker import Worker, WorkerState, get_current_worker
+
+from ddpm_tui.screens.base import StudioScreen
+from ddpm_tui.widgets.halfblock import HalfBlockImage
+
+PREVIEW_INTERVAL = 0.25  # seconds between preview redraws (<= 4 Hz)
+NO_BREED = "__any__"
+
+
+@dataclass
+class SampleRequest:
+    checkpoint: Path
+    use_ema: bool
+    sampler: str  # "ddpm" | "ddim"
+    steps: int
+    eta: float
+    count: int
+    seed: int
+    label: int | None
+    guidance: float
+    run_name: str
+
+
+@dataclass
+class SampleResult:
+    request: SampleRequest
+    images: np.ndarray  # (B, H, W, 3) uint8
+    seconds: float
+
+
+def sample_output_dir(root: Path, run_name: str) -> Path:
+    return root / "samples" / re.sub(r"[^A-Za-z0-9._-]", "_", run_name or "checkpoint")
+
+
+class SampleScreen(StudioScreen):
+    MODE = "sample"
+    BINDINGS = [
+        Binding("ctrl+r", "generate", "Generate", priority=True),
+        Binding("w", "save", "Save PNGs"),
+        Binding("ctrl+x", "cancel", "Cancel", priority=True),
+        Binding("p", "toggle_preview", "Preview x0/x_t"),
+        Binding("escape", "blur", "Leave field", show=False),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._result: SampleResult | None = None
+        self._worker: Worker | None = None
+        self._model_cache: tuple | None = None  # (key, model, diffusion)
+        self._breed_names: list[str] = []
+        self.preview_x0 = False  # preview the model's x0 prediction instead of the noisy x_t
+
+    def compose_body(self) -> ComposeResult:
+        with Horizontal(id="sample-body"):
+            with VerticalScroll(id="sample-form"):
+                with Grid(classes="form-grid"):
+                    yield Label("Run")
+                    yield Select([], compact=True, id="run", prompt="(no runs)")
+                    yield Label("Checkpoint")
+                    yield Select([], compact=True, id="checkpoint", prompt="(none)")
+                    yield Label("Weights")
+                    yield Select([("EMA", "ema"), ("raw", "raw")], value="ema", allow_blank=False, compact=True, id="weights")
+                    yield Label("Sampler")
+                    yield Select([("DDIM", "ddim"), ("DDPM", "ddpm")], value="ddim", allow_blank=False, compact=True, id="sampler")
+                    yield Label("Steps")
+                    yield Input("50", compact=True, id="steps", type="integer")
+                    yield Label("eta")
+                    yield Input("0.0", compact=True, id="eta", type="number")
+                    yield Label("Count")
+                    yield Input("16", compact=True, id="count", type="integer")
+                    yield Label("Seed")
+                    yield Input("0", compact=True, id="seed", type="integer")
+                    yield Label("Breed")
+                    yield Select([("any (unconditional)", NO_BREED)], value=NO_BREED, allow_blank=False, compact=True, id="breed")
+                    yield Label("Guidance")
+                    yield Input("3.0", compact=True, id="guidance", type="number")
+                with Horizontal(classes="button-row"):
+                    yield Button("Generate", compact=True, id="generate", variant="success")
+                    yield Button("Save", compact=True, id="save", variant="primary")
+            with Vertical(id="sample-right"):
+                yield Static("Pick a run with a checkpoint, then Ctrl+R.", id="sample-status")
+                yield ProgressBar(id="sample-progress", show_eta=False)
+                yield HalfBlockImage(id="sample-preview")
+                yield Static("", id="sample-saved")
+
+    def on_mount(self) -> None:
+        self.query_one("#sample-progress").display = False  # an idle bar would animate
+        self.refresh_runs()
+
+    def on_screen_resume(self) -> None:
+        self.refresh_runs()  # runs may have gained checkpoints while another screen showed
+
+    # -- choices -------------------------------------------------------------------------------
+
+    def refresh_runs(self) -> None:
+        from core.runs import latest_checkpoint, list_runs
+
+        runs = [r for r in list_runs(self.studio.workspace.runs_dir) if latest_checkpoint(r.path)]
+        select = self.query_one("#run", Select)
+        current = select.value
+        options = [(f"{r.name} ({r.state})", r.name) for r in runs]
+        if [o[1] for o in options] != [o[1] for o in getattr(self, "_run_options", [])]:
+            self._run_options = options
+            select.set_options(options)
+            names = [o[1] for o in options]
+            if current in names:
+                select.value = current
+            elif names:
+                select.value = names[0]
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        if event.select.id == "run":
+            self._run_changed()
+        elif event.select.id == "sampler":
+            self.query_one("#steps", Input).disabled = event.value == "ddpm"
+            self.query_one("#eta", Input).disabled = event.value == "ddpm"
+
+    def _run_changed(self) -> None:
+        from core.runs import checkpoints_dir, read_config
+
+        name = self.query_one("#run", Select).value
+        ckpt_select = self.query_one("#checkpoint", Select)
+        breed = self.query_one("#breed", Select)
+        if not isinstance(name, str):
+            ckpt_select.set_options([])
+            return
+        run_dir = self.studio.workspace.run_dir(name)
+        ckpts = sorted(checkpoints_dir(run_dir).glob("*.pt"), key=lambda p: (p.name != "last.pt", p.name))
+        ckpt_select.set_options([(p.name, str(p)) for p in ckpts])
+        if ckpts:
+            ckpt_select.value = str(ckpts[0])
+        config = read_config(run_dir) or {}
+        classes = list(config.get("classes") or []) if config.get("conditional") else []
+        self._breed_names = classes
+        breed.set_options([("any (unconditional)", NO_BREED)] + [(c, str(i)) for i, c in enumerate(classes)])
+        breed.value = NO_BREED
+        breed.disabled = not classes
+        self.query_one("#guidance", Input).disabled = not classes
+
+    # -- generating ------------------------------------------------------------------------
+
+    def _request(self) -> SampleRequest:
+        ckpt = self.query_one("#checkpoint", Select).value
+        if not isinstance(ckpt, str):
+            raise ValueError("no checkpoint: pick a run that has saved one (Train screen)")
+
+        def number(fid: str, kind: type, lo: float, label: str):
+            raw = self.query_one(f"#{fid}", Input).value.strip()
+            try:
+                value = kind(raw)
+            except ValueError:
+                raise ValueError(f"{label}: {raw!r} is not a number") from None
+            if value < lo:
+                raise ValueError(f"{label} must be at least {lo}, got {raw}")
+            return value
+
+        breed = self.query_one("#breed", Select).value
+        run = self.query_one("#run", Select).value
+        return SampleRequest(
+            checkpoint=Path(ckpt),
+            use_ema=self.query_one("#weights", Select).value == "ema",
+            sampler=str(self.query_one("#sampler", Select).value),
+            steps=number("steps", int, 1, "Steps"),
+            eta=number("eta", float, 0.0, "eta"),
+            count=min(number("count", int, 1, "Count"), 64),
+            seed=number("seed", int, 0, "Seed"),
+            label=None if breed in (NO_BREED, Select.BLANK) else int(breed),
+            guidance=number("guidance", float, 0.0, "Guidance"),
+            run_name=str(run) if isinstance(run, str) else Path(ckpt).parent.parent.name,
+        )
+
+    def action_generate(self) -> None:
+        if self._worker is not None and self._worker.state in (WorkerState.PENDING, WorkerState.RUNNING):
+            self.notify("already generating; Ctrl+X cancels", severity="warning")
+            return
+        try:
+            req = self._request()
+        except ValueError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self._result = None
+        self.query_one("#sample-saved", Static).update("")
+        self.query_one("#sample-status", Static).update(f"loading {req.checkpoint.name}…")
+        bar = self.query_one("#sample-progress", ProgressBar)
+        bar.display = True
+        bar.update(total=None, progress=0)
+        self._worker = self.run_worker(lambda: self._generate(req), thread=True, group="sample", name="sampling",
+                                       exclusive=True, exit_on_error=False)
+
+    def action_cancel(self) -> None:
+        if self._worker is not None and self._worker.is_running:
+            self._worker.cancel()
+            self.query_one("#sample-status", Static).update("cancelling…")
+
+    def _load(self, req: SampleRequest):
+        from core.checkpoint import build_model_from_checkpoint, load_checkpoint
+
+        stat = req.checkpoint.stat()
+        key = (str(req.checkpoint), stat.st_mtime, stat.st_size, req.use_ema)
+        if self._model_cache is not None and self._model_cache[0] == key:
+            return self._model_cache[1], self._model_cache[2]
+        ckpt = load_checkpoint(req.checkpoint)
+        model, diffusion = build_model_from_checkpoint(ckpt, use_ema=req.use_ema)
+        self._model_cache = (key, model, diffusion)
+        return model, diffusion
+
+    def _generate(self, req: SampleRequest) -> None:
+        from core.checkpoint import CheckpointError
+        from core.device import autocast_dtype, resolve_device
+        from core.grid import to_uint8_images
+        from core.sampling import iter_ddim, iter_ddpm
+
+        worker = get_current_worker()
+        call = self.app.call_from_thread
+        try:
+            model, diffusion = self._load(req)
+        except (CheckpointError, OSError) as exc:
+            call(self._failed, f"cannot load {req.checkpoint}: {exc}")
+            return
+        size = model.config.image_size
+        shape = (req.count, model.config.in_channels, size, size)
+        device = resolve_device("auto")
+        # bf16 autocast where the device runs it fast (CUDA, CPUs with AVX512-BF16/AMX)
+        kwargs = dict(seed=req.seed, device=device, autocast=autocast_dtype(device, "auto"))
+        if req.label is not None:
+            kwargs.update(labels=req.label, guidance=req.guidance)
+        model.to(device)
+        try:
+            if req.sampler == "ddpm":
+                steps = iter_ddpm(model, diffusion, shape, **kwargs)
+            else:
+                steps = iter_ddim(model, diffusion, shape, steps=min(req.steps, diffusion.T), eta=req.eta, **kwargs)
+            start = time.monotonic()
+            last_draw = 0.0
+            final = None
+            for step in steps:
+                if worker.is_cancelled:
+                    call(self._failed, "cancelled")
+                    return
+                final = step
+                now = time.monotonic()
+                done = step.index + 1
+                if now - last_draw >= PREVIEW_INTERVAL or done == step.total:
+                    last_draw = now
+                    shown = step.x0_pred if self.preview_x0 else step.x_t
+                    preview = to_uint8_images(shown).numpy()
+                    call(self._progress, done, step.total, preview)
+        except (ValueError, RuntimeError) as exc:
+            call(self._failed, f"sampling failed: {exc}")
+            return
+        if final is None:
+            call(self._failed, "the sampler produced no steps")
+            return
+        images = to_uint8_images(final.x_t).numpy()
+        call(self._done, SampleResult(req, images, time.monotonic() - start))
+
+    def _grid(self, images: np.ndarray) -> np.ndarray:
+        from ddpm_tui.widgets.halfblock import tile_images
+
+        return tile_images(list(images), gap=max(1, images.shape[1] // 16))
+
+    def _progress(self, done: int, total: int, preview: np.ndarray) -> None:
+        self.query_one("#sample-progress", ProgressBar).update(total=total, progress=done)
+        what = "x0 guess" if self.preview_x0 else "x_t"
+        self.query_one("#sample-status", Static).update(f"step {done}/{total} · preview {what} (p)")
+        self.query_one("#sample-preview", HalfBlockImage).set_image(self._grid(preview))
+
+    def _failed(self, message: str) -> None:
+        self.query_one("#sample-status", Static).update(f"[red]{message}[/]")
+        if message != "cancelled":
+            self.notify(message, severity="error")
+
+    def _done(self, result: SampleResult) -> None:
+        self._result = result
+        self.query_one("#sample-preview", HalfBlockImage).set_image(self._grid(result.images))
+        r = result.request
+        what = f"{r.sampler.upper()} {'EMA' if r.use_ema else 'raw'} seed {r.seed}"
+        if r.label is not None and r.label < len(self._breed_names):
+            what += f" · {self._breed_names[r.label]} x{r.guidance:g}"
+        self.query_one("#sample-status", Static).update(
+            f"{len(result.images)} images in {result.seconds:.1f}s · {what} · w saves")
+
+    # -- saving ----------------------------------------------------------------------------
+
+    def action_save(self) -> None:
+        if self._result is None:
+            self.notify("nothing to save yet: generate first (Ctrl+R)", severity="warning")
+            return
+        r = self._result.request
+        out = sample_output_dir(self.studio.workspace.root, r.run_name) / time.strftime(f"%Y%m%d-%H%M%S-seed{r.seed}")
+        try:
+            paths = save_pngs(self._result.images, out, self._grid(self._result.images))
+        except OSError as exc:
+            self.notify(f"could not save to {out}: {exc}", severity="error")
+            return
+        self.query_one("#sample-saved", Static).update(f"saved {len(paths) - 1} PNGs + grid.png in {out}")
+        self.notify(f"saved to {out}")
+
+    def action_toggle_preview(self) -> None:
+        self.preview_x0 = not self.preview_x0
+        self.notify("preview: " + ("the model's guess of the final image (x0)" if self.preview_x0
+                                   else "the noisy image as it is denoised (x_t)"))
+
+    def action_blur(self) -> None:
+        self.set_focus(None)
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "generate":
+            self.action_generate()
+        elif event.button.id == "save":
+            self.action_save()
+
+
+def save_pngs(images: np.ndarray, out_dir: Path, grid: np.ndarray) -> list[Path]:
+    """Write each image and the grid as PNG, each via temp file + rename (never half-written)."""
+    import os
+
+    from PIL import Image
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    items = [(f"{i:03d}.png", img) for i, img in enumerate(images)] + [("grid.png", grid)]
+    for name, arr in items:
+        path = out_dir / name
+        tmp = out_dir / f".{name}.tmp"
+        Image.fromarray(arr).save(tmp, format="PNG")
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths

@@ -1,0 +1,71 @@
+"""Helpers for the studio tests: a temporary workspace with a tiny generated dataset, a
+tiny checkpoint made with core APIs, and a helper to wait for the UI without sleeping
+fixed amounts (no timing thresholds: only generous upper bounds on waiting)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ddpm_tui.workspace import Workspace
+
+BREEDS = {"beagle": 5, "corgi": 3, "pug": 2}
+
+
+def make_dataset(data_dir: Path, counts: dict[str, int] = BREEDS, size: int = 16, seed: int = 0) -> None:
+    """Per-breed folders of small PNGs with a breed-specific base colour plus noise."""
+    rng = np.random.default_rng(seed)
+    for b_i, (breed, n) in enumerate(sorted(counts.items())):
+        folder = data_dir / breed
+        folder.mkdir(parents=True, exist_ok=True)
+        base = np.array([(70 * b_i) % 256, (140 + 50 * b_i) % 256, (200 - 60 * b_i) % 256])
+        for i in range(n):
+            img = np.clip(base + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(folder / f"{breed}_{i:03d}.png")
+
+
+def make_checkpoint_run(ws: Workspace, name: str = "tiny-run", *, image_size: int = 16, T: int = 10,
+                        conditional: bool = False, state: str = "finished") -> Path:
+    """A run directory with a real (untrained) tiny checkpoint, config and status."""
+    import torch
+
+    from core.checkpoint import save_checkpoint
+    from core.diffusion import Diffusion, DiffusionConfig
+    from core.ema import EMA
+    from core.runs import checkpoints_dir, write_config, write_status
+    from core.unet import UNet, get_preset
+
+    torch.manual_seed(0)
+    classes = sorted(BREEDS) if conditional else []
+    config = get_preset("tiny", image_size=image_size, num_classes=len(classes))
+    model = UNet(config)
+    dconf = DiffusionConfig(T=T, schedule="linear")
+    Diffusion(dconf)
+    run_dir = ws.run_dir(name)
+    save_checkpoint(checkpoints_dir(run_dir) / "last.pt", model_config=config, diffusion_config=dconf,
+                    model_state=model.state_dict(), ema_state=EMA(model).state_dict(), step=12, epoch=3,
+                    extra={"classes": classes})
+    write_config(run_dir, {"preset": "tiny", "image_size": image_size, "T": T, "epochs": 3, "batch_size": 4,
+                           "conditional": conditional, "classes": classes})
+    write_status(run_dir, state=state, pid=0, host="test", step=12, epoch=3, last_loss=0.5,
+                 message="finished 3 epochs")
+    return run_dir
+
+
+async def wait_for(pilot, condition, timeout: float = 60.0, what: str = "condition") -> None:
+    """Let the app run until condition() is true; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await pilot.pause(0.1)
+
+
+def run_async(coro):
+    return asyncio.run(coro)
