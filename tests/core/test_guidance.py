@@ -12,14 +12,7 @@ from core.sampling import ddim_sample, ddpm_sample, iter_ddim
 NUM_CLASSES = 3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors: with 2 intra-op threads on a busy 2-core machine every op waits for the
-    # other core (~6 ms each: a 3-step tiny-UNet sample took 6 s instead of 0.03 s).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 class LabelRecorder(nn.Module):

@@ -59,13 +59,6 @@ def nearest_mse(samples: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     return ((samples[:, None] - images[None]) ** 2).mean(dim=(2, 3, 4)).min(dim=1).values
 
 
-@pytest.fixture
-def one_thread():
-    # Tiny tensors: one intra-op thread wastes no time on synchronisation (2-3x less CPU here).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.slow

@@ -49,14 +49,7 @@ from core.schedules import make_betas
 T = 1000
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Element-wise ops on 65k floats: one intra-op thread avoids synchronisation stalls on a
-    # busy 2-core machine (seen as 1 s -> 80 s for one 1000-step run with two threads).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 class GaussianOracle(nn.Module):
