@@ -1,0 +1,906 @@
+"""The training loop: one code path for the CPU, one GPU and many GPUs (DDP under torchrun).
+
+``train(config, run_dir)`` writes the run directory described in DESIGN.md (config.json,
+status.json, metrics.jsonl, checkpoints/, samples/, train.log) and returns the final status.
+
+Resume is automatic and exact. Every random number the loop draws comes from a
+``torch.Generator`` seeded from (seed, epoch) for the data order and from (seed, step, rank)
+for flips, label dropout, timesteps and noise; the checkpoint stores weights, EMA,
+optimizer, step, epoch, the position inside the epoch and the global RNG states. So N steps,
+a stop, and N more steps give the same weights as 2N steps in one go.
+
+Stopping: SIGTERM/SIGINT (or ``stop_event``) finish the current step, save and mark the run
+``stopped``. A second Ctrl-C aborts at once (the last checkpoint is kept). A NaN/inf loss
+skips the step; ``max_nonfinite`` in a row saves the last good state and fails the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from core import runs
+from core.checkpoint import (
+    CheckpointError,
+    capture_rng_state,
+    check_compatible,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from core.device import AUTOCAST_MODES, autocast_context, autocast_dtype, resolve_device
+from core.diffusion import Diffusion, DiffusionConfig
+from core.ema import EMA
+from core.grid import save_grid
+from core.sampling import ddim_sample
+from core.schedules import SCHEDULES
+from core.unet import PRESETS, UNet, UNetConfig, count_parameters, get_preset
+
+LOGGER_NAME = "core.train"
+RESIZE_MODES = ("squash", "crop")
+# Keys config.json carries besides the TrainConfig fields (written by the trainer).
+CONFIG_META_KEYS = ("model", "diffusion", "classes", "created_at", "num_images", "world_size", "imported_from")
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+class TrainError(Exception):
+    """A problem the user can fix (bad option, missing dataset, run mismatch); one line."""
+
+
+# ---------------------------------------------------------------------------- the config
+
+
+@dataclass
+class TrainConfig:
+    """Every trainer option. Defaults are the seed's where the seed had the option."""
+
+    data: str = ""  # folder of breed folders (data/dogs)
+    run: str = ""  # run name, for the record (the run directory is passed to train())
+    preset: str = "seed"
+    image_size: int = 64
+    schedule: str = "linear"
+    T: int = 1000
+    lr: float = 3e-4
+    batch_size: int = 16
+    epochs: int = 500
+    samples: int = 10  # images per sample grid
+    save_frequency: int = 10  # epochs between checkpoint + sample grids
+    save_every_steps: int = 0  # also checkpoint every N steps (0 = off); long epochs lose less
+    keep_milestones: int = 0  # epoch_NNNN.pt copies kept besides last.pt (0 none, -1 all)
+    ema_decay: float = 0.995
+    ema_warmup: int = 0
+    grad_clip: float = 0.0  # max gradient norm (0 = off, as in the seed)
+    amp: str = "auto"  # auto | bf16 | off
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the network (opt-in)
+    workers: int = 0  # image-decoding workers (0 = one per CPU)
+    seed: int = 0
+    max_steps: int = 0  # stop (finished) at this global step (0 = no limit)
+    max_time: float = 0.0  # stop (resumable) after this many seconds of this session (0 = none)
+    conditional: bool = False  # class-conditional on breed, for classifier-free guidance
+    label_dropout: float = 0.1  # share of labels replaced by "no label" when conditional
+    resize: str = "squash"  # squash (the seed) | crop (shorter side + centre crop)
+    flip: bool = True
+    log_every: int = 10  # steps per metrics line
+    sample_steps: int = 25  # DDIM steps for the sample grids
+    sample_guidance: float = 3.0  # guidance for the grids of conditional runs
+    max_nonfinite: int = 5  # NaN/inf losses in a row before the run fails
+    device: str = "auto"
+    cache_dir: str = ""  # decoded-image cache ("" = none)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """Build from a dict (e.g. config.json). Trainer metadata keys are ignored; any other
+        unknown key is an error naming it."""
+        if not isinstance(data, dict):
+            raise ValueError(f"train config must be a dict, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(k for k in data if k not in known and k not in CONFIG_META_KEYS)
+        if unknown:
+            raise ValueError(f"unknown train option(s) {', '.join(unknown)}")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad option."""
+        def positive(name: str) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+        def non_negative(name: str) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value!r}")
+
+        for name in ("image_size", "T", "batch_size", "epochs", "save_frequency", "log_every",
+                     "sample_steps", "max_nonfinite"):
+            positive(name)
+        for name in ("samples", "save_every_steps", "ema_warmup", "grad_clip", "workers", "max_steps", "max_time"):
+            non_negative(name)
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; known presets: {', '.join(PRESETS)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; known schedules: {', '.join(SCHEDULES)}")
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"unknown resize mode {self.resize!r}; use one of {', '.join(RESIZE_MODES)}")
+        if self.amp not in AUTOCAST_MODES:
+            raise ValueError(f"unknown amp mode {self.amp!r}; use one of {', '.join(AUTOCAST_MODES)}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if not 0.0 <= self.ema_decay <= 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1], got {self.ema_decay!r}")
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout!r}")
+        if self.keep_milestones < -1:
+            raise ValueError(f"keep_milestones must be -1 (all), 0 (none) or a count, got {self.keep_milestones!r}")
+        if not self.data:
+            raise ValueError("no dataset folder given (data)")
+        self.model_config(0)  # image size vs. the preset's levels, etc.
+
+    def model_config(self, num_classes: int) -> UNetConfig:
+        return get_preset(self.preset, image_size=self.image_size,
+                          num_classes=num_classes if self.conditional else 0)
+
+    def diffusion_config(self) -> DiffusionConfig:
+        return DiffusionConfig(T=self.T, schedule=self.schedule)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from any tuple of ints/strings: independent streams per (purpose, step, rank)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def epoch_order(num_items: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """This rank's share of epoch ``epoch``'s shuffled indices (DistributedSampler-style:
+    the permutation is padded by wrapping around so every rank gets the same count)."""
+    gen = torch.Generator().manual_seed(derive_seed("epoch", seed, epoch))
+    perm = torch.randperm(num_items, generator=gen)
+    per_rank = math.ceil(num_items / world_size)
+    total = per_rank * world_size
+    if total > num_items:
+        perm = torch.cat([perm, perm.repeat(math.ceil(total / num_items))[: total - num_items]])
+    return perm[rank:total:world_size]
+
+
+def weights_digest(model: nn.Module | dict[str, torch.Tensor]) -> str:
+    """sha256 of a module's (or a state dict's) tensors: equal digests mean bit-identical weights."""
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    h = hashlib.sha256()
+    for name, p in sorted(state.items()):
+        h.update(name.encode())
+        h.update(p.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def _memory_mb(device: torch.device) -> float | None:
+    """Peak allocated GPU memory since the last call (CUDA), allocated (MPS) or RSS (CPU)."""
+    try:
+        if device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            return peak / 2**20
+        if device.type == "mps":
+            return torch.mps.current_allocated_memory() / 2**20
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    except Exception:  # memory figures are nice to have, never a reason to stop training
+        return None
+
+
+@contextlib.contextmanager
+def _signals_to(event: threading.Event, log: logging.Logger) -> Iterator[None]:
+    """SIGTERM/SIGINT set ``event`` (stop after this step); a second SIGINT aborts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be installed from the main thread
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if event.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        event.set()
+        log.warning("%s received: finishing this step, saving, then stopping "
+                    "(Ctrl-C again aborts without saving)", name)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+class _Dist:
+    """World size, rank and the few collectives the loop needs (no-ops in one process)."""
+
+    def __init__(self, device_spec: str) -> None:
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        self.rank = int(os.environ.get("RANK", "0") or 0)
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
+        self.owns_group = False
+        if self.world_size <= 1:
+            self.world_size, self.rank = 1, 0
+            self.device = resolve_device(device_spec)
+            return
+        device = resolve_device(device_spec)
+        if device.type == "cuda":
+            # One GPU per process: LOCAL_RANK picks it, whatever index the spec named.
+            device = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(device)
+        self.device = device
+        if not dist.is_initialized():
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            dist.init_process_group(backend=backend, init_method="env://")
+            self.owns_group = True
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def sum(self, values: list[float]) -> list[float]:
+        if not self.enabled:
+            return values
+        backend_device = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        t = torch.tensor(values, dtype=torch.float64, device=backend_device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t.tolist()
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, obj: Any) -> list[Any]:
+        if not self.enabled:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def close(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------- examples
+
+
+def write_examples(dataset: Any, diffusion: Diffusion, out_dir: Path, *, seed: int = 0, count: int = 16) -> list[Path]:
+    """examples.png (a grid of training images as the model sees them) and
+    forward_diffusion.png (one image noised at several t, left to right)."""
+    gen = torch.Generator().manual_seed(derive_seed("examples", seed))
+    n = min(count, len(dataset))
+    idx = torch.randperm(len(dataset), generator=gen)[:n]
+    x, _ = dataset.get_batch(idx, gen)
+    paths = [save_grid(x, out_dir / "examples.png")]
+    T = diffusion.T
+    ts = sorted({min(T - 1, round(f * (T - 1))) for f in (0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)})
+    x0 = x[:1].expand(len(ts), -1, -1, -1)
+    noise = torch.randn(x0.shape, generator=gen)
+    strip = diffusion.q_sample(x0, torch.tensor(ts, dtype=torch.long), noise)
+    paths.append(save_grid(strip, out_dir / "forward_diffusion.png", nrow=len(ts)))
+    return paths
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class _State:
+    step: int = 0
+    epoch: int = 0  # completed epochs
+    pos: int = 0  # samples of this rank's shard already consumed in the current epoch
+    images_seen: int = 0
+    nonfinite_total: int = 0
+    train_seconds: float = 0.0  # wall time spent in the loop over all sessions
+
+
+def _model_fields_message(exc: CheckpointError, run_dir: Path) -> str:
+    return (f"run {run_dir.name!r} cannot continue with these options: {exc}. "
+            "Use the run's own settings or start a new --run")
+
+
+def _load_dataset(config: TrainConfig, log: logging.Logger, progress: ProgressFn | None,
+                  classes: list[str] | None = None):
+    from core.data import DataOptions, DatasetError, ImageFolderDataset
+
+    def on_progress(done: int, total: int, message: str = "") -> None:
+        if progress is not None:
+            progress({"event": "loading", "done": done, "total": total, "message": message})
+
+    options = DataOptions(image_size=config.image_size, resize=config.resize, flip=config.flip)
+    try:
+        return ImageFolderDataset(
+            Path(config.data), options,
+            cache_dir=Path(config.cache_dir) if config.cache_dir else None,
+            workers=config.workers or None, progress=on_progress, logger=log, classes=classes,
+        )
+    except DatasetError as exc:
+        raise TrainError(str(exc)) from None
+
+
+def _scan_dataset(config: TrainConfig) -> list[str]:
+    """Cheap pre-flight check (file listing only): the classes, or TrainError."""
+    from core.data import DatasetError, scan_image_folder
+
+    root = Path(config.data)
+    if not root.is_dir():
+        raise TrainError(f"dataset folder {root} does not exist")
+    try:
+        scan = scan_image_folder(root)
+    except DatasetError as exc:
+        raise TrainError(str(exc)) from None
+    if not scan.samples:
+        raise TrainError(f"dataset folder {root} has no images (expected {root}/<breed>/*.jpg)")
+    return list(scan.classes)
+
+
+def _check_resume(ckpt: dict, config: TrainConfig, classes: list[str], run_dir: Path) -> None:
+    """Refuse a checkpoint whose network or diffusion differs from what config asks for."""
+    try:
+        check_compatible(ckpt, config.model_config(len(classes)), config.diffusion_config())
+    except CheckpointError as exc:
+        raise TrainError(_model_fields_message(exc, run_dir)) from None
+
+
+def _pinned_classes(ckpt: dict | None, config: TrainConfig) -> list[str] | None:
+    """A resumed conditional run keeps its breed list (and so every breed's label)."""
+    if ckpt is None or not config.conditional:
+        return None
+    saved = (ckpt.get("extra") or {}).get("classes")
+    return list(saved) if saved else None
+
+
+def train(
+    config: TrainConfig,
+    run_dir: str | os.PathLike,
+    *,
+    progress: ProgressFn | None = None,
+    stop_event: threading.Event | None = None,
+    examples: bool = False,
+) -> dict[str, Any]:
+    """Train (or continue training) the run in ``run_dir``; return the final status dict.
+
+    Raises TrainError before anything is written when the options, the dataset or an
+    existing run's checkpoint make training impossible. Failures during training (NaN loss,
+    out of memory) are recorded in status.json and returned with state "failed".
+    """
+    run_dir = Path(run_dir)
+    try:
+        config.validate()
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
+    stop_event = stop_event if stop_event is not None else threading.Event()
+    log = logging.getLogger(LOGGER_NAME)
+    try:
+        world = _Dist(config.device)
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
+    try:
+        with _signals_to(stop_event, log):
+            return _Trainer(config, run_dir, world, log, progress, stop_event).run(examples=examples)
+    finally:
+        world.close()
+
+
+class _Trainer:
+    def __init__(self, config: TrainConfig, run_dir: Path, world: _Dist, log: logging.Logger,
+                 progress: ProgressFn | None, stop_event: threading.Event) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.world = world
+        self.log = log
+        self.progress = progress
+        self.stop_event = stop_event
+        self.device = world.device
+        self.state = _State()
+        self.metrics: runs.MetricsWriter | None = None
+        self.last_status_write = 0.0
+        self.last_saved_step = -1
+        self.classes: list[str] = []
+        self._resume_from: dict | None = None
+        self.save_error = ""
+
+    # -- pre-flight, done by rank 0 and shared, so every rank fails or starts together ---
+
+    def _preflight(self) -> dict | None:
+        """Check that this run can start; return its checkpoint when it resumes."""
+        config, run_dir = self.config, self.run_dir
+        classes = _scan_dataset(config)
+        ckpt_path = runs.checkpoints_dir(run_dir) / runs.LAST_CHECKPOINT
+        ckpt = None
+        if ckpt_path.exists():
+            try:
+                ckpt = load_checkpoint(ckpt_path)
+            except CheckpointError as exc:
+                raise TrainError(f"{exc} (the file is left as it is; move it away to start over)") from None
+            classes = _pinned_classes(ckpt, config) or classes
+            _check_resume(ckpt, config, classes, run_dir)
+        status = runs.read_status(run_dir)
+        if status and status.get("state") == "running" and status.get("pid") != os.getpid():
+            seen = runs.pid_status(status.get("pid"), status.get("host"), status.get("pid_started"))
+            if seen != "dead":
+                raise TrainError(f"run {run_dir.name!r} is already training (pid {status.get('pid')} on "
+                                 f"{status.get('host')}); stop it first")
+        return ckpt
+
+    def run(self, *, examples: bool) -> dict[str, Any]:
+        world, config = self.world, self.config
+        error = None
+        ckpt = None
+        if world.is_main:
+            try:
+                ckpt = self._preflight()
+            except TrainError as exc:
+                error = str(exc)
+        error = world.broadcast(error)
+        if error:
+            raise TrainError(error)
+        if not world.is_main:
+            path = runs.checkpoints_dir(self.run_dir) / runs.LAST_CHECKPOINT
+            ckpt = load_checkpoint(path) if path.exists() else None
+
+        if world.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            runs.setup_run_logger(self.run_dir, name=LOGGER_NAME)
+            self._remove_stale_temp_files()
+            self.status(state="running", message="loading dataset", step=ckpt["step"] if ckpt else 0,
+                        epoch=ckpt["epoch"] if ckpt else 0, started_at=time.time(), world_size=world.world_size,
+                        device=str(self.device), force=True)
+        # Held only until the weights are restored: a seed checkpoint is over a gigabyte.
+        self._resume_from, ckpt = ckpt, None
+        try:
+            return self._run(examples)
+        except KeyboardInterrupt:
+            if world.is_main:
+                self.status(state="stopped", force=True,
+                            message=f"aborted at step {self.state.step} without saving; "
+                                    f"the last checkpoint (step {max(self.last_saved_step, 0)}) is kept")
+            raise
+        except TrainError as exc:
+            if world.is_main:
+                self.log.error("%s", exc)
+                self.status(state="failed", message=str(exc), force=True)
+            raise
+        except BaseException as exc:
+            if _is_oom(exc):
+                msg = (f"out of memory on {self.device} at batch size {config.batch_size}: "
+                       f"try a smaller --batch_size (e.g. {max(1, config.batch_size // 2)})")
+                self.log.error("%s", msg)
+                if world.is_main:
+                    return self.status(state="failed", message=msg, force=True)
+                return {"state": "failed", "message": msg}
+            if world.is_main:
+                self.log.exception("training crashed")
+                first = (str(exc).splitlines() or [""])[0]
+                self.status(state="failed", message=f"crashed: {type(exc).__name__}: {first}", force=True)
+            raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.close()
+            if world.is_main:
+                runs.close_run_logger(self.log)
+
+    def _remove_stale_temp_files(self) -> None:
+        """A trainer killed mid-write leaves its temp file (".last.pt.XXXX.tmp", up to a few GB)
+        beside the intact checkpoint. Only hidden *.tmp files in checkpoints/ are removed:
+        no other trainer can be writing there (a running one was refused above)."""
+        for tmp in runs.checkpoints_dir(self.run_dir).glob(".*.tmp"):
+            try:
+                tmp.unlink()
+                self.log.info("removed %s, left by an interrupted write", tmp)
+            except OSError as exc:
+                self.log.warning("could not remove %s: %s", tmp, exc)
+
+    # -- status / metrics -------------------------------------------------------------
+
+    def status(self, *, force: bool = False, **fields: Any) -> dict[str, Any]:
+        """Write status.json (rank 0), at most every 2 s unless forced."""
+        now = time.monotonic()
+        if not self.world.is_main or (not force and now - self.last_status_write < 2.0):
+            return fields
+        self.last_status_write = now
+        return runs.write_status(self.run_dir, **fields)
+
+    def emit(self, event: dict[str, Any]) -> None:
+        if self.progress is not None and self.world.is_main:
+            self.progress(event)
+
+    # -- the work ----------------------------------------------------------------------
+
+    def _run(self, examples: bool) -> dict[str, Any]:
+        config, world, log, device = self.config, self.world, self.log, self.device
+        ckpt, self._resume_from = self._resume_from, None
+        pinned = _pinned_classes(ckpt, config)
+        if world.is_main:
+            dataset = _load_dataset(config, log, self.progress, pinned)
+            world.barrier()  # others now find the decoded-image cache warm
+        else:
+            world.barrier()
+            dataset = _load_dataset(config, log, None, pinned)
+        classes = self.classes = list(dataset.classes)
+        if world.is_main and ckpt is not None:
+            _check_resume(ckpt, config, classes, self.run_dir)  # the loaded set, not just the listing
+        # The dataset logged each unreadable file (with its reason) into train.log.
+        bad = [(str(p), r) for p, r in getattr(dataset, "bad_files", [])]
+        if bad:
+            self.emit({"event": "bad_files", "files": bad})
+        self.status(bad_files=len(bad), force=True)
+        n = len(dataset)
+        if n == 0:
+            raise TrainError(f"dataset folder {config.data} has no readable images")
+
+        model_config = config.model_config(len(classes))
+        diffusion_config = config.diffusion_config()
+        diffusion = Diffusion(diffusion_config).to(device)
+        torch.manual_seed(derive_seed("init", config.seed))  # same initial weights on every rank
+        model = UNet(model_config).to(device)
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        ema = EMA(model, decay=config.ema_decay, warmup_steps=config.ema_warmup)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        amp_dtype = autocast_dtype(device, config.amp)
+
+        resumed = ckpt is not None
+        if ckpt is not None:
+            self._restore(ckpt, model, ema, optimizer)
+            del ckpt
+
+        if world.is_main:
+            runs.write_config(self.run_dir, {
+                **config.to_dict(), "model": model_config.to_dict(), "diffusion": diffusion_config.to_dict(),
+                "classes": classes, "num_images": n, "world_size": world.world_size,
+            })
+            self.metrics = runs.MetricsWriter(self.run_dir)
+            log.info("%s run %s on %s%s: preset %s (%s parameters), %d images, %d classes, batch %d x %d, amp %s",
+                     "resuming" if resumed else "starting", self.run_dir.name, device,
+                     f" x{world.world_size}" if world.enabled else "", config.preset,
+                     f"{count_parameters(model):,}", n, len(classes), config.batch_size, world.world_size,
+                     str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32")
+            if resumed:
+                log.info("continuing from step %d, epoch %d", self.state.step, self.state.epoch)
+            if device.type == "cpu" and config.preset == "seed":
+                log.warning("training the seed's %s-parameter network on a CPU is slow (hours per epoch of "
+                            "14,000 images); --preset small or tiny are made for CPUs",
+                            f"{count_parameters(model) / 1e6:.0f}M")
+            signal_left = float(diffusion.alpha_bars[-1].sqrt())
+            if signal_left > 0.05:
+                # Sampling starts from pure noise; here x_T still carries the image.
+                log.warning("with T=%d and the %s schedule, x_T keeps %.0f%% of the image, so samples "
+                            "(which start from pure noise) come out noisy; use T near 1000 or --schedule cosine",
+                            config.T, config.schedule, 100 * signal_left)
+            if examples:
+                for path in write_examples(dataset, diffusion, self.run_dir, seed=config.seed):
+                    log.info("wrote %s", path)
+                    self.emit({"event": "wrote", "path": str(path)})
+
+        train_model: nn.Module = model
+        if world.enabled:
+            train_model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        if config.compile:
+            train_model = torch.compile(train_model)
+
+        return self._loop(dataset, classes, model, train_model, ema, optimizer, diffusion, amp_dtype)
+
+    def _restore(self, ckpt: dict, model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer) -> None:
+        model.load_state_dict(ckpt["model"])
+        if ckpt.get("ema"):
+            ema.load_state_dict(ckpt["ema"])
+            ema.decay = self.config.ema_decay  # a changed --ema_decay applies from now on
+        else:  # e.g. an imported seed checkpoint: the average starts at the weights
+            ema.shadow = {k: v.detach().clone().float() for k, v in model.named_parameters()}
+        if ckpt.get("optimizer"):
+            optimizer.load_state_dict(ckpt["optimizer"])
+        for group in optimizer.param_groups:  # a changed --lr applies from now on
+            group["lr"] = self.config.lr
+        if ckpt.get("rng"):
+            restore_rng_state(ckpt["rng"])
+        extra = ckpt.get("extra") or {}
+        s = self.state
+        s.step, s.epoch = int(ckpt["step"]), int(ckpt["epoch"])
+        s.pos = int(extra.get("pos", 0))
+        saved_world = int(extra.get("world_size", self.world.world_size))
+        saved_batch = int(extra.get("batch_size", self.config.batch_size))
+        if saved_world != self.world.world_size:
+            s.pos = s.pos * saved_world // self.world.world_size
+            self.log.warning("world size changed from %d to %d: the data order continues approximately",
+                             saved_world, self.world.world_size)
+        if saved_batch != self.config.batch_size:
+            self.log.warning("batch size changed from %d to %d", saved_batch, self.config.batch_size)
+        s.images_seen = int(extra.get("images_seen", 0))
+        s.nonfinite_total = int(extra.get("nonfinite_total", 0))
+        s.train_seconds = float(extra.get("train_seconds", 0.0))
+        self.last_saved_step = s.step
+
+    def _loop(self, dataset, classes, model, train_model, ema, optimizer, diffusion, amp_dtype) -> dict[str, Any]:
+        config, world, log, device, s = self.config, self.world, self.log, self.device, self.state
+        n = len(dataset)
+        per_rank = math.ceil(n / world.world_size)
+        steps_per_epoch = math.ceil(per_rank / config.batch_size)
+        total_steps = config.epochs * steps_per_epoch
+        if config.max_steps:
+            total_steps = min(total_steps, config.max_steps)
+        null_label = len(classes)  # UNet's "no label" index
+        conditional = config.conditional
+
+        if s.epoch >= config.epochs or (config.max_steps and s.step >= config.max_steps):
+            msg = (f"already finished ({s.epoch} epochs, step {s.step}); "
+                   "pass a larger --epochs or --max-steps to train further")
+            log.info("%s", msg)
+            return self.status(state="finished", message=msg, step=s.step, epoch=s.epoch, force=True)
+
+        data_gen = torch.Generator()
+        noise_gen = torch.Generator(device=device) if device.type != "cpu" else torch.Generator()
+        session_start = time.monotonic()
+        window_start = time.monotonic()
+        window_loss, window_steps, window_images, window_bad = 0.0, 0, 0, 0
+        rate: float | None = None
+        bad_in_row = 0
+        stop_reason: str | None = None
+        final_state = "finished"
+        params = [p for p in model.parameters() if p.requires_grad]
+
+        self.status(state="running", message="training", step=s.step, epoch=s.epoch,
+                    total_steps=total_steps, epochs=config.epochs, force=True)
+        model.train()
+        while s.epoch < config.epochs and stop_reason is None:
+            order = epoch_order(n, config.seed, s.epoch, world.rank, world.world_size)
+            while s.pos < len(order):
+                if config.max_steps and s.step >= config.max_steps:
+                    stop_reason = f"reached max_steps {config.max_steps}"
+                    break
+                idx = order[s.pos : s.pos + config.batch_size]
+                data_gen.manual_seed(derive_seed("data", config.seed, s.step, world.rank))
+                noise_gen.manual_seed(derive_seed("noise", config.seed, s.step, world.rank))
+                x, labels = dataset.get_batch(idx, data_gen)
+                if conditional and config.label_dropout > 0:
+                    drop = torch.rand(labels.shape[0], generator=data_gen) < config.label_dropout
+                    labels = torch.where(drop, torch.full_like(labels, null_label), labels)
+                x = x.to(device, non_blocking=True)
+                if config.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                labels = labels.to(device, non_blocking=True) if conditional else None
+
+                with autocast_context(device, amp_dtype):
+                    loss = diffusion.training_loss(train_model, x, labels, generator=noise_gen)
+                local_stop = self.stop_event.is_set() or (
+                    config.max_time > 0 and time.monotonic() - session_start >= config.max_time)
+                loss_value = float(loss.detach())
+                finite = math.isfinite(loss_value)
+                # One collective per step: ranks agree on the loss, on skipping and on stopping.
+                total_loss, bad_ranks, stop_ranks = world.sum(
+                    [loss_value if finite else 0.0, 0.0 if finite else 1.0, 1.0 if local_stop else 0.0])
+                if bad_ranks == 0:
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if config.grad_clip > 0:
+                        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                    optimizer.step()
+                    ema.update(model)
+                    bad_in_row = 0
+                    window_loss += total_loss / world.world_size
+                    window_steps += 1
+                else:
+                    bad_in_row += 1
+                    window_bad += 1
+                    s.nonfinite_total += 1
+                    log.warning("step %d: loss is %s, step skipped (%d in a row)", s.step,
+                                loss_value if not finite else "not finite on another rank", bad_in_row)
+                del loss
+                s.pos += len(idx)
+                s.step += 1
+                s.images_seen += len(idx) * world.world_size
+                window_images += len(idx) * world.world_size
+
+                if bad_in_row >= config.max_nonfinite:
+                    msg = (f"loss was NaN/inf for {bad_in_row} steps in a row at step {s.step}; saved the last "
+                           "good weights. Try a lower --lr or --grad-clip 1.0")
+                    log.error("%s", msg)
+                    self._save(model, ema, optimizer, diffusion, samples=False, milestone=False,
+                               session_start=session_start)
+                    return self.status(state="failed", message=msg, step=s.step, epoch=s.epoch, force=True)
+
+                if s.step % config.log_every == 0 or s.pos >= len(order):
+                    now = time.monotonic()
+                    elapsed = now - window_start
+                    ips = window_images / elapsed if elapsed > 0 else 0.0
+                    steps_per_s = (window_steps + window_bad) / elapsed if elapsed > 0 else 0.0
+                    rate = steps_per_s if rate is None else 0.7 * rate + 0.3 * steps_per_s
+                    eta = (total_steps - s.step) / rate if rate else None
+                    record = {
+                        "step": s.step, "epoch": s.epoch + s.pos / len(order),
+                        "lr": optimizer.param_groups[0]["lr"], "images_per_s": round(ips, 2),
+                        "elapsed_s": round(s.train_seconds + now - session_start, 2),
+                        "device_mem_mb": _memory_mb(device), "skipped": window_bad,
+                    }
+                    if window_steps:  # a window of skipped (NaN) steps has no loss to plot
+                        record["loss"] = window_loss / window_steps
+                    if world.is_main and self.metrics is not None:
+                        self.metrics.append(record)
+                    self.emit({"event": "step", **record, "total_steps": total_steps, "eta_s": eta,
+                               "epochs": config.epochs})
+                    self.status(state="running", message="training", step=s.step, epoch=s.epoch,
+                                last_loss=record.get("loss"), images_per_s=record["images_per_s"], eta_s=eta,
+                                total_steps=total_steps)
+                    window_start, window_loss, window_steps, window_images, window_bad = now, 0.0, 0, 0, 0
+
+                if config.save_every_steps and s.step % config.save_every_steps == 0:
+                    self._save(model, ema, optimizer, diffusion, samples=False, milestone=False,
+                               session_start=session_start)
+                    window_start = time.monotonic()
+                if stop_ranks > 0:
+                    stop_reason = "stop requested" if self.stop_event.is_set() or not local_stop else (
+                        f"time budget of {config.max_time:g} s reached")
+                    break
+            if s.pos >= len(order):
+                s.epoch += 1
+                s.pos = 0
+                if s.epoch % config.save_frequency == 0 or s.epoch == config.epochs:
+                    self._save(model, ema, optimizer, diffusion, samples=True, milestone=True,
+                               session_start=session_start)
+                    window_start = time.monotonic()
+
+        s.train_seconds += time.monotonic() - session_start
+        session_start = time.monotonic()
+        if stop_reason is None:
+            message = f"finished {s.epoch} epoch{'s' if s.epoch != 1 else ''} at step {s.step}"
+        elif stop_reason.startswith("reached max_steps"):
+            message = f"{stop_reason} (epoch {s.epoch})"
+        else:
+            final_state = "stopped"
+            message = f"{stop_reason} at step {s.step}; start the same run again to continue"
+        if self.last_saved_step != s.step:
+            # A stop by signal saves only the checkpoint (be quick); budgets and the end sample too.
+            self._save(model, ema, optimizer, diffusion, samples=stop_reason != "stop requested",
+                       milestone=False, session_start=session_start)
+        if self.last_saved_step != s.step:  # the save failed (disk full...): say what is on disk
+            final_state = "failed"
+            kept = f"step {self.last_saved_step}" if self.last_saved_step >= 0 else "none"
+            message = f"could not save the checkpoint at step {s.step} ({self.save_error}); last checkpoint on disk: {kept}"
+        if world.enabled:
+            digests = world.gather(weights_digest(model))
+            if len(set(digests)) != 1:
+                log.error("ranks disagree on the weights: %s", digests)
+            else:
+                log.info("all %d ranks hold identical weights (sha256 %s)", world.world_size, digests[0])
+        log.info("%s", message)
+        final = self.status(state=final_state, message=message, step=s.step, epoch=s.epoch,
+                            nonfinite_skipped=s.nonfinite_total, eta_s=None, force=True)
+        if world.enabled:
+            final = {**final, "weights_digests": digests}
+        return final
+
+    # -- saving ------------------------------------------------------------------------
+
+    def _save(self, model, ema, optimizer, diffusion, *, samples: bool, milestone: bool,
+              session_start: float | None = None) -> None:
+        """Checkpoint (rank 0, atomic) and sample grids; every rank waits for it."""
+        s, config = self.state, self.config
+        if self.world.is_main:
+            self.emit({"event": "saving", "step": s.step})
+            path = runs.checkpoints_dir(self.run_dir) / runs.LAST_CHECKPOINT
+            try:
+                # Already saved at this step (e.g. by save_every_steps): only add what is asked.
+                if self.last_saved_step != s.step or not path.exists():
+                    self._write_checkpoint(path, model, ema, optimizer, diffusion, session_start)
+                if milestone and config.keep_milestones != 0:
+                    self._milestone(path)
+            except CheckpointError as exc:
+                # The previous checkpoint is intact; keep training and say so.
+                self.save_error = str(exc)
+                self.log.error("%s", exc)
+                self.status(message=f"checkpoint failed: {exc}", force=True)
+            if samples and config.samples > 0:
+                self.emit({"event": "sampling", "step": s.step})
+                try:
+                    for path in self._sample_grids(model, ema, diffusion):
+                        self.log.info("wrote %s", path)
+                        self.emit({"event": "wrote", "path": str(path)})
+                except OSError as exc:
+                    self.log.error("could not write samples: %s", exc)
+            self.status(step=s.step, epoch=s.epoch, last_checkpoint_step=self.last_saved_step, force=True)
+        # Every rank takes rank 0's word for what is on disk, so later decisions stay in step.
+        self.last_saved_step = self.world.broadcast(self.last_saved_step)
+        model.train()
+
+    def _write_checkpoint(self, path: Path, model, ema, optimizer, diffusion, session_start: float | None) -> None:
+        s, config = self.state, self.config
+        seconds = s.train_seconds + (time.monotonic() - session_start if session_start else 0.0)
+        save_checkpoint(
+            path, model_config=model.config, diffusion_config=diffusion.config,
+            model_state=model.state_dict(), ema_state=ema.state_dict(),
+            optimizer_state=optimizer.state_dict(), step=s.step, epoch=s.epoch,
+            rng_state=capture_rng_state(),
+            extra={"pos": s.pos, "images_seen": s.images_seen, "nonfinite_total": s.nonfinite_total,
+                   "train_seconds": seconds, "world_size": self.world.world_size,
+                   "batch_size": config.batch_size, "classes": list(self.classes),
+                   "seed": config.seed, "host": socket.gethostname()},
+        )
+        self.last_saved_step = s.step
+        self.log.info("saved checkpoint at step %d (epoch %d)", s.step, s.epoch)
+
+    def _milestone(self, last: Path) -> None:
+        """epoch_NNNN.pt beside last.pt: a hard link (no copy, and last.pt is later replaced
+        by a new file, not rewritten) or a copy where links are not possible."""
+        import shutil
+
+        target = last.with_name(f"epoch_{self.state.epoch:04d}.pt")
+        tmp = target.with_name(f".{target.name}.tmp")
+        try:
+            if tmp.exists():
+                tmp.unlink()  # our own leftover from a killed run
+            try:
+                os.link(last, tmp)
+            except OSError:
+                shutil.copy2(last, tmp)
+            os.replace(tmp, target)
+        except OSError as exc:
+            self.log.error("could not keep milestone %s: %s", target.name, exc)
+            return
+        if self.config.keep_milestones > 0:
+            kept = sorted(last.parent.glob("epoch_*.pt"))
+            for old in kept[: -self.config.keep_milestones]:
+                old.unlink()  # a milestone this trainer made, beyond the number asked to keep
+                self.log.info("removed old milestone %s", old.name)
+
+    def _sample_grids(self, model: nn.Module, ema: EMA, diffusion: Diffusion) -> list[Path]:
+        """Grids from the raw and the EMA weights, same noise (fixed seed) for both."""
+        config, s = self.config, self.state
+        num_classes = model.config.num_classes
+        n = config.samples
+        labels = (torch.arange(n) % num_classes).tolist() if num_classes else None
+        shape = (n, model.config.in_channels, model.config.image_size, model.config.image_size)
+        tag = f"epoch_{s.epoch:04d}" if s.pos == 0 else f"step_{s.step:07d}"
+        out = runs.samples_dir(self.run_dir)
+        nrow = min(n, num_classes) if num_classes and num_classes <= 10 else None
+        amp = autocast_dtype(self.device, config.amp)
+        written = []
+        for prefix, net in (("", model), ("ema_", ema.make_ema_model(model))):
+            images = ddim_sample(net, diffusion, shape, steps=min(config.sample_steps, diffusion.T),
+                                 seed=derive_seed("samples", config.seed), labels=labels,
+                                 guidance=config.sample_guidance if labels else 1.0,
+                                 device=self.device, autocast=amp)
+            written.append(save_grid(images, out / f"{prefix}{tag}.png", nrow=nrow))
+        return written

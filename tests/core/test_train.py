@@ -1,0 +1,294 @@
+"""The trainer, in process, on tiny generated datasets: exact resume, refusing a changed
+model, NaN/inf and out-of-memory handling, broken files, budgets, the run directory."""
+
+from __future__ import annotations
+
+import json
+import struct
+import threading
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import core.train as train_mod
+from core import runs
+from core.checkpoint import load_checkpoint
+from core.train import TrainConfig, TrainError, epoch_order, train, weights_digest
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+def make_dataset(root: Path, breeds=("beagle", "pug"), per_breed: int = 8, seed: int = 0) -> Path:
+    """Breed folders of small PNGs: a coloured square on a background, one colour per breed."""
+    rng = np.random.default_rng(seed)
+    for b, breed in enumerate(breeds):
+        (root / breed).mkdir(parents=True, exist_ok=True)
+        for i in range(per_breed):
+            img = np.full((20, 20, 3), 40 + 60 * b, dtype=np.uint8)
+            x, y = rng.integers(0, 10, size=2)
+            img[y : y + 8, x : x + 8] = (200, 80 + 40 * b, 60)
+            Image.fromarray(img).save(root / breed / f"{i:02d}.png")
+    return root
+
+
+def tiny(data: Path, **kw) -> TrainConfig:
+    base = dict(data=str(data), preset="tiny", image_size=16, T=50, batch_size=4, epochs=2,
+                save_frequency=1, samples=2, sample_steps=2, log_every=1, amp="off", workers=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return make_dataset(tmp_path / "dogs")
+
+
+def test_config_round_trip_and_validation():
+    cfg = TrainConfig(data="/d", preset="tiny", image_size=32, conditional=True, max_time=60.0)
+    again = TrainConfig.from_dict(json.loads(json.dumps({**cfg.to_dict(), "classes": ["a"], "model": {}})))
+    assert again == cfg
+    with pytest.raises(ValueError, match="unknown train option.*bogus"):
+        TrainConfig.from_dict({"bogus": 1})
+    for bad, match in (({"lr": 0}, "lr"), ({"batch_size": 0}, "batch_size"), ({"preset": "huge"}, "huge"),
+                       ({"amp": "fp8"}, "amp"), ({"label_dropout": 1.0}, "label_dropout"),
+                       ({"image_size": 20}, "divisible")):
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(**{"data": "/d", "preset": "tiny", **bad}).validate()
+
+
+def test_epoch_order_shards_partition_the_permutation():
+    full = epoch_order(10, seed=3, epoch=1)
+    assert sorted(full.tolist()) == list(range(10))
+    assert not torch.equal(full, epoch_order(10, seed=3, epoch=2))  # a new order each epoch
+    shards = [epoch_order(10, seed=3, epoch=1, rank=r, world_size=3) for r in range(3)]
+    assert {len(s) for s in shards} == {4}  # padded by wrapping, like DistributedSampler
+    assert set(torch.cat(shards).tolist()) == set(range(10))
+
+
+def test_train_writes_the_run_directory(tmp_path: Path, data: Path):
+    events = []
+    final = train(tiny(data, conditional=True), tmp_path / "run", progress=events.append, examples=True)
+    run = tmp_path / "run"
+    assert final["state"] == "finished" and final["step"] == 8 and final["epoch"] == 2
+    status = runs.read_status(run)
+    assert status["state"] == "finished" and status["step"] == 8
+    config = runs.read_config(run)
+    assert config["classes"] == ["beagle", "pug"] and config["model"]["num_classes"] == 2
+    records, _ = runs.read_metrics(run)
+    assert [r["step"] for r in records] == list(range(1, 9))
+    assert all(r["loss"] > 0 and r["images_per_s"] > 0 and "device_mem_mb" in r for r in records)
+    names = sorted(p.name for p in runs.samples_dir(run).iterdir())
+    assert names == ["ema_epoch_0001.png", "ema_epoch_0002.png", "epoch_0001.png", "epoch_0002.png"]
+    assert Image.open(runs.samples_dir(run) / "epoch_0002.png").size == (2 * 16 + 3 * 2, 16 + 2 * 2)
+    assert (run / "examples.png").is_file() and (run / "forward_diffusion.png").is_file()
+    log = (run / runs.LOG_FILE).read_text()
+    assert "starting run run" in log and "saved checkpoint at step 8" in log
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ckpt["step"] == 8 and ckpt["extra"]["classes"] == ["beagle", "pug"]
+    assert ckpt["ema"]["num_updates"] == 8 and ckpt["optimizer"]["state"]
+    assert {e["event"] for e in events} >= {"loading", "step", "saving", "sampling", "wrote"}
+    # The EMA and the raw grids come from different weights.
+    raw = np.asarray(Image.open(runs.samples_dir(run) / "epoch_0002.png"))
+    ema = np.asarray(Image.open(runs.samples_dir(run) / "ema_epoch_0002.png"))
+    assert not np.array_equal(raw, ema)
+
+
+@pytest.mark.slow
+def test_resume_is_exact(tmp_path: Path, data: Path):
+    """N steps, a stop, N more steps == 2N steps in one go (weights, EMA, optimizer)."""
+    cfg = tiny(data, epochs=3, conditional=True, grad_clip=1.0)  # 4 steps an epoch, 12 in all
+    straight = train(cfg, tmp_path / "straight")
+    assert straight["step"] == 12
+
+    stop = threading.Event()
+
+    def stop_at_step_5(event):
+        if event.get("event") == "step" and event["step"] >= 5:
+            stop.set()
+
+    first = train(cfg, tmp_path / "resumed", progress=stop_at_step_5, stop_event=stop)
+    assert first["state"] == "stopped" and first["step"] == 6  # finishes the step it was in
+    ckpt = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
+    assert (ckpt["step"], ckpt["epoch"], ckpt["extra"]["pos"]) == (6, 1, 8)  # mid-epoch
+    second = train(cfg, tmp_path / "resumed")
+    assert second["state"] == "finished" and second["step"] == 12
+
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=1e-7)
+    for key in a["ema"]["shadow"]:
+        torch.testing.assert_close(a["ema"]["shadow"][key], b["ema"]["shadow"][key], rtol=0, atol=1e-7)
+    for idx, state in a["optimizer"]["state"].items():
+        torch.testing.assert_close(state["exp_avg_sq"], b["optimizer"]["state"][idx]["exp_avg_sq"], rtol=0, atol=1e-9)
+    # The resumed run's log says where it continued from; its metrics cover every step.
+    assert "continuing from step 6" in (tmp_path / "resumed" / "train.log").read_text()
+    steps = [r["step"] for r in runs.read_metrics(tmp_path / "resumed")[0]]
+    assert steps == list(range(1, 13))
+
+
+def test_changed_model_config_is_refused(tmp_path: Path, data: Path):
+    run = tmp_path / "run"
+    train(tiny(data, epochs=1), run)
+    before = (run / "status.json").read_text()
+    with pytest.raises(TrainError, match=r"image_size: checkpoint 16 vs expected 32") as info:
+        train(tiny(data, epochs=2, image_size=32, T=60), run)
+    assert "T: checkpoint 50 vs expected 60" in str(info.value)
+    assert (run / "status.json").read_text() == before  # a refused start changes nothing
+    # Training options may change: more epochs continue the run.
+    assert train(tiny(data, epochs=2, lr=1e-4), run)["step"] == 8
+    # A finished run asked for nothing more says so.
+    assert "already finished" in train(tiny(data, epochs=2), run)["message"]
+
+
+def test_conditional_resume_keeps_its_breeds(tmp_path: Path, data: Path):
+    run = tmp_path / "run"
+    train(tiny(data, epochs=1, conditional=True, samples=0), run)
+    make_dataset(data, breeds=("corgi",), per_breed=4)  # a breed added after the run started
+    final = train(tiny(data, epochs=2, conditional=True, samples=0), run)
+    assert final["state"] == "finished" and final["step"] == 8  # still 16 images: corgi is not a class
+    assert runs.read_config(run)["classes"] == ["beagle", "pug"]
+    assert "corgi is not one of this run's classes" in (run / "train.log").read_text()
+
+
+class _NanAfter(train_mod.UNet):
+    """A network whose output turns NaN on chosen forward calls."""
+
+    calls = 0
+    nan_calls: set[int] = set()
+
+    def forward(self, x, t, labels=None):
+        out = super().forward(x, t, labels)
+        type(self).calls += 1
+        return out * float("nan") if type(self).calls in type(self).nan_calls else out
+
+
+def test_nan_steps_are_skipped_then_the_run_fails(tmp_path: Path, data: Path, monkeypatch):
+    monkeypatch.setattr(train_mod, "UNet", _NanAfter)
+    # Two bad steps in a row: skipped, counted, training goes on.
+    _NanAfter.calls, _NanAfter.nan_calls = 0, {3, 4}
+    final = train(tiny(data, epochs=2, samples=0), tmp_path / "ok")
+    assert final["state"] == "finished" and final["nonfinite_skipped"] == 2
+    ckpt = load_checkpoint(tmp_path / "ok" / "checkpoints" / "last.pt")
+    assert ckpt["ema"]["num_updates"] == 6  # 8 steps, 2 skipped
+    records = {r["step"]: r for r in runs.read_metrics(tmp_path / "ok")[0]}
+    assert "loss" not in records[3] and records[3]["skipped"] == 1 and records[5]["loss"] > 0
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+    # Five in a row: the last good weights are saved and the run fails with the reason.
+    _NanAfter.calls, _NanAfter.nan_calls = 0, set(range(3, 100))
+    final = train(tiny(data, epochs=5, samples=0), tmp_path / "bad")
+    assert final["state"] == "failed" and "NaN/inf for 5 steps in a row" in final["message"]
+    assert runs.read_status(tmp_path / "bad")["state"] == "failed"
+    ckpt = load_checkpoint(tmp_path / "bad" / "checkpoints" / "last.pt")
+    assert ckpt["step"] == 7 and ckpt["ema"]["num_updates"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_out_of_memory_fails_with_batch_size_advice(tmp_path: Path, data: Path, monkeypatch):
+    class _Oom(train_mod.UNet):
+        def forward(self, x, t, labels=None):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(train_mod, "UNet", _Oom)
+    final = train(tiny(data, batch_size=8), tmp_path / "run")
+    assert final["state"] == "failed" and "--batch_size (e.g. 4)" in final["message"]
+    assert runs.read_status(tmp_path / "run")["state"] == "failed"
+
+
+def _png_bomb(path: Path, width: int = 30000, height: int = 30000) -> None:
+    """A PNG whose header claims a huge image (what a decompression bomb looks like)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+def test_broken_files_are_skipped_and_reported(tmp_path: Path, data: Path):
+    good = data / "beagle" / "00.png"
+    Image.open(good).convert("RGB").save(data / "beagle" / "whole.jpg", quality=90)
+    jpeg = (data / "beagle" / "whole.jpg").read_bytes()
+    (data / "beagle" / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 3])
+    (data / "pug" / "empty.jpg").write_bytes(b"")
+    (data / "pug" / "notes.jpg").write_text("this is not a picture of a dog\n")
+    _png_bomb(data / "pug" / "bomb.png")
+    events = []
+    final = train(tiny(data, epochs=1, batch_size=17), tmp_path / "run", progress=events.append)
+    assert final["state"] == "finished"
+    assert runs.read_config(tmp_path / "run")["num_images"] == 17  # 16 + whole.jpg
+    reported = [e for e in events if e["event"] == "bad_files"][0]["files"]
+    assert sorted(Path(p).name for p, _ in reported) == ["bomb.png", "empty.jpg", "notes.jpg", "truncated.jpg"]
+    log = (tmp_path / "run" / "train.log").read_text()
+    for name in ("bomb.png", "empty.jpg", "notes.jpg", "truncated.jpg"):
+        assert name in log
+        assert (data / ("pug" if name != "truncated.jpg" else "beagle") / name).exists()  # never deleted
+    assert runs.read_status(tmp_path / "run")["bad_files"] == 4
+
+
+def test_a_failed_save_keeps_training_and_is_reported(tmp_path: Path, data: Path, monkeypatch):
+    from core.checkpoint import CheckpointError
+
+    real = train_mod.save_checkpoint
+    calls = []
+
+    def full_disk_after_first(path, **kw):
+        calls.append(kw["step"])
+        if len(calls) > 1:
+            raise CheckpointError(f"could not write checkpoint {path}: No space left on device")
+        real(path, **kw)
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", full_disk_after_first)
+    final = train(tiny(data, epochs=3, samples=0), tmp_path / "run")
+    # Training went on after the failed save at step 8; the end retried once more.
+    assert calls == [4, 8, 12, 12]
+    assert final["state"] == "failed"
+    assert "No space left on device" in final["message"] and "last checkpoint on disk: step 4" in final["message"]
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 4  # the old one, intact
+
+
+def test_budgets_save_and_stop(tmp_path: Path, data: Path):
+    # A step budget mid-epoch finishes the run, with a checkpoint and samples named by step.
+    final = train(tiny(data, epochs=5, max_steps=3), tmp_path / "steps")
+    assert final["state"] == "finished" and final["step"] == 3 and "max_steps 3" in final["message"]
+    assert load_checkpoint(tmp_path / "steps" / "checkpoints" / "last.pt")["step"] == 3
+    assert (tmp_path / "steps" / "samples" / "ema_step_0000003.png").is_file()
+    # A time budget stops (resumable) after the step in progress.
+    final = train(tiny(data, epochs=5, max_time=1e-6, samples=0), tmp_path / "time")
+    assert final["state"] == "stopped" and final["step"] == 1 and "time budget" in final["message"]
+    assert load_checkpoint(tmp_path / "time" / "checkpoints" / "last.pt")["step"] == 1
+
+
+def test_milestones_and_step_checkpoints(tmp_path: Path, data: Path):
+    final = train(tiny(data, epochs=3, keep_milestones=2, save_every_steps=3, samples=0), tmp_path / "run")
+    assert final["step"] == 12
+    ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert ckpts == ["epoch_0002.pt", "epoch_0003.pt", "last.pt"]
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "epoch_0002.pt")["step"] == 8
+
+
+def test_missing_dataset_and_running_run_are_refused(tmp_path: Path, data: Path):
+    with pytest.raises(TrainError, match="does not exist"):
+        train(tiny(tmp_path / "nowhere"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # nothing written for a start that cannot happen
+    run = tmp_path / "busy"
+    run.mkdir()
+    runs.write_status(run, state="running", pid=1, host=None)  # pid 1 is alive
+    with pytest.raises(TrainError, match="already training"):
+        train(tiny(data), run)
+
+
+def test_weights_digest_tells_weights_apart():
+    a = train_mod.UNet(train_mod.get_preset("tiny", image_size=16))
+    b = train_mod.UNet(train_mod.get_preset("tiny", image_size=16))
+    b.load_state_dict(a.state_dict())
+    assert weights_digest(a) == weights_digest(b)
+    with torch.no_grad():
+        next(b.parameters()).view(-1)[0] += 1e-6
+    assert weights_digest(a) != weights_digest(b)

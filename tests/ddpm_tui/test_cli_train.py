@@ -1,0 +1,301 @@
+"""`ddpm-tui train / sample / runs / import-seed` as a user runs them: in process through
+ddpm_tui.cli.main, and as real subprocesses for signals, kill -9 and torchrun (DDP, gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core import runs
+from core.checkpoint import load_checkpoint
+from core.train import TrainConfig, weights_digest
+from ddpm_tui.cli import main
+from ddpm_tui.commands.train import DEFAULTS, parse_duration
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["--preset", "tiny", "--image-size", "16", "--T", "50", "--batch-size", "4", "--samples", "2",
+        "--sample-steps", "2", "--log-every", "1", "--amp", "off", "--workers", "1"]
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Path:
+    """A workspace with data/dogs/<breed>/*.png: two breeds, eight 20x20 images each."""
+    rng = np.random.default_rng(1)
+    for b, breed in enumerate(("beagle", "pug")):
+        folder = tmp_path / "data" / "dogs" / breed
+        folder.mkdir(parents=True)
+        for i in range(8):
+            img = np.full((20, 20, 3), 30 + 90 * b, dtype=np.uint8)
+            x, y = rng.integers(0, 10, size=2)
+            img[y : y + 8, x : x + 8] = (220, 120, 40 + 150 * b)
+            Image.fromarray(img).save(folder / f"{i}.png")
+    return tmp_path
+
+
+def cli(ws: Path, *args: str) -> int:
+    return main(["--workspace", str(ws), *args])
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+def wait_for(predicate, what: str, proc: subprocess.Popen | None = None, timeout: float = 120.0):
+    """Poll until predicate() is truthy; fail (not flake on speed) only after a generous deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            pytest.fail(f"process exited ({proc.returncode}) before {what}: {out[-2000:]}")
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def status_step(run: Path) -> int:
+    return (runs.read_status(run) or {}).get("step") or 0
+
+
+# -- arguments and errors ------------------------------------------------------------------
+
+
+def test_help_lists_the_seed_flags_and_defaults_match_the_trainer(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--batch_size", "--batch-size", "--examples", "--T", "--device", "--lr", "--epochs",
+                 "--samples", "--save_frequency", "--save-frequency", "--data", "--run", "--preset",
+                 "--schedule", "--image-size", "--amp", "--channels-last", "--compile", "--max-time",
+                 "--conditional", "--label-dropout", "--no-flip", "--quiet"):
+        assert flag in out
+    config = TrainConfig()
+    for key, value in DEFAULTS.items():
+        assert getattr(config, key) == value, key
+    assert (config.batch_size, config.T, config.lr, config.epochs, config.samples, config.save_frequency) == (
+        16, 1000, 3e-4, 500, 10, 10)  # the seed's defaults
+
+
+def test_wrong_flag_and_bad_values_are_usage_errors(ws: Path, capsys):
+    for args in (["train", "--bogus"], ["train", "--batch_size", "0"], ["train", "--max-time", "soon"],
+                 ["sample", "x", "--eta", "2"]):
+        with pytest.raises(SystemExit) as info:
+            cli(ws, *args)
+        assert info.value.code == 2, args
+    assert "--bogus" in capsys.readouterr().err
+    assert [parse_duration(t) for t in ("90", "90s", "30m", "1.5h", "2d")] == [90, 90, 1800, 5400, 172800]
+
+
+def test_missing_dataset_is_one_line_and_writes_nothing(tmp_path: Path, capsys):
+    assert cli(tmp_path, "train", "--run", "r", *TINY) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "dataset folder" in err and "does not exist" in err
+    assert not (tmp_path / "runs" / "r").exists()
+    assert cli(tmp_path, "train", "--run", "r", "--resume") == 2
+    assert "no run named 'r'" in capsys.readouterr().err
+
+
+# -- end to end ----------------------------------------------------------------------------
+
+
+def test_train_sample_runs_end_to_end(ws: Path, capsys):
+    assert cli(ws, "train", "--run", "r", *TINY, "--epochs", "2", "--save_frequency", "1", "--examples",
+               "--quiet") == 0
+    run = ws / "runs" / "r"
+    assert runs.read_status(run)["state"] == "finished"
+    for rel in ("config.json", "metrics.jsonl", "train.log", "checkpoints/last.pt", "examples.png",
+                "forward_diffusion.png", "samples/epoch_0002.png", "samples/ema_epoch_0002.png"):
+        assert (run / rel).is_file(), rel
+    capsys.readouterr()
+
+    assert cli(ws, "sample", "r", "--n", "3", "--steps", "3", "--seed", "7", "--individual", "--quiet") == 0
+    paths = [Path(p) for p in capsys.readouterr().out.split()]
+    assert len(paths) == 4 and all(p.is_file() for p in paths)
+    assert paths[0].parent == run / "samples" and "ema" in paths[0].name and "seed7" in paths[0].name
+    assert Image.open(paths[1]).size == (16, 16)
+    # Same seed, same images; raw weights and DDPM through --out.
+    assert cli(ws, "sample", "r", "--n", "3", "--steps", "3", "--seed", "7", "--quiet",
+               "--out", str(ws / "again.png")) == 0
+    capsys.readouterr()
+    assert np.array_equal(np.asarray(Image.open(paths[0])), np.asarray(Image.open(ws / "again.png")))
+    assert cli(ws, "sample", str(run / "checkpoints" / "last.pt"), "--raw", "--sampler", "ddpm", "--n", "2",
+               "--seed", "1", "--quiet") == 0
+    raw = Path(capsys.readouterr().out.split()[0])
+    assert raw.is_file() and "raw_ddpm50" in raw.name
+
+    assert cli(ws, "runs", "--json") == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(r["name"], r["state"], r["step"]) for r in listed] == [("r", "finished", 8)]
+    assert cli(ws, "runs") == 0
+    assert "finished" in capsys.readouterr().out
+    assert cli(ws, "sample", "nope") == 2
+    assert "runs: r" in capsys.readouterr().err
+
+
+def test_resume_keeps_the_runs_options_and_refuses_a_changed_model(ws: Path, capsys):
+    assert cli(ws, "train", "--run", "r", *TINY, "--epochs", "1", "--quiet") == 0
+    # No --preset / --image-size given: the run's own (tiny, 16 px) are kept, and it continues.
+    assert cli(ws, "train", "--run", "r", "--resume", "--epochs", "2", "--quiet") == 0
+    assert runs.read_status(ws / "runs" / "r")["step"] == 8
+    assert runs.read_config(ws / "runs" / "r")["preset"] == "tiny"
+    capsys.readouterr()
+    assert cli(ws, "train", "--run", "r", "--image-size", "32", "--epochs", "3", "--quiet") == 2
+    err = capsys.readouterr().err
+    assert "image_size: checkpoint 16 vs expected 32" in err and err.count("\n") == 1
+
+
+def test_conditional_training_and_guided_sampling_by_breed(ws: Path, capsys):
+    assert cli(ws, "train", "--run", "c", *TINY, "--epochs", "1", "--conditional", "--label-dropout", "0.2",
+               "--quiet") == 0
+    assert runs.read_config(ws / "runs" / "c")["classes"] == ["beagle", "pug"]
+    capsys.readouterr()
+    assert cli(ws, "sample", "c", "--breed", "PUG", "--guidance", "2.5", "--n", "2", "--steps", "2",
+               "--seed", "3", "--quiet") == 0
+    out = Path(capsys.readouterr().out.split()[0])
+    assert out.is_file() and "_pug_g2.5_" in out.name
+    assert cli(ws, "sample", "c", "--breed", "corgi", "--quiet") == 2
+    assert "unknown breed 'corgi'; this run knows: beagle, pug" in capsys.readouterr().err
+    assert cli(ws, "train", "--run", "u", *TINY, "--epochs", "1", "--samples", "0", "--quiet") == 0
+    assert cli(ws, "sample", "u", "--breed", "pug", "--quiet") == 2
+    assert "unconditional" in capsys.readouterr().err
+
+
+# -- real processes ------------------------------------------------------------------------
+
+
+def _start(ws: Path, run: str, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "ddpm_tui", "--workspace", str(ws), "train", "--run", run, *TINY,
+           "--epochs", "1000", "--quiet", *extra]
+    return subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_marks_stopped_and_resumes(ws: Path):
+    run = ws / "runs" / "t"
+    proc = _start(ws, "t")
+    wait_for(lambda: status_step(run) >= 3, "a few training steps", proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    status = runs.read_status(run)
+    assert status["state"] == "stopped" and "start the same run again" in status["message"]
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ckpt["step"] == status["step"] >= 3
+    target = ckpt["step"] + 2
+    done = subprocess.run([sys.executable, "-m", "ddpm_tui", "--workspace", str(ws), "train", "--run", "t",
+                           "--max-steps", str(target), "--quiet"], cwd=REPO, env=env(), capture_output=True,
+                          text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert runs.read_status(run)["step"] == target
+    assert f"continuing from step {ckpt['step']}" in (run / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_kill_9_while_writing_then_restart_continues(ws: Path):
+    run = ws / "runs" / "k"
+    proc = _start(ws, "k", "--save-every-steps", "1")  # checkpoints constantly: the kill lands mid-write often
+    last = run / "checkpoints" / "last.pt"
+    wait_for(lambda: last.exists() and status_step(run) >= 4, "checkpoints being written", proc)
+    proc.kill()
+    proc.wait(timeout=60)
+    assert runs.run_info(run).state == "died"  # status still says running, the process is gone
+    ckpt = load_checkpoint(last)  # never half written
+    assert ckpt["step"] >= 1
+    leftovers = [p.name for p in last.parent.iterdir() if p.name != "last.pt"]
+    target = ckpt["step"] + 2
+    done = subprocess.run([sys.executable, "-m", "ddpm_tui", "--workspace", str(ws), "train", "--run", "k",
+                           "--max-steps", str(target), "--quiet"], cwd=REPO, env=env(), capture_output=True,
+                          text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert runs.read_status(run)["state"] == "finished"
+    assert load_checkpoint(last)["step"] == target
+    assert f"continuing from step {ckpt['step']}" in (run / "train.log").read_text()
+    # At most the temp file of the interrupted write was left; the restart removed it.
+    assert all(name.startswith(".last.pt.") for name in leftovers), leftovers
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.pt"]
+
+
+@pytest.mark.slow
+def test_ddp_gloo_two_processes_one_run_same_weights(ws: Path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "ddpm_tui", "--workspace", str(ws), "train", "--run-name", "d", *TINY, "--epochs", "2",
+           "--device", "cpu", "--quiet"]
+    done = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in (ws / "runs").iterdir()) == ["d"]
+    run = ws / "runs" / "d"
+    status = runs.read_status(run)
+    # 16 images, 2 ranks, batch 4: 2 steps an epoch, each seeing 8 images.
+    assert status["state"] == "finished" and status["step"] == 4 and status["world_size"] == 2
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ckpt["extra"]["world_size"] == 2
+    log = (run / "train.log").read_text()
+    assert f"all 2 ranks hold identical weights (sha256 {weights_digest(ckpt['model'])})" in log
+    assert log.count("starting run d") == 1  # only rank 0 writes the run directory
+
+
+# -- the seed's checkpoints ----------------------------------------------------------------
+
+
+SEED_KEYS = REPO.parent / "shared" / "seed" / "state_dict_keys.tsv"
+
+
+def _seed_state_dict() -> dict[str, torch.Tensor]:
+    """Random weights shaped like the seed's model_state.pth (its key list when available)."""
+    from core.unet import seed_parameter_shapes
+
+    if SEED_KEYS.is_file():
+        rows = [line.split("\t") for line in SEED_KEYS.read_text().splitlines()[1:] if line.strip()]
+        shapes = {key: tuple(int(s) for s in shape.split("x")) if shape else () for key, shape in rows}
+    else:
+        shapes = seed_parameter_shapes()
+    gen = torch.Generator().manual_seed(0)
+    return {key: torch.randn(shape, generator=gen) * 0.02 for key, shape in shapes.items()}
+
+
+@pytest.mark.slow
+def test_import_seed_then_sample(ws: Path, tmp_path: Path, capsys):
+    state = _seed_state_dict()
+    pth = tmp_path / "model_state.pth"
+    torch.save(state, pth)
+    broken = dict(state)
+    broken.pop("output.weight")
+    torch.save(broken, tmp_path / "broken.pth")
+    del state, broken
+    (tmp_path / "notes.pth").write_text("not a checkpoint")
+
+    assert cli(ws, "import-seed", str(tmp_path / "notes.pth")) == 2
+    assert "notes.pth: not a PyTorch state dict" in capsys.readouterr().err
+    assert cli(ws, "import-seed", str(tmp_path / "broken.pth"), "--run", "b") == 2
+    assert "missing key 'output.weight'" in capsys.readouterr().err
+    assert not (ws / "runs" / "b").exists()
+
+    assert cli(ws, "import-seed", str(pth), "--run", "seed", "--T", "1000") == 0
+    capsys.readouterr()
+    run = ws / "runs" / "seed"
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ckpt["model_config"]["preset"] == "seed" and ckpt["step"] == 0
+    assert torch.equal(ckpt["ema"]["shadow"]["output.weight"], ckpt["model"]["output.weight"])
+    assert runs.read_status(run)["state"] == "stopped"
+    assert runs.read_config(run)["preset"] == "seed"
+    del ckpt
+    assert cli(ws, "sample", "seed", "--n", "1", "--steps", "2", "--seed", "0", "--quiet") == 0
+    out = Path(capsys.readouterr().out.split()[0])
+    assert Image.open(out).size == (68, 68)  # one 64x64 image with its 2 px border
+    assert cli(ws, "import-seed", str(pth), "--run", "seed") == 2  # never overwrites a run
+    assert "already exists" in capsys.readouterr().err
