@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from ddpm_tui import __version__
@@ -46,9 +47,23 @@ def run_studio(workspace: Workspace) -> int:
     return 0
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Like parse_args, but a wrong flag after a subcommand gets that subcommand's usage."""
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        # Descend through the (possibly nested) subcommands named on the command line.
+        target = parser
+        for token in sys.argv[1:] if argv is None else argv:
+            subs = [a for a in target._actions if isinstance(a, argparse._SubParsersAction)]
+            if subs and token in subs[0].choices:
+                target = subs[0].choices[token]
+        target.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     try:
         workspace = Workspace.resolve(getattr(args, "workspace", None))
         func = getattr(args, "func", None)
@@ -61,3 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ddpm-tui: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `ddpm-tui runs | head`: the reader left; stop quietly (and keep Python from
+        # complaining again when it flushes stdout at exit).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141

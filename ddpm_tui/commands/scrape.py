@@ -125,6 +125,7 @@ def register(subparsers) -> None:
                                title="actions", description="without an action: search and download")
     e = actions.add_parser(
         "export",
+        prog="ddpm-tui scrape export",
         help="write the found URLs as one CSV per breed (url,breed) for img2dataset",
         description="Write every URL the scraper found as <out>/<breed>.csv with columns url,breed, "
         "ready for img2dataset (see the README for the command).",
