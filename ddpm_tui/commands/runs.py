@@ -27,8 +27,8 @@ def _ago(ts: float | None) -> str:
     s = max(0, int(time.time() - ts))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if s >= size:
-            return f"{s // size}{unit} ago"
-    return f"{s}s ago"
+            return f"{s // size}{unit}"
+    return f"{s}s"
 
 
 def run(args: argparse.Namespace, workspace) -> int:
@@ -47,6 +47,7 @@ def run(args: argparse.Namespace, workspace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     from rich.console import Console
+    from rich import box
     from rich.table import Table
 
     console = Console()
@@ -55,15 +56,16 @@ def run(args: argparse.Namespace, workspace) -> int:
         return 0
     colours = {"running": "green", "finished": "cyan", "stopped": "yellow", "failed": "red", "died": "red"}
     wide = console.width >= 120  # room for the message column; otherwise messages go below
-    table = Table(title=f"runs in {workspace.runs_dir}")
-    columns = ["run", "state", "preset", "step", "epoch", "last loss", "alive", "updated"] + (["message"] if wide else [])
+    # A light box: the full run names and states must fit in 80 columns (SSH, pipes).
+    table = Table(title=f"runs in {workspace.runs_dir}", box=box.SIMPLE_HEAD, pad_edge=False)
+    columns = ["run", "state", "preset", "step", "epoch", "last loss", "alive", "age"] + (["message"] if wide else [])
     for col in columns:
         table.add_column(col, justify="right" if col in ("step", "epoch", "last loss") else "left",
                          no_wrap=col != "message", overflow="fold")
     notes = []
     for r in infos:
         alive = "-" if r.alive is None else ("yes" if r.alive else "no")
-        if r.alive and r.pid:
+        if r.alive and r.pid and wide:
             alive = f"yes (pid {r.pid})"
         colour = colours.get(r.state, "white")
         row = [
