@@ -300,6 +300,12 @@ class _Dist:
 
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():
+            # Tear down together: a rank that destroys its gloo pairs while a peer is still
+            # finishing (rank 0 writes the status) can make the peer abort in C++.
+            try:
+                dist.barrier()
+            except RuntimeError as exc:  # a peer already gone; nothing left to wait for
+                logging.getLogger(LOGGER_NAME).warning("ranks did not meet before shutdown: %s", exc)
             dist.destroy_process_group()
 
 
