@@ -16,3 +16,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``small_disk("64k")`` mounts a tmpfs of that size and returns its path, to test what
+    a full disk does; unmounted after the test. Skips where mounting is not allowed."""
+    import os
+    import subprocess
+
+    mounted = []
+
+    def mount(size: str, name: str = "small-disk"):
+        if os.geteuid() != 0:
+            pytest.skip("needs root to mount a tmpfs (a small disk)")
+        path = tmp_path / name
+        path.mkdir()
+        cmd = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]
+        if subprocess.run(cmd, capture_output=True).returncode != 0:
+            pytest.skip("cannot mount a tmpfs here")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", str(path)], capture_output=True)

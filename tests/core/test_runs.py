@@ -84,23 +84,15 @@ def test_status_replace_is_atomic(tmp_path, monkeypatch):
     assert sorted(p.name for p in run.iterdir()) == ["status.json"]  # no temp file left
 
 
-def test_status_on_a_full_disk_keeps_the_old_file(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a tmpfs")
-    disk = tmp_path / "tiny"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)]).returncode != 0:
-        pytest.skip("cannot mount tmpfs here")
-    try:
-        write_status(disk, state="running", step=1)
-        before = (disk / "status.json").read_bytes()
-        (disk / "filler").write_bytes(b"\0" * 60_000)  # fill the rest (tmpfs pages: 4k)
-        with pytest.raises(OSError):
-            write_status(disk, message="x" * 20_000)
-        assert (disk / "status.json").read_bytes() == before
-        assert not [p for p in disk.iterdir() if p.name.endswith(".tmp")]
-    finally:
-        subprocess.run(["umount", str(disk)])
+def test_status_on_a_full_disk_keeps_the_old_file(small_disk):
+    disk = small_disk("64k")
+    write_status(disk, state="running", step=1)
+    before = (disk / "status.json").read_bytes()
+    (disk / "filler").write_bytes(b"\0" * 60_000)  # fill the rest (tmpfs pages: 4k)
+    with pytest.raises(OSError):
+        write_status(disk, message="x" * 20_000)
+    assert (disk / "status.json").read_bytes() == before
+    assert not [p for p in disk.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_read_status_tolerates_missing_and_garbled(tmp_path):
