@@ -345,7 +345,11 @@ class UNet(nn.Module):
                 labels = labels.to(device=device, dtype=torch.long)
                 if labels.shape != (batch,):
                     raise ValueError(f"labels must have shape ({batch},), got {tuple(labels.shape)}")
-                if labels.numel() and (labels.min() < 0 or labels.max() > self.null_label):
+                # Range-check on the CPU only: on a GPU it would sync every step; the
+                # trainer and the samplers validate labels once before the loop.
+                if labels.device.type == "cpu" and labels.numel() and (
+                    labels.min() < 0 or labels.max() > self.null_label
+                ):
                     raise ValueError(
                         f"labels must be in 0..{self.null_label} ({self.null_label} = no label)"
                     )
