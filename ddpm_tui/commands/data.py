@@ -413,6 +413,6 @@ def run_demo(args: argparse.Namespace, workspace: Workspace) -> int:
     total = sum(counts.values())
     print(f"wrote {total} images ({', '.join(f'{k} {v}' for k, v in counts.items())}) to {out}")
     print(f"next: ddpm-tui data stats --dataset {args.name}")
-    print(f"      ddpm-tui train --run {args.name} --data {out} --preset tiny --conditional --max-time 10m")
+    print(f"      ddpm-tui train --run {args.name} --data {out} --preset tiny --image-size 32 --conditional --max-time 15m")
     print(f"      ddpm-tui sample {args.name} --breed {sorted(counts)[0]}")
     return 0
