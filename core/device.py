@@ -9,8 +9,10 @@ from typing import ContextManager
 
 import torch
 
+from core.options import AMP_MODES
+
 DEVICE_SPECS = ("auto", "cpu", "cuda", "cuda:N", "mps")
-AUTOCAST_MODES = ("auto", "bf16", "fp16", "fp32", "off")
+AUTOCAST_MODES = AMP_MODES  # auto | bf16 | fp16 | off ("fp32" is read as "off")
 
 
 def _mps_available() -> bool:
@@ -70,33 +72,50 @@ def cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def autocast_dtype(device: torch.device | str, mode: str = "auto") -> torch.dtype | None:
-    """The autocast dtype for ``mode`` on ``device``; None means plain fp32.
+def cuda_has_fast_bf16(device: torch.device) -> bool:
+    """bf16 in hardware: compute capability 8.0 or later (Ampere on) of this very GPU.
+    ``torch.cuda.is_bf16_supported`` also counts the emulated path of a T4/V100, which is slow."""
+    try:
+        return tuple(torch.cuda.get_device_capability(device)) >= (8, 0) and torch.cuda.is_bf16_supported()
+    except (RuntimeError, AssertionError, ValueError):
+        return False
 
-    auto: bf16 on CUDA GPUs that support it, bf16 on CPUs with AVX512-BF16/AMX, else fp32.
-    bf16/fp16 force that dtype where the device type supports it (ValueError otherwise).
+
+def autocast_dtype(device: torch.device | str, mode: str = "auto", *, training: bool = False) -> torch.dtype | None:
+    """The autocast dtype for ``mode`` on ``device``; None means plain fp32. The one place
+    an autocast mode is resolved.
+
+    auto: bf16 on CUDA GPUs of compute capability >= 8.0, bf16 on CPUs with AVX512-BF16/AMX,
+    else fp32. bf16/fp16 force that dtype where the device type supports it (ValueError
+    otherwise). ``training``: fp16 is refused, since the trainer has no gradient scaler
+    (fp16 gradients underflow without one).
     """
     device = torch.device(device)
     mode = str(mode).strip().lower()
+    if mode == "fp32":
+        mode = "off"
     if mode not in AUTOCAST_MODES:
         raise ValueError(f"unknown autocast mode {mode!r}; expected one of {', '.join(AUTOCAST_MODES)}")
-    if mode in ("fp32", "off"):
+    if mode == "off":
         return None
     if mode == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+            return torch.bfloat16 if cuda_has_fast_bf16(device) else None
         if device.type == "cpu":
             return torch.bfloat16 if cpu_has_fast_bf16() else None
         return None  # MPS and others: fp32 unless asked
     if mode == "bf16":
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ValueError(f"bf16 autocast requested but {device} does not support bfloat16; use fp16 or fp32")
+            raise ValueError(f"bf16 autocast requested but {device} does not support bfloat16; use --amp off")
         if device.type not in ("cuda", "cpu", "mps"):
             raise ValueError(f"bf16 autocast is not supported on device type {device.type!r}")
         return torch.bfloat16
     # fp16
+    if training:
+        raise ValueError("fp16 autocast needs a gradient scaler, which the trainer does not have yet; "
+                         "use --amp bf16, auto or off")
     if device.type not in ("cuda", "mps"):
-        raise ValueError(f"fp16 autocast is not supported on {device.type}; use bf16 or fp32")
+        raise ValueError(f"fp16 autocast is not supported on {device.type}; use bf16 or off")
     return torch.float16
 
 

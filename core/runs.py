@@ -42,6 +42,7 @@ LOG_FILE = "train.log"
 CHECKPOINTS_DIR = "checkpoints"
 SAMPLES_DIR = "samples"
 LAST_CHECKPOINT = "last.pt"
+LOCK_FILE = "train.lock"  # flock'ed by the trainer while it runs (RunLock)
 
 # How much of the end of metrics.jsonl run_info() reads to find the last loss.
 _TAIL_BYTES = 64 * 1024
@@ -346,8 +347,48 @@ def log_path(run_dir: Path | str) -> Path:
     return Path(run_dir) / LOG_FILE
 
 
-def metrics_path(run_dir: Path | str) -> Path:
-    return Path(run_dir) / METRICS_FILE
+class RunBusy(Exception):
+    """Another process holds the run's lock."""
+
+
+class RunLock:
+    """One trainer per run: an ``flock`` on <run>/train.lock, held for the trainer's life and
+    released by the kernel when the process dies (no stale lock after a kill -9)."""
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self.fd = fd
+        self.path = path
+
+    @classmethod
+    def claim(cls, run_dir: Path | str) -> "RunLock":
+        """Create the run folder if needed and lock it; RunBusy names the holder, OSError
+        (read-only, full, not a folder) is the caller's to report."""
+        import fcntl
+
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RunBusy(f"run {run_dir.name!r} is already training (pid {holder}); stop it first") from None
+        except OSError:
+            os.close(fd)
+            raise
+        try:  # who holds it, for the message above (the lock itself is the flock)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass  # a full disk: the lock still holds
+        return cls(fd, path)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing the descriptor drops the flock
+            self.fd = -1
 
 
 def _mtime(path: Path) -> float:
@@ -399,10 +440,6 @@ class RunInfo:
     message: str = ""
     host: str | None = None
     status: dict = field(default_factory=dict)
-
-    @property
-    def is_active(self) -> bool:
-        return self.state == "running"
 
 
 def _as_int(value: Any) -> int | None:

@@ -95,31 +95,19 @@ class JobTable:
                 del self._procs[key]
         return ended
 
-    def running_keys(self) -> list[str]:
-        self.poll()
-        return list(self._procs)
-
 
 # -- training ---------------------------------------------------------------------------------
 
 
-def train_command(run_name: str, options: dict[str, object], workspace: Workspace, resume: bool = False) -> list[str]:
-    """Build `ddpm-tui train --run NAME ... --quiet` from form options ({flag: value}).
+def train_command(run_name: str, values: dict[str, object], workspace: Workspace, resume: bool = False) -> list[str]:
+    """`ddpm-tui train --run NAME ... --quiet` giving ``values`` ({option name: value},
+    as declared in core/options.py) to the trainer."""
+    from core.options import to_argv
 
-    `options` maps long option names (without dashes, underscores allowed) to values; True
-    adds a bare flag, False/None/"" leaves it out.
-    """
     args = ["train", "--workspace", str(workspace.root), "--run", run_name]
     if resume:
         args.append("--resume")
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            args.append(flag)
-        elif value is False or value is None or value == "":
-            continue
-        else:
-            args += [flag, str(value)]
+    args += to_argv(values)
     args.append("--quiet")
     return ddpm_command(*args)
 

@@ -12,37 +12,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from core import options
 from ddpm_tui.commands._common import CLIError, add_workspace_arg
 
-# The defaults shown in --help; tests check they equal core.train.TrainConfig's (the parser
-# itself leaves unset options out, so a resumed run keeps its own values).
-DEFAULTS: dict[str, Any] = {
-    "preset": "seed", "image_size": 64, "schedule": "linear", "T": 1000, "lr": 3e-4,
-    "batch_size": 16, "epochs": 500, "samples": 10, "save_frequency": 10, "save_every_steps": 0,
-    "keep_milestones": 0, "ema_decay": 0.995, "grad_clip": 0.0, "amp": "auto", "workers": 0, "seed": 0,
-    "max_steps": 0, "max_time": 0.0, "label_dropout": 0.1, "resize": "squash", "log_every": 10,
-    "sample_steps": 25, "device": "auto",
-}
-PRESET_NAMES = ("seed", "small", "tiny")
-SCHEDULE_NAMES = ("linear", "cosine")
-AMP_MODES = ("auto", "bf16", "off")
-RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([smhd]?)\s*$", re.IGNORECASE)
-
-
-def parse_duration(text: str) -> float:
-    """'90', '90s', '30m', '1.5h', '2d' -> seconds (argparse type)."""
-    match = _DURATION_RE.match(str(text))
-    if not match:
-        raise argparse.ArgumentTypeError(f"bad duration {text!r}: use seconds or e.g. 30m, 1.5h, 2d")
-    value = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2).lower()]
-    return value
+RUN_NAME_RE = options.RUN_NAME_RE
+parse_duration = options.parse_duration
 
 
 def bounded(kind: type, *, low: float | None = None, high: float | None = None,
@@ -72,15 +51,8 @@ def bounded(kind: type, *, low: float | None = None, high: float | None = None,
     return parse
 
 
-_positive_int = bounded(int, low=1)
-_non_negative_int = bounded(int, low=0)
-_fraction = bounded(float, low=0.0, high=1.0, high_open=True)
-_positive_float = bounded(float, low=0.0, low_open=True)
-_non_negative_float = bounded(float, low=0.0)
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    d = DEFAULTS
     p = subparsers.add_parser(
         "train",
         help="train a DDPM run (continues the run if it exists)",
@@ -90,75 +62,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Ctrl-C or SIGTERM finishes the step, saves and stops. Under torchrun, trains on all ranks (DDP).",
     )
     add_workspace_arg(p)
-    S = argparse.SUPPRESS  # unset options stay unset (see DEFAULTS)
-    g = p.add_argument_group("run and data")
-    g.add_argument("--run", "--run-name", dest="run", metavar="NAME", default=S,
+    g = p.add_argument_group(options.GROUPS[0])
+    g.add_argument("--run", "--run-name", dest="run", metavar="NAME", default=argparse.SUPPRESS,
                    help="run name (default: a new timestamped name); under torchrun write --run-name, "
                    "since torchrun's own parser takes --run for its --run-path")
     g.add_argument("--resume", action="store_true", help="require that the run exists (it is continued either way)")
-    g.add_argument("--data", metavar="DIR", default=S, help="folder of breed folders (default: WORKSPACE/data/dogs)")
-    g.add_argument("--image-size", "--image_size", dest="image_size", type=_positive_int, default=S, metavar="PX",
-                   help=f"image side in pixels (default: {d['image_size']})")
-    g.add_argument("--resize", choices=("squash", "crop"), default=S,
-                   help="squash to a square (the seed) or crop the centre square (default: squash)")
-    g.add_argument("--no-flip", dest="flip", action="store_false", default=S, help="no random horizontal flips")
-    g.add_argument("--workers", type=_non_negative_int, default=S, metavar="N",
-                   help="image-decoding workers (default: 0 = one per CPU)")
     g.add_argument("--examples", action="store_true",
                    help="write examples.png (training images) and forward_diffusion.png into the run folder")
-
-    g = p.add_argument_group("model and diffusion")
-    g.add_argument("--preset", choices=PRESET_NAMES, default=S,
-                   help=f"network size: seed (the seed's 93M UNet), small, tiny (default: {d['preset']})")
-    g.add_argument("--T", type=_positive_int, default=S, metavar="STEPS",
-                   help=f"diffusion steps for training and sampling (default: {d['T']})")
-    g.add_argument("--schedule", choices=SCHEDULE_NAMES, default=S, help=f"beta schedule (default: {d['schedule']})")
-    g.add_argument("--conditional", action="store_true", default=S,
-                   help="condition on the breed (enables --breed and --guidance when sampling)")
-    g.add_argument("--label-dropout", "--label_dropout", dest="label_dropout", type=_fraction, default=S,
-                   metavar="P", help=f"share of labels dropped for classifier-free guidance (default: {d['label_dropout']})")
-
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--batch_size", "--batch-size", dest="batch_size", type=_positive_int, default=S, metavar="N",
-                   help=f"training batch size per process (default: {d['batch_size']})")
-    g.add_argument("--lr", type=_positive_float, default=S, help=f"Adam learning rate (default: {d['lr']})")
-    g.add_argument("--epochs", type=_positive_int, default=S, help=f"epochs to run (default: {d['epochs']})")
-    g.add_argument("--ema-decay", "--ema_decay", dest="ema_decay", type=_fraction, default=S, metavar="D",
-                   help=f"EMA decay (default: {d['ema_decay']})")
-    g.add_argument("--grad-clip", "--grad_clip", dest="grad_clip", type=_non_negative_float, default=S,
-                   metavar="NORM", help="clip the gradient norm (default: 0 = off, as in the seed)")
-    g.add_argument("--seed", type=_non_negative_int, default=S, help=f"random seed (default: {d['seed']})")
-    g.add_argument("--max-steps", "--max_steps", dest="max_steps", type=_non_negative_int, default=S, metavar="N",
-                   help="finish at this global step (default: 0 = no limit)")
-    g.add_argument("--max-time", "--max_time", dest="max_time", type=parse_duration, default=S, metavar="DUR",
-                   help="stop after this long, e.g. 90m or 8h; the run can be continued (default: no limit)")
-
-    g = p.add_argument_group("saving and samples")
-    g.add_argument("--samples", type=_non_negative_int, default=S, metavar="N",
-                   help=f"images per sample grid (default: {d['samples']})")
-    g.add_argument("--save_frequency", "--save-frequency", dest="save_frequency", type=_positive_int, default=S,
-                   metavar="EPOCHS", help=f"epochs between checkpoints and sample grids (default: {d['save_frequency']})")
-    g.add_argument("--save-every-steps", "--save_every_steps", dest="save_every_steps", type=_non_negative_int,
-                   default=S, metavar="N", help="also checkpoint every N steps (default: 0 = off)")
-    g.add_argument("--keep-milestones", "--keep_milestones", dest="keep_milestones", type=int, default=S,
-                   metavar="N", help="keep N epoch_NNNN.pt checkpoints besides last.pt (-1 all; default: 0)")
-    g.add_argument("--sample-steps", "--sample_steps", dest="sample_steps", type=_positive_int, default=S,
-                   metavar="N", help=f"DDIM steps for the sample grids (default: {d['sample_steps']})")
-    g.add_argument("--log-every", "--log_every", dest="log_every", type=_positive_int, default=S, metavar="N",
-                   help=f"steps per metrics line (default: {d['log_every']})")
-
-    g = p.add_argument_group("hardware")
-    g.add_argument("--device", default=S, help="auto (CUDA, then MPS, then CPU), cuda, cuda:1, mps or cpu (default: auto)")
-    g.add_argument("--amp", choices=AMP_MODES, default=S,
-                   help="bf16 autocast: auto = where the device does it fast (default: auto)")
-    g.add_argument("--channels-last", "--channels_last", dest="channels_last", action="store_true", default=S,
-                   help="channels_last memory format (often faster on GPUs)")
-    g.add_argument("--compile", action="store_true", default=S, help="torch.compile the network (opt-in)")
+    options.add_train_arguments(p, {options.GROUPS[0]: g})  # every option, from core/options.py
     p.add_argument("--quiet", "-q", action="store_true", help="no progress display (for scripts and the studio)")
     p.set_defaults(func=run)
-
-
-OPTION_KEYS = tuple(DEFAULTS) + ("data", "flip", "conditional", "channels_last", "compile")
 
 
 def _timestamp_name() -> str:
@@ -166,27 +79,54 @@ def _timestamp_name() -> str:
 
 
 def build_config(args: argparse.Namespace, workspace, run_dir: Path) -> Any:
-    """The run's TrainConfig: the saved one (existing run) or the defaults, then the options
-    given on this command line."""
+    """The run's TrainConfig: the saved one (existing run) or the recipe's defaults, then
+    the options given on this command line."""
     from core import runs
     from core.train import TrainConfig
 
-    saved = runs.read_config(run_dir)
-    if saved is not None:
-        try:
-            config = TrainConfig.from_dict(saved)
-        except (TypeError, ValueError) as exc:
-            raise CLIError(f"{run_dir / runs.CONFIG_FILE}: {exc}") from None
-    else:
-        config = TrainConfig(data=str(workspace.dataset_dir()))
-    given = {k: getattr(args, k) for k in OPTION_KEYS if hasattr(args, k)}
+    given = {o.name: getattr(args, o.name) for o in options.OPTIONS if hasattr(args, o.name)}
     if "data" in given:
         given["data"] = str(Path(given["data"]).expanduser().resolve())
-    for key, value in given.items():
-        setattr(config, key, value)
+    saved = _saved_config(run_dir)
+    try:
+        if saved is None:
+            values = options.resolve({"data": str(workspace.dataset_dir()), **given})
+        else:
+            values = options.resolve(given, base=TrainConfig.from_dict(saved).to_dict())
+        config = TrainConfig.from_dict(values)
+    except (TypeError, ValueError) as exc:
+        where = run_dir / runs.CONFIG_FILE if saved is not None else "options"
+        raise CLIError(f"{where}: {exc}") from None
     config.run = run_dir.name
     config.cache_dir = str(workspace.cache_dir)
     return config
+
+
+def _saved_config(run_dir: Path) -> dict | None:
+    """config.json of an existing run; None for a new run. A run that has trained (it has a
+    checkpoint) but whose config.json is missing or unreadable is refused, naming the file."""
+    import json
+
+    from core import runs
+
+    path = run_dir / runs.CONFIG_FILE
+    has_checkpoint = (runs.checkpoints_dir(run_dir) / runs.LAST_CHECKPOINT).exists()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if has_checkpoint:
+            raise CLIError(f"{path} is missing, so run {run_dir.name!r} cannot be continued "
+                           "(its options are unknown); start a new --run") from None
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CLIError(f"{path}: cannot read it ({exc})") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise CLIError(f"{path} is not valid JSON ({exc}); fix or remove it") from None
+    if not isinstance(data, dict):
+        raise CLIError(f"{path} is not a JSON object; fix or remove it")
+    return data
 
 
 def run(args: argparse.Namespace, workspace) -> int:
@@ -200,7 +140,7 @@ def run(args: argparse.Namespace, workspace) -> int:
             raise CLIError("under torchrun pass --run-name NAME so every rank writes the same run")
         name = _timestamp_name()
     if not RUN_NAME_RE.match(name):
-        raise CLIError(f"run name {name!r}: use letters, digits, '.', '_' or '-' (at most 64, not starting with . _ -)")
+        raise CLIError(f"run name {_short(name)!r}: {options.RUN_NAME_RULE}")
     run_dir = workspace.run_dir(name)
     if args.resume and not run_dir.is_dir():
         known = ", ".join(sorted(p.name for p in workspace.runs_dir.glob("*") if p.is_dir())) or "none"
@@ -209,6 +149,8 @@ def run(args: argparse.Namespace, workspace) -> int:
     from core.train import LOGGER_NAME, TrainError, train  # torch is imported here
 
     config = build_config(args, workspace, run_dir)
+    if Path(config.data).exists() and not Path(config.data).is_dir():
+        raise CLIError(f"--data {config.data} is a file, not a folder of breed folders")
     if not Path(config.data).is_dir():
         raise CLIError(f"dataset folder {config.data} does not exist; scrape one with `ddpm-tui scrape` "
                        "or pass --data DIR")
@@ -230,6 +172,10 @@ def run(args: argparse.Namespace, workspace) -> int:
         if state == "stopped":
             display.console.print(f"continue with: ddpm-tui train --run {name}")
     return 0
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 class _Display:

@@ -1,12 +1,14 @@
-"""The new-run form (a modal over the Train screen). It only collects and checks values;
-the Train screen launches `ddpm-tui train ...` with them."""
+"""The new-run form (a modal over the Train screen). Its fields are generated from the
+option declaration (core/options.py); it only collects and checks values, and the Train
+screen launches `ddpm-tui train ...` with them."""
 
 from __future__ import annotations
 
-import re
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -14,10 +16,11 @@ from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Select
 
-PRESETS = ("tiny", "small", "seed")
-SCHEDULES = ("linear", "cosine")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+from core import options
+
+# Without a GPU the seed's 93M network at 64 px takes hours an epoch: start small enough
+# that samples show something within minutes, and stop (resumable) after half an hour.
+CPU_START = {"preset": "tiny", "image_size": options.PRESET_IMAGE_SIZE["tiny"], "max_time": 1800.0}
 
 
 @dataclass
@@ -30,25 +33,37 @@ def default_run_name() -> str:
     return time.strftime("run-%m%d-%H%M%S")  # short: the runs table is narrow at 80 columns
 
 
-# (field id, label, default, kind) ; kind: int | float | str
-NUMBER_FIELDS: tuple[tuple[str, str, str, type], ...] = (
-    ("image_size", "Image size px", "64", int),
-    ("T", "Noise steps T", "1000", int),
-    ("lr", "Learning rate", "3e-4", float),
-    ("batch_size", "Batch size", "16", int),
-    ("epochs", "Epochs", "500", int),
-    ("save_frequency", "Save every N ep", "10", int),
-    ("samples", "Samples/save", "16", int),
-)
+def has_cuda_gpu() -> bool:
+    """Whether training will find a CUDA GPU, without importing torch (slow) in the studio."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return pynvml.nvmlDeviceGetCount() > 0
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no NVML, no driver: no GPU
+        return False
+
+
+def form_defaults(gpu: bool) -> dict[str, Any]:
+    """The form's starting values: the seed recipe on a GPU, a CPU-sized run otherwise."""
+    values = options.recipe_defaults("seed")
+    return values if gpu else {**values, **CPU_START}
 
 
 class NewRunScreen(ModalScreen[NewRun | None]):
     BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+r", "start", "Start", priority=True)]
 
-    def __init__(self, data_dir: Path, runs_dir: Path) -> None:
+    def __init__(self, data_dir: Path, runs_dir: Path, gpu: bool | None = None) -> None:
         super().__init__()
         self.data_dir = data_dir
         self.runs_dir = runs_dir
+        self.gpu = has_cuda_gpu() if gpu is None else gpu
+        self.defaults = {**form_defaults(self.gpu), "data": str(data_dir)}
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="newrun-dialog"):
@@ -57,26 +72,45 @@ class NewRunScreen(ModalScreen[NewRun | None]):
                 with Grid(classes="form-grid", id="newrun-grid"):
                     yield Label("Run name")
                     yield Input(default_run_name(), compact=True, id="name")
-                    yield Label("Dataset folder")
-                    yield Input(str(self.data_dir), compact=True, id="data")
-                    yield Label("Preset")
-                    yield Select([(p, p) for p in PRESETS], value="small", allow_blank=False, compact=True, id="preset")
-                    yield Label("Schedule")
-                    yield Select([(s, s) for s in SCHEDULES], value="linear", allow_blank=False, compact=True, id="schedule")
-                    for fid, label, default, _kind in NUMBER_FIELDS:
-                        yield Label(label)
-                        yield Input(default, compact=True, id=fid, type="number" if _kind is float else "integer")
-                    yield Label("Device")
-                    yield Select([(d, d) for d in DEVICES], value="auto", allow_blank=False, compact=True, id="device")
-                    yield Label("Breed labels")
-                    yield Checkbox("class-conditional", compact=True, id="conditional")
+                    for option in options.form_options():
+                        yield Label(option.label)
+                        yield self._widget(option, self.defaults[option.name])
             yield Label("", id="newrun-error")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Start (Ctrl+R)", compact=True, id="start", variant="success")
                 yield Button("Cancel", compact=True, id="cancel")
 
+    @staticmethod
+    def _widget(option: options.Option, value: Any):
+        if option.type is bool:
+            return Checkbox(option.help[:40], value=value, compact=True, id=option.name)
+        if option.choices:
+            return Select([(c, c) for c in option.choices], value=value, allow_blank=False, compact=True,
+                          id=option.name)
+        if option.name == "device":
+            return Select([(c, c) for c in options.DEVICE_SUGGESTIONS], value=value, allow_blank=False,
+                          compact=True, id=option.name)
+        kind = {int: "integer", float: "number"}.get(option.type, "text")
+        return Input(option.show(value), compact=True, id=option.name, type=kind)
+
     def on_mount(self) -> None:
         self.query_one("#name", Input).focus()
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        """A preset proposes its natural image size; a recipe fills in its values."""
+        if event.select.id == "preset" and event.value in options.PRESET_IMAGE_SIZE:
+            self.query_one("#image_size", Input).value = str(options.PRESET_IMAGE_SIZE[event.value])
+        elif event.select.id == "recipe" and event.value in options.RECIPES:
+            values = options.recipe_defaults(event.value)
+            for name in {k for recipe in options.RECIPES.values() for k in recipe}:
+                self._set(name, values[name])
+
+    def _set(self, name: str, value: Any) -> None:
+        widget = self.query_one(f"#{name}")
+        if isinstance(widget, Input):
+            widget.value = options.BY_NAME[name].show(value)
+        else:
+            widget.value = value
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "start":
@@ -93,30 +127,23 @@ class NewRunScreen(ModalScreen[NewRun | None]):
     def collect(self) -> NewRun:
         """The form as a NewRun; ValueError with a one-line message naming the bad field."""
         name = self.query_one("#name", Input).value.strip()
-        if not RUN_NAME_RE.match(name):
-            raise ValueError(f"run name {name!r}: use letters, digits, '.', '_' or '-' (max 64)")
+        if not options.RUN_NAME_RE.match(name):
+            raise ValueError(f"run name {name[:80]!r}: {options.RUN_NAME_RULE}")
         if (self.runs_dir / name).exists():
             raise ValueError(f"run name {name!r} is taken; pick another or resume that run")
-        data = self.query_one("#data", Input).value.strip()
+        values: dict[str, object] = {}
+        for option in options.form_options():
+            widget = self.query_one(f"#{option.name}")
+            try:
+                values[option.name] = option.parse(str(widget.value)) if isinstance(widget, Input) else (
+                    option.check(widget.value))
+            except ValueError as exc:
+                raise ValueError(f"{option.label}: {str(exc).removeprefix(option.name + ': ')}") from None
+        data = str(values["data"]).strip()
         if not data or not Path(data).expanduser().is_dir():
             raise ValueError(f"dataset folder {data!r} does not exist")
-        options: dict[str, object] = {
-            "data": str(Path(data).expanduser()),
-            "preset": self.query_one("#preset", Select).value,
-            "schedule": self.query_one("#schedule", Select).value,
-        }
-        for fid, label, _default, kind in NUMBER_FIELDS:
-            raw = self.query_one(f"#{fid}", Input).value.strip()
-            try:
-                value = kind(raw)
-            except ValueError:
-                raise ValueError(f"{label}: {raw!r} is not a number") from None
-            if value <= 0 and fid != "samples" or value < 0:
-                raise ValueError(f"{label} must be positive, got {raw}")
-            options[fid] = value
-        options["device"] = self.query_one("#device", Select).value
-        options["conditional"] = self.query_one("#conditional", Checkbox).value
-        return NewRun(name, options)
+        values["data"] = str(Path(data).expanduser())
+        return NewRun(name, values)
 
     def action_start(self) -> None:
         try:

@@ -65,7 +65,18 @@ def test_autocast_dtype_modes(monkeypatch):
 def test_autocast_dtype_on_cuda(monkeypatch):
     cuda = torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (8, 0))
     assert autocast_dtype(cuda, "auto") is torch.bfloat16
+    # bf16 "supported" by emulation (T4, V100): auto stays fp32, asked-for bf16 is allowed.
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (7, 5))
+    assert autocast_dtype(cuda, "auto") is None
+    assert autocast_dtype(cuda, "bf16") is torch.bfloat16
+    # The run's own device is asked, not device 0.
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: asked.append(d) or (9, 0))
+    assert autocast_dtype(torch.device("cuda", 1), "auto") is torch.bfloat16 and asked == [torch.device("cuda", 1)]
+    with pytest.raises(ValueError, match="gradient scaler"):
+        autocast_dtype(cuda, "fp16", training=True)
     assert autocast_dtype(cuda, "fp16") is torch.float16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert autocast_dtype(cuda, "auto") is None
