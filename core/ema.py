@@ -56,14 +56,29 @@ class EMA:
         return params
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, active: torch.Tensor | None = None) -> None:
+        """One averaging step, as one foreach kernel over all parameters (not one per tensor).
+        ``active``: a 0-dim 0/1 tensor on the parameters' device; 0 leaves the average as it
+        is (a skipped training step) without the host having to look at it. Such a call still
+        counts in ``num_updates``; the caller that skips corrects it with ``uncount``."""
         d = self.current_decay()
+        shadows, sources = [], []
         for name, p in self._params(model).items():
             s = self.shadow[name]
             if s.device != p.device:  # model moved after the EMA was made
                 s = self.shadow[name] = s.to(p.device)
-            s.lerp_(p.detach().float(), 1.0 - d)
+            shadows.append(s)
+            sources.append(p.detach() if p.dtype == torch.float32 else p.detach().float())
+        if active is None:
+            torch._foreach_lerp_(shadows, sources, 1.0 - d)
+        else:
+            weight = active.to(torch.float32) * (1.0 - d)
+            torch._foreach_lerp_(shadows, sources, [weight] * len(shadows))
         self.num_updates += 1
+
+    def uncount(self, n: int) -> None:
+        """Forget ``n`` updates that ``active`` turned off (the warm-up counts real ones)."""
+        self.num_updates = max(0, self.num_updates - int(n))
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:

@@ -91,11 +91,16 @@ class Option:
 
     def bounds_text(self) -> str:
         low, high = self.low, self.high
+        if self.type is int:  # exact, not 9.22337e+18
+            low, high = (None if v is None else int(v) for v in (low, high))
+            fmt = str
+        else:
+            fmt = "{:g}".format
         if low is not None and high is not None:
-            return f"in {'(' if self.low_open else '['}{low:g}, {high:g}{')' if self.high_open else ']'}"
+            return f"in {'(' if self.low_open else '['}{fmt(low)}, {fmt(high)}{')' if self.high_open else ']'}"
         if low is not None:
-            return f"{'>' if self.low_open else '>='} {low:g}"
-        return f"{'<' if self.high_open else '<='} {high:g}" if high is not None else "a number"
+            return f"{'>' if self.low_open else '>='} {fmt(low)}"
+        return f"{'<' if self.high_open else '<='} {fmt(high)}" if high is not None else "a number"
 
     def parse(self, text: str) -> Any:
         """Text from the command line or the form -> the value (ValueError naming it)."""

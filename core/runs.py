@@ -18,6 +18,7 @@ says "running" while its process is gone reads as "died".
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -142,8 +143,29 @@ def write_status(run_dir: Path | str, **fields: Any) -> dict:
     if state == "running" and "pid" not in fields:
         status.update(process_identity())
     status["updated_at"] = time.time()
-    atomic_write_json(run_dir / STATUS_FILE, status)
+    try:
+        atomic_write_json(run_dir / STATUS_FILE, status)
+    except OSError as exc:
+        if not (exc.errno == errno.ENOSPC and state is not None and state != "running"):
+            raise
+        _rewrite_in_place(run_dir / STATUS_FILE, status)
     return status
+
+
+def _rewrite_in_place(path: Path, status: dict) -> None:
+    """The final state on a full disk, where the temp file of an atomic write has no room:
+    truncate and rewrite the small file in place (its freed blocks take the new text).
+    Better a status that could be torn by a crash in these microseconds than one that says
+    "running" for ever. Only the essentials, so the text fits where the old one was."""
+    keep = {k: status[k] for k in ("state", "message", "step", "epoch", "pid", "host", "pid_started",
+                                   "updated_at") if k in status}
+    data = (json.dumps(keep, default=_json_default) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_status(run_dir: Path | str) -> dict | None:
@@ -524,6 +546,20 @@ def list_runs(runs_dir: Path | str) -> list[RunInfo]:
 _HANDLER_TAG = "_ddpm_run_log"
 
 
+class _LogFileHandler(logging.FileHandler):
+    """train.log; a record that cannot be written (a full disk) is dropped without the
+    logging module's traceback on stderr: the same message reaches the console and status."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:  # the last flush on a full disk
+            self.stream = None
+
+
 def setup_run_logger(run_dir: Path | str, name: str = "ddpm_tui.train", level: int = logging.INFO) -> logging.Logger:
     """A logger that appends to run_dir/train.log (flushed per record). Calling it again
     for another run directory replaces the previous train.log handler instead of adding one."""
@@ -534,7 +570,7 @@ def setup_run_logger(run_dir: Path | str, name: str = "ddpm_tui.train", level: i
         if getattr(handler, _HANDLER_TAG, False):
             logger.removeHandler(handler)
             handler.close()
-    handler = logging.FileHandler(run_dir / LOG_FILE, mode="a", encoding="utf-8")
+    handler = _LogFileHandler(run_dir / LOG_FILE, mode="a", encoding="utf-8")
     setattr(handler, _HANDLER_TAG, True)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S"))
     logger.addHandler(handler)

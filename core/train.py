@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import inspect
 import logging
 import math
 import os
@@ -29,6 +30,8 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, fields
+from functools import partial
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -79,6 +82,9 @@ class TrainConfig(options.TrainOptions):
             raise ValueError(f"unknown schedule {self.schedule!r}; known schedules: {', '.join(SCHEDULES)}")
         if not self.data:
             raise ValueError("no dataset folder given (data)")
+        from core.data import DataOptions
+
+        DataOptions(image_size=self.image_size, resize=self.resize, flip=self.flip)  # its size limits
         self.model_config(0)  # image size vs. the preset's levels, etc.
         self.diffusion_config()
 
@@ -179,6 +185,24 @@ def _signals_to(event: threading.Event, log: logging.Logger) -> Iterator[None]:
             signal.signal(s, h)
 
 
+# How long a rank waits for the others in one collective. Rank 0 alone decodes the dataset
+# (minutes for a big one) while the others wait at a barrier, so this is not short; a rank
+# that fails tells the others by exiting (see _Dist.close), which ends their wait at once.
+DIST_TIMEOUT = timedelta(minutes=30)
+
+
+def pick_rank_device(device: torch.device, local_rank: int) -> torch.device:
+    """This process's GPU under torchrun: cuda:LOCAL_RANK when this process sees that many
+    GPUs, else the one it was given (e.g. each process sees one GPU through
+    CUDA_VISIBLE_DEVICES, so LOCAL_RANK 3 must still use cuda:0)."""
+    if device.type != "cuda":
+        return device
+    count = torch.cuda.device_count()
+    if count > local_rank:
+        return torch.device("cuda", local_rank)
+    return torch.device("cuda", device.index if device.index is not None and device.index < count else 0)
+
+
 class _Dist:
     """World size, rank and the few collectives the loop needs (no-ops in one process)."""
 
@@ -191,15 +215,15 @@ class _Dist:
             self.world_size, self.rank = 1, 0
             self.device = resolve_device(device_spec)
             return
-        device = resolve_device(device_spec)
-        if device.type == "cuda":
-            # One GPU per process: LOCAL_RANK picks it, whatever index the spec named.
-            device = torch.device("cuda", self.local_rank)
-            torch.cuda.set_device(device)
-        self.device = device
+        self.device = pick_rank_device(resolve_device(device_spec), self.local_rank)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
         if not dist.is_initialized():
-            backend = "nccl" if device.type == "cuda" else "gloo"
-            dist.init_process_group(backend=backend, init_method="env://")
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            kwargs: dict[str, Any] = {"timeout": DIST_TIMEOUT}
+            if self.device.type == "cuda" and "device_id" in inspect.signature(dist.init_process_group).parameters:
+                kwargs["device_id"] = self.device  # binds NCCL to this GPU at once
+            dist.init_process_group(backend=backend, init_method="env://", **kwargs)
             self.owns_group = True
 
     @property
@@ -237,15 +261,34 @@ class _Dist:
         dist.all_gather_object(out, obj)
         return out
 
-    def close(self) -> None:
-        if self.owns_group and dist.is_initialized():
-            # Tear down together: a rank that destroys its gloo pairs while a peer is still
-            # finishing (rank 0 writes the status) can make the peer abort in C++.
-            try:
-                dist.barrier()
-            except RuntimeError as exc:  # a peer already gone; nothing left to wait for
-                logging.getLogger(LOGGER_NAME).warning("ranks did not meet before shutdown: %s", exc)
-            dist.destroy_process_group()
+    def sum_tensor(self, t: torch.Tensor) -> torch.Tensor:
+        """All-reduce (sum) a tensor on this rank's device without waiting on the host."""
+        if self.enabled:
+            if dist.get_backend() == "nccl":
+                dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            else:  # gloo reduces CPU tensors
+                cpu = t.cpu()
+                dist.all_reduce(cpu, op=dist.ReduceOp.SUM)
+                t = cpu.to(t.device)
+        return t
+
+    def close(self, failed: bool = False) -> None:
+        if not (self.owns_group and dist.is_initialized()):
+            return
+        if failed:
+            # A rank that fails does not wait for the others (they are in some other
+            # collective): it leaves, and its closed connections end their wait at once
+            # instead of after the collective's timeout.
+            with contextlib.suppress(Exception):
+                dist.destroy_process_group()
+            return
+        # Tear down together: a rank that destroys its gloo pairs while a peer is still
+        # finishing (rank 0 writes the status) can make the peer abort in C++.
+        try:
+            dist.barrier()
+        except RuntimeError as exc:  # a peer already gone; nothing left to wait for
+            logging.getLogger(LOGGER_NAME).warning("ranks did not meet before shutdown: %s", exc)
+        dist.destroy_process_group()
 
 
 # ---------------------------------------------------------------------------- examples
@@ -376,15 +419,33 @@ def train(
         world = _Dist(config.device)
     except ValueError as exc:
         raise TrainError(str(exc)) from None
+    failed = True
     try:
         try:
             autocast_dtype(world.device, config.amp, training=True)
         except ValueError as exc:
             raise TrainError(str(exc)) from None
         with _signals_to(stop_event, log):
-            return _Trainer(config, run_dir, world, log, progress, stop_event).run(examples=examples)
+            final = _Trainer(config, run_dir, world, log, progress, stop_event).run(examples=examples)
+        failed = final.get("state") == "failed"
+        return final
+    except RuntimeError as exc:
+        if world.enabled and _is_peer_gone(exc):
+            raise TrainError(f"rank {world.rank}: another rank failed or left ({_first_line(exc)}); "
+                             "see rank 0's message") from None
+        raise
     finally:
-        world.close()
+        world.close(failed=failed)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:200]
+
+
+def _is_peer_gone(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(k in text for k in ("connection closed", "connection reset", "broken pipe", "peer", "gloo",
+                                   "nccl", "timed out", "abort"))
 
 
 @dataclass
@@ -401,15 +462,29 @@ class _Parts:
     amp_dtype: torch.dtype | None
 
 
-@dataclass
 class _Window:
-    """What the steps since the last metrics line add up to."""
+    """What the steps since the last metrics line add up to, kept on the device so the
+    step never waits for it (float64 where the device has it: sums stay exact)."""
 
-    start: float
-    loss: float = 0.0
-    steps: int = 0  # steps that trained (finite loss)
-    bad: int = 0  # steps skipped for a NaN/inf loss
-    images: int = 0
+    def __init__(self, start: float, device: torch.device) -> None:
+        self.device = device
+        self.dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.reset(start)
+
+    def reset(self, start: float) -> None:
+        self.start = start
+        zero = partial(torch.zeros, (), dtype=self.dtype, device=self.device)
+        self.loss, self.ok, self.trailing_bad = zero(), zero(), zero()
+        self.steps_total = 0  # steps taken (trained or skipped)
+        self.images = 0
+
+    def add(self, loss: torch.Tensor, ok: torch.Tensor) -> None:
+        ok = ok.to(self.dtype)
+        # where(), not loss * ok: NaN * 0 is NaN
+        self.loss += torch.where(ok > 0, loss.to(self.dtype), torch.zeros_like(self.loss))
+        self.ok += ok
+        self.trailing_bad.mul_(1 - ok).add_(1 - ok)  # +1 on a bad step, 0 after a good one
+        self.steps_total += 1
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
@@ -560,7 +635,7 @@ class _Trainer:
             msg = (f"out of memory on {self.device} at batch size {config.batch_size}: "
                    f"try a smaller --batch_size (e.g. {max(1, config.batch_size // 2)})")
         elif isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-            msg = f"no space left on device while training at step {self.state.step}: {exc.filename or self.run_dir}"
+            msg = f"No space left on device in {self.run_dir} at step {self.state.step}"
         else:
             if world.is_main:
                 self.log.exception("training crashed")
@@ -579,7 +654,7 @@ class _Trainer:
         try:
             return self.status(force=True, **fields)
         except OSError as exc:
-            self.log.error("could not write status.json: %s", exc.strerror or exc)
+            self.log.warning("could not write status.json: %s", exc.strerror or exc)
             return dict(fields)
 
     def _remove_stale_temp_files(self) -> None:
@@ -740,7 +815,7 @@ class _Trainer:
         gens = (torch.Generator(), torch.Generator(device=self.device) if self.device.type != "cpu"
                 else torch.Generator())
         self.session_start = time.monotonic()
-        window = _Window(time.monotonic())
+        window = _Window(time.monotonic(), self.device)
         stop_reason: str | None = None
         self.status(state="running", message="training", step=s.step, epoch=s.epoch,
                     total_steps=self.total_steps, epochs=config.epochs, force=True)
@@ -751,25 +826,34 @@ class _Trainer:
                 if config.max_steps and s.step >= config.max_steps:
                     stop_reason = f"reached max_steps {config.max_steps}"
                     break
-                stop_ranks = self._step(parts, order[s.pos : s.pos + config.batch_size], gens, window)
-                if self.bad_in_row >= config.max_nonfinite:
-                    return self._fail_nonfinite(parts)
+                self._step(parts, order[s.pos : s.pos + config.batch_size], gens, window)
+                stop = False
                 if s.step % config.log_every == 0 or s.pos >= len(order):
-                    self._log_window(parts, window, len(order))
+                    stop = self._log_window(parts, window, len(order))
+                    if self.bad_in_row >= config.max_nonfinite:
+                        return self._fail_nonfinite(parts)
+                elif not world.enabled:  # one process: a stop needs no agreement, check every step
+                    stop = self._local_stop()
                 if config.save_every_steps and s.step % config.save_every_steps == 0:
                     self._save(parts, samples=False, milestone=False)
                     window.start = time.monotonic()
-                if stop_ranks > 0:
+                if stop:
                     stop_reason = self._stop_reason()
                     break
             if s.pos >= len(order):
                 self._end_epoch(parts, window)
         return self._finish(parts, stop_reason)
 
+    def _local_stop(self) -> bool:
+        config = self.config
+        return self.stop_event.is_set() or (
+            config.max_time > 0 and time.monotonic() - self.session_start >= config.max_time)
+
     def _step(self, parts: _Parts, idx: torch.Tensor, gens: tuple[torch.Generator, torch.Generator],
-              window: _Window) -> float:
-        """One optimisation step (skipped when the loss is not finite on some rank). Returns
-        how many ranks asked to stop."""
+              window: _Window) -> None:
+        """One optimisation step, without waiting on the device: a NaN/inf loss (on any rank)
+        turns the optimizer and EMA update off on the device, and is counted there; the host
+        looks at the counts once per metrics line (_log_window)."""
         config, world, s, device = self.config, self.world, self.state, self.device
         data_gen, noise_gen = gens
         data_gen.manual_seed(derive_seed("data", config.seed, s.step, world.rank))
@@ -785,36 +869,27 @@ class _Trainer:
 
         with autocast_context(device, parts.amp_dtype):
             loss = parts.diffusion.training_loss(parts.train_model, x, labels, generator=noise_gen)
-        local_stop = self.stop_event.is_set() or (
-            config.max_time > 0 and time.monotonic() - self.session_start >= config.max_time)
-        loss_value = float(loss.detach())
-        finite = math.isfinite(loss_value)
-        # One collective per step: ranks agree on the loss, on skipping and on stopping.
-        total_loss, bad_ranks, stop_ranks = world.sum(
-            [loss_value if finite else 0.0, 0.0 if finite else 1.0, 1.0 if local_stop else 0.0])
-        if bad_ranks == 0:
-            for group in parts.optimizer.param_groups:
-                group["lr"] = lr_at(config, s.step, self.total_steps)
-            parts.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(parts.model.parameters(), config.grad_clip)
+        bad = world.sum_tensor((~torch.isfinite(loss.detach())).to(torch.float32))  # ranks with NaN/inf
+        ok = (bad == 0).to(torch.float32)
+        for group in parts.optimizer.param_groups:
+            group["lr"] = lr_at(config, s.step, self.total_steps)
+        parts.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(parts.model.parameters(), config.grad_clip)
+        if getattr(parts.optimizer, "defaults", {}).get("fused"):
+            # The fused kernel skips the update (and its step count) where found_inf is 1:
+            # the same switch GradScaler uses, decided on the device.
+            parts.optimizer.found_inf = 1.0 - ok
             parts.optimizer.step()
-            parts.ema.update(parts.model)
-            self.bad_in_row = 0
-            window.loss += total_loss / world.world_size
-            window.steps += 1
-        else:
-            self.bad_in_row += 1
-            window.bad += 1
-            s.nonfinite_total += 1
-            self.log.warning("step %d: loss is %s, step skipped (%d in a row)", s.step,
-                             loss_value if not finite else "not finite on another rank", self.bad_in_row)
+        elif bool(ok):  # no fused kernel on this device: ask the host
+            parts.optimizer.step()
+        parts.ema.update(parts.model, active=ok)
+        window.add(loss.detach(), ok)
         s.pos += len(idx)
         s.step += 1
         s.images_seen += len(idx) * world.world_size
         window.images += len(idx) * world.world_size
-        return stop_ranks
 
     def _stop_reason(self) -> str:
         config = self.config
@@ -837,12 +912,21 @@ class _Trainer:
         self.log.error("%s", msg)
         return self.status(state="failed", message=msg, step=s.step, epoch=s.epoch, force=True)
 
-    def _log_window(self, parts: _Parts, window: _Window, epoch_len: int) -> None:
-        """A metrics line, a progress event and a status write for the steps since the last."""
+    def _log_window(self, parts: _Parts, window: _Window, epoch_len: int) -> bool:
+        """The one host sync per metrics line: the window's loss and NaN counts (summed over
+        ranks, with the ranks' stop requests), a metrics line, a progress event and a status
+        write. Returns whether some rank asked to stop."""
         config, s = self.config, self.state
+        loss_sum, steps, bad, bad_run, stops = self._window_totals(window)
+        if bad:
+            first = s.step - (window.steps_total - 1)
+            self.log.warning("steps %d-%d: %d NaN/inf loss%s, skipped (%d in a row)", first, s.step,
+                             bad, "es" if bad != 1 else "", self.bad_in_row)
+            s.nonfinite_total += bad
+            parts.ema.uncount(bad)
         now = time.monotonic()
         elapsed = now - window.start
-        steps_per_s = (window.steps + window.bad) / elapsed if elapsed > 0 else 0.0
+        steps_per_s = window.steps_total / elapsed if elapsed > 0 else 0.0
         self.rate = steps_per_s if self.rate is None else 0.7 * self.rate + 0.3 * steps_per_s
         eta = (self.total_steps - s.step) / self.rate if self.rate else None
         record = {
@@ -850,10 +934,10 @@ class _Trainer:
             "lr": parts.optimizer.param_groups[0]["lr"],
             "images_per_s": round(window.images / elapsed if elapsed > 0 else 0.0, 2),
             "elapsed_s": round(s.train_seconds + now - self.session_start, 2),
-            "device_mem_mb": _memory_mb(self.device), "skipped": window.bad,
+            "device_mem_mb": _memory_mb(self.device), "skipped": bad,
         }
-        if window.steps:  # a window of skipped (NaN) steps has no loss to plot
-            record["loss"] = window.loss / window.steps
+        if steps:  # a window of skipped (NaN) steps has no loss to plot
+            record["loss"] = loss_sum / self.world.world_size / steps
         if self.world.is_main and self.metrics is not None:
             self.metrics.append(record)
         self.emit({"event": "step", **record, "total_steps": self.total_steps, "eta_s": eta,
@@ -861,7 +945,21 @@ class _Trainer:
         self.status(state="running", message="training", step=s.step, epoch=s.epoch,
                     last_loss=record.get("loss"), images_per_s=record["images_per_s"], eta_s=eta,
                     total_steps=self.total_steps)
-        window.start, window.loss, window.steps, window.images, window.bad = now, 0.0, 0, 0, 0
+        window.reset(now)
+        return stops > 0
+
+    def _window_totals(self, window: _Window) -> tuple[float, int, int, int, int]:
+        """(loss sum over ranks, trained steps, skipped steps, NaN run, ranks asking to stop)."""
+        stop = torch.tensor(1.0 if self._local_stop() else 0.0, dtype=window.dtype, device=self.device)
+        packed = self.world.sum_tensor(torch.stack([window.loss, window.ok, stop]))
+        loss_sum, ok_steps, stops = packed.tolist()
+        steps = int(round(ok_steps / self.world.world_size))  # every rank agreed on each skip
+        bad = window.steps_total - steps
+        # The run of NaN steps ending now: the window's own trailing run, plus the previous
+        # run when the whole window was bad.
+        trailing = int(window.trailing_bad.item())
+        self.bad_in_row = self.bad_in_row + trailing if trailing == window.steps_total else trailing
+        return loss_sum, steps, bad, self.bad_in_row, int(stops)
 
     def _end_epoch(self, parts: _Parts, window: _Window) -> None:
         s, config = self.state, self.config
@@ -922,8 +1020,11 @@ class _Trainer:
             except (CheckpointError, OSError) as exc:
                 # The previous checkpoint is intact; keep training and say so.
                 self.save_error = _save_error_text(exc, path)
-                self.log.error("%s", exc)
-                self.status(message=f"checkpoint failed: {exc}", force=True)
+                self.log.error("could not write checkpoint %s: %s", path, self.save_error)
+                try:
+                    self.status(message=f"checkpoint failed: {self.save_error}", force=True)
+                except OSError:
+                    pass  # the same full disk; the final status says it
             if samples and config.samples > 0:
                 self.emit({"event": "sampling", "step": s.step})
                 try:

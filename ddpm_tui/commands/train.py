@@ -141,6 +141,8 @@ def run(args: argparse.Namespace, workspace) -> int:
         name = _timestamp_name()
     if not RUN_NAME_RE.match(name):
         raise CLIError(f"run name {_short(name)!r}: {options.RUN_NAME_RULE}")
+    if workspace.root.exists() and not workspace.root.is_dir():
+        raise CLIError(f"workspace {workspace.root} is a file, not a folder")
     run_dir = workspace.run_dir(name)
     if args.resume and not run_dir.is_dir():
         known = ", ".join(sorted(p.name for p in workspace.runs_dir.glob("*") if p.is_dir())) or "none"

@@ -98,6 +98,24 @@ def test_train_writes_the_run_directory(tmp_path: Path, data: Path):
     assert not np.array_equal(raw, ema)
 
 
+def assert_bitwise_equal(a, b, where: str = "") -> None:
+    """Nested dicts/lists of tensors and plain values, equal bit for bit (NaN == NaN)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for key in a:
+            assert_bitwise_equal(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_bitwise_equal(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
+        assert torch.equal(a.view(torch.uint8) if a.dim() else a.reshape(1).view(torch.uint8),
+                           b.view(torch.uint8) if b.dim() else b.reshape(1).view(torch.uint8)), where
+    else:
+        assert a == b, where
+
+
 @pytest.mark.slow
 def test_resume_is_exact(tmp_path: Path, data: Path):
     """N steps, a stop, N more steps == 2N steps in one go (weights, EMA, optimizer)."""
@@ -120,12 +138,9 @@ def test_resume_is_exact(tmp_path: Path, data: Path):
 
     a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
     b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
-    for key in a["model"]:
-        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=1e-7)
-    for key in a["ema"]["shadow"]:
-        torch.testing.assert_close(a["ema"]["shadow"][key], b["ema"]["shadow"][key], rtol=0, atol=1e-7)
-    for idx, state in a["optimizer"]["state"].items():
-        torch.testing.assert_close(state["exp_avg_sq"], b["optimizer"]["state"][idx]["exp_avg_sq"], rtol=0, atol=1e-9)
+    assert_bitwise_equal(a["model"], b["model"])
+    assert_bitwise_equal(a["ema"], b["ema"])
+    assert_bitwise_equal(a["optimizer"], b["optimizer"])  # every state tensor, step counts, hyper-parameters
     # The resumed run's log says where it continued from; its metrics cover every step.
     assert "continuing from step 6" in (tmp_path / "resumed" / "train.log").read_text()
     steps = [r["step"] for r in runs.read_metrics(tmp_path / "resumed")[0]]
@@ -188,6 +203,34 @@ def test_nan_steps_are_skipped_then_the_run_fails(tmp_path: Path, data: Path, mo
     ckpt = load_checkpoint(tmp_path / "bad" / "checkpoints" / "last.pt")
     assert ckpt["step"] == 7 and ckpt["ema"]["num_updates"] == 2
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+class _NanWeights(train_mod.UNet):
+    """A network whose weights turn NaN on a chosen forward call (so every later loss is NaN)."""
+
+    calls = 0
+
+    def forward(self, x, t, labels=None):
+        type(self).calls += 1
+        if type(self).calls == 3:
+            with torch.no_grad():
+                next(self.parameters()).fill_(float("nan"))
+        return super().forward(x, t, labels)
+
+
+def test_nan_guard_does_not_save_nan_weights_as_good(tmp_path: Path, data: Path):
+    import core.train as tm
+
+    before = tm.UNet
+    tm.UNet, _NanWeights.calls = _NanWeights, 0
+    try:
+        final = train(tiny(data, epochs=5, samples=0, save_frequency=100), tmp_path / "run")
+    finally:
+        tm.UNet = before
+    assert final["state"] == "failed"
+    assert "saved the last good weights" not in final["message"]
+    assert "NaN too and were not saved" in final["message"] and "last checkpoint on disk: none" in final["message"]
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
 
 
 def test_out_of_memory_fails_with_batch_size_advice(tmp_path: Path, data: Path, monkeypatch):
@@ -292,3 +335,49 @@ def test_weights_digest_tells_weights_apart():
     with torch.no_grad():
         next(b.parameters()).view(-1)[0] += 1e-6
     assert weights_digest(a) != weights_digest(b)
+
+
+@pytest.mark.parametrize("extra", [{"amp": "bf16"}, {"channels_last": True}, {"amp": "bf16", "channels_last": True}],
+                         ids=["bf16", "channels_last", "bf16+channels_last"])
+def test_trainer_end_to_end_with_bf16_and_channels_last(tmp_path: Path, data: Path, extra):
+    final = train(tiny(data, epochs=1, **extra), tmp_path / "run")
+    assert final["state"] == "finished" and final["step"] == 4
+    records, _ = runs.read_metrics(tmp_path / "run")
+    assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in records)
+    log = (tmp_path / "run" / runs.LOG_FILE).read_text()
+    assert ("amp bfloat16" in log) == (extra.get("amp") == "bf16")
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def _compile_works() -> str:
+    """'' when torch.compile can build a kernel here, else why not."""
+    try:
+        fn = torch.compile(lambda x: torch.sin(x) * 2)
+        fn(torch.ones(3))
+    except Exception as exc:  # no C++ compiler, unsupported Python, ...
+        return f"torch.compile does not work on this machine: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    return ""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_trainer_end_to_end_with_compile(tmp_path: Path, data: Path):
+    import os
+
+    if not torch.cuda.is_available() and os.environ.get("DDPM_TUI_COMPILE_TEST") != "1":
+        pytest.skip("compiling the UNet's training step takes over 5 minutes on a small CPU-only machine; "
+                    "set DDPM_TUI_COMPILE_TEST=1 to run it here")
+    why = _compile_works()
+    if why:
+        pytest.skip(why)
+    final = train(tiny(data, epochs=1, compile=True, samples=0), tmp_path / "run")
+    assert final["state"] == "finished" and final["step"] == 4
+    plain = train(tiny(data, epochs=1, samples=0), tmp_path / "plain")
+    assert plain["step"] == 4
+    # The compiled network is the same network: its checkpoint loads into a plain UNet.
+    a = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "plain" / "checkpoints" / "last.pt")
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-3, atol=1e-4)

@@ -201,6 +201,16 @@ def test_sigterm_saves_marks_stopped_and_resumes(ws: Path):
     assert done.returncode == 0, done.stderr
     assert runs.read_status(run)["step"] == target
     assert f"continuing from step {ckpt['step']}" in (run / "train.log").read_text()
+    # N steps, SIGTERM, more steps == the same number of steps straight: same weights.
+    straight = subprocess.run([sys.executable, "-m", "ddpm_tui", "--workspace", str(ws), "train", "--run", "s",
+                               *TINY, "--epochs", "1000", "--max-steps", str(target), "--quiet"], cwd=REPO,
+                              env=env(), capture_output=True, text=True, timeout=180)
+    assert straight.returncode == 0, straight.stderr
+    a = load_checkpoint(run / "checkpoints" / "last.pt")
+    b = load_checkpoint(ws / "runs" / "s" / "checkpoints" / "last.pt")
+    assert a["step"] == b["step"] == target
+    assert weights_digest(a["model"]) == weights_digest(b["model"])
+    assert weights_digest(a["ema"]["shadow"]) == weights_digest(b["ema"]["shadow"])
 
 
 @pytest.mark.slow
@@ -297,3 +307,120 @@ def test_import_seed_then_sample(ws: Path, tmp_path: Path, capsys):
     assert Image.open(out).size == (68, 68)  # one 64x64 image with its 2 px border
     assert cli(ws, "import-seed", str(pth), "--run", "seed") == 2  # never overwrites a run
     assert "already exists" in capsys.readouterr().err
+
+
+# -- one trainer per run, and one clear line for what cannot work ------------------------------
+
+
+@pytest.mark.slow
+def test_two_trainers_released_at_the_same_instant_exactly_one_trains(ws: Path, tmp_path: Path):
+    go = tmp_path / "go"
+    code = ("import os, sys, time\n"
+            "from ddpm_tui.cli import main\n"  # imports done before the start line
+            "import core.train\n"
+            f"while not os.path.exists({str(go)!r}): time.sleep(0.001)\n"
+            f"sys.exit(main(['--workspace', {str(ws)!r}, 'train', '--run', 'same', *{TINY!r}, '--epochs', '2']))\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    time.sleep(8)  # both have imported torch and wait on the same file
+    go.touch()
+    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    codes = sorted(r[0] for r in results)
+    assert codes == [0, 2], results
+    loser = next(r for r in results if r[0] == 2)
+    assert loser[2].strip().count("\n") == 0 and "already training" in loser[2], loser[2]
+    run = ws / "runs" / "same"
+    records, _ = runs.read_metrics(run)
+    assert [r["step"] for r in records] == list(range(1, 9))  # one trainer's records, once
+    assert runs.read_status(run)["state"] == "finished"
+
+
+def test_bad_inputs_are_one_line_and_leave_no_failed_run(ws: Path, tmp_path: Path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    cases = [
+        (["--workspace", str(afile), "train", "--run", "r", *TINY], "is a file, not a folder"),
+        (["train", "--run", "big", *TINY, "--image-size", "2048"], "image_size must be between"),
+        (["train", "--run", "a" * 300, *TINY], "(300 characters)"),
+        (["train", "--run", "d", *TINY, "--data", str(afile)], "is a file, not a folder of breed folders"),
+    ]
+    for args, expected in cases:
+        full = args if args[0] == "--workspace" else ["--workspace", str(ws), *args]
+        assert main(full) == 2, args
+        err = capsys.readouterr().err
+        assert expected in err and err.strip().count("\n") == 0, (args, err)
+    assert not (ws / "runs").exists() or sorted(p.name for p in (ws / "runs").iterdir()) == []
+    with pytest.raises(SystemExit) as info:
+        cli(ws, "train", "--seed", "99999999999999999999")
+    assert info.value.code == 2
+    assert "seed must be in [0, 9223372036854775807]" in capsys.readouterr().err
+
+
+def test_missing_or_garbled_config_json_is_named(ws: Path, capsys):
+    assert cli(ws, "train", "--run", "r", *TINY, "--epochs", "1", "--samples", "0", "--quiet") == 0
+    config = ws / "runs" / "r" / "config.json"
+    config.write_text("{not json")
+    assert cli(ws, "train", "--run", "r", "--epochs", "2", "--quiet") == 2
+    err = capsys.readouterr().err
+    assert "config.json is not valid JSON" in err and "dataset" not in err
+    config.unlink()
+    assert cli(ws, "train", "--run", "r", "--epochs", "2", "--quiet") == 2
+    assert "config.json is missing" in capsys.readouterr().err
+
+
+def test_read_only_and_full_workspaces_are_one_line(ws: Path, small_disk, capsys):
+    data = str(ws / "data" / "dogs")
+    ro = small_disk("1m", "ro")
+    assert subprocess.run(["mount", "-o", "remount,ro", str(ro)]).returncode == 0
+    assert cli(ro, "train", "--run", "r", *TINY, "--data", data, "--quiet") == 2
+    err = capsys.readouterr().err
+    assert "Read-only file system" in err and err.strip().count("\n") == 0
+
+    full = small_disk("8k", "full")  # room for the lock, not for the log and status
+    code = cli(full, "train", "--run", "r", *TINY, "--data", data, "--quiet")
+    err = capsys.readouterr().err
+    assert code in (1, 2) and "Traceback" not in err and "No space left on device" in err, err
+    assert all(line.startswith("ddpm-tui:") for line in err.strip().splitlines()), err
+    status = runs.read_status(full / "runs" / "r")
+    assert status is None or status["state"] == "failed"
+
+
+def test_checkpoint_on_a_full_disk_says_no_space(ws: Path, small_disk, capsys):
+    disk = small_disk("256k")  # the run starts; its first checkpoint (~5 MB) does not fit
+    code = cli(disk, "train", "--run", "r", *TINY, "--epochs", "1", "--samples", "0",
+               "--data", str(ws / "data" / "dogs"), "--quiet")
+    err = capsys.readouterr().err
+    assert code == 1 and "No space left on device" in err and "enforce fail" not in err, err
+    assert all(line.startswith("ddpm-tui:") for line in err.strip().splitlines()), err
+    status = runs.read_status(disk / "runs" / "r")
+    assert status["state"] == "failed" and "No space left on device" in status["message"]
+
+
+RANK0_FAILS = """
+import os, sys, torch
+import core.train as t
+def boom(self, *a, **k):
+    if self.world.rank == 0:
+        raise torch.OutOfMemoryError("CUDA out of memory (rank 0 only, while sampling the grids)")
+    return []
+t._Trainer._sample_grids = boom
+from ddpm_tui.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_ddp_a_rank0_only_failure_ends_every_rank(ws: Path, tmp_path: Path):
+    script = tmp_path / "rank0_fails.py"
+    script.write_text(RANK0_FAILS)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           "--workspace", str(ws), "train", "--run-name", "d", *TINY, "--epochs", "2", "--save_frequency", "1",
+           "--device", "cpu", "--quiet"]
+    # A hang would wait for the collective timeout (30 min): the deadline here is far below it.
+    done = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode != 0
+    status = runs.read_status(ws / "runs" / "d")
+    assert status["state"] == "failed" and "out of memory" in status["message"]
+    assert "another rank failed or left" in done.stderr, done.stderr[-3000:]
+    # Each rank says one line; the only traceback is torchrun's own report of the failed job.
+    assert "core/train.py" not in done.stderr and "ddpm_tui/" not in done.stderr, done.stderr[-3000:]
