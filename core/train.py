@@ -636,6 +636,11 @@ class _Trainer:
                    f"try a smaller --batch_size (e.g. {max(1, config.batch_size // 2)})")
         elif isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             msg = f"No space left on device in {self.run_dir} at step {self.state.step}"
+        elif world.enabled and isinstance(exc, RuntimeError) and _is_peer_gone(exc):
+            msg = f"rank {world.rank}: another rank failed or left ({_first_line(exc)}); see its message"
+            if world.is_main:
+                self._final_status(state="failed", message=msg)
+            raise TrainError(msg) from None
         else:
             if world.is_main:
                 self.log.exception("training crashed")

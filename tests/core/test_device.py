@@ -99,3 +99,13 @@ def test_autocast_context():
         assert (x @ x).dtype == torch.bfloat16
     with autocast_context(torch.device("cpu"), None):
         assert (x @ x).dtype == torch.float32
+
+
+def test_rank_device_uses_local_rank_only_when_that_many_gpus_are_visible(monkeypatch):
+    from core.train import pick_rank_device
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert pick_rank_device(torch.device("cuda"), 3) == torch.device("cuda", 3)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # CUDA_VISIBLE_DEVICES=<one GPU> per process
+    assert pick_rank_device(torch.device("cuda"), 3) == torch.device("cuda", 0)
+    assert pick_rank_device(torch.device("cpu"), 3) == torch.device("cpu")

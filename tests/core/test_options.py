@@ -162,3 +162,38 @@ def test_seed_recipe_reproduces_the_previous_trainer(tmp_path: Path):
     assert train(fast, tmp_path / "c")["state"] == "finished"
     lrs = [r["lr"] for r in runs.read_metrics(tmp_path / "c")[0]]
     assert lrs[0] == pytest.approx(3e-4 / 3) and lrs[-1] < lrs[1]
+
+
+def test_new_run_form_is_cpu_aware_and_proposes_sizes(tmp_path: Path):
+    from textual.app import App
+    from textual.widgets import Input, Select
+
+    from ddpm_tui.screens.newrun import NewRunScreen
+
+    class FormApp(App):
+        def on_mount(self) -> None:
+            self.push_screen(NewRunScreen(tmp_path, tmp_path / "runs", gpu=False))
+
+    async def go():
+        app = FormApp()
+        async with app.run_test(size=(100, 40)) as pilot:
+            await pilot.pause()
+            form = app.screen
+            value = lambda name: form.query_one(f"#{name}").value  # noqa: E731
+            # No GPU: a small network at a small size, with a time budget, so samples come in minutes.
+            assert (value("preset"), value("image_size"), value("max_time")) == ("tiny", "32", "1800")
+            form.query_one("#preset", Select).value = "seed"
+            await pilot.pause()
+            assert value("image_size") == str(options.PRESET_IMAGE_SIZE["seed"])
+            form.query_one("#recipe", Select).value = "fast"
+            await pilot.pause()
+            assert (value("optimizer"), value("prediction"), value("batch_size")) == ("adamw", "v", "32")
+            form.query_one("#recipe", Select).value = "seed"
+            await pilot.pause()
+            assert (value("optimizer"), value("prediction"), value("batch_size")) == ("adam", "eps", "16")
+            form.query_one("#lr", Input).value = "-1"
+            form.query_one("#name", Input).value = "r"
+            with pytest.raises(ValueError, match="Learning rate"):
+                form.collect()
+
+    asyncio.run(go())

@@ -424,3 +424,29 @@ def test_ddp_a_rank0_only_failure_ends_every_rank(ws: Path, tmp_path: Path):
     assert "another rank failed or left" in done.stderr, done.stderr[-3000:]
     # Each rank says one line; the only traceback is torchrun's own report of the failed job.
     assert "core/train.py" not in done.stderr and "ddpm_tui/" not in done.stderr, done.stderr[-3000:]
+
+
+RANK1_BLIND = """
+import os, sys
+from pathlib import Path
+import core.train as t
+if os.environ.get("RANK") == "1":  # this rank's disk has no run folder (no shared disk)
+    t.runs.checkpoints_dir = lambda run_dir: Path("/nonexistent-ddpm-tui") / "checkpoints"
+from ddpm_tui.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_ddp_a_rank_that_cannot_see_the_checkpoint_fails_loudly(ws: Path, tmp_path: Path):
+    assert cli(ws, "train", "--run", "d", *TINY, "--epochs", "1", "--samples", "0", "--quiet") == 0
+    script = tmp_path / "rank1_blind.py"
+    script.write_text(RANK1_BLIND)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           "--workspace", str(ws), "train", "--run-name", "d", "--epochs", "2", "--device", "cpu", "--quiet"]
+    done = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode != 0
+    assert "rank 1 cannot see" in done.stderr and "shared disk" in done.stderr, done.stderr[-3000:]
+    assert "core/train.py" not in done.stderr, done.stderr[-3000:]
+    assert runs.read_status(ws / "runs" / "d")["step"] == 4  # nothing trained from step 0
+    assert load_checkpoint(ws / "runs" / "d" / "checkpoints" / "last.pt")["step"] == 4
