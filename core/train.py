@@ -238,14 +238,6 @@ class _Dist:
         if self.enabled:
             dist.barrier()
 
-    def sum(self, values: list[float]) -> list[float]:
-        if not self.enabled:
-            return values
-        backend_device = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
-        t = torch.tensor(values, dtype=torch.float64, device=backend_device)
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return t.tolist()
-
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank."""
         if not self.enabled:
@@ -531,6 +523,8 @@ class _Trainer:
         self.session_start = time.monotonic()
         self.total_steps = 0
         self.rate: float | None = None  # steps/s, smoothed, for the ETA
+        self.window: _Window | None = None
+        self.epoch_len = 1
         self.bad_in_row = 0
 
     # -- pre-flight, done by rank 0 and shared, so every rank fails or starts together ---
@@ -820,13 +814,14 @@ class _Trainer:
         gens = (torch.Generator(), torch.Generator(device=self.device) if self.device.type != "cpu"
                 else torch.Generator())
         self.session_start = time.monotonic()
-        window = _Window(time.monotonic(), self.device)
+        window = self.window = _Window(time.monotonic(), self.device)
         stop_reason: str | None = None
         self.status(state="running", message="training", step=s.step, epoch=s.epoch,
                     total_steps=self.total_steps, epochs=config.epochs, force=True)
         parts.model.train()
         while s.epoch < config.epochs and stop_reason is None:
             order = epoch_order(len(parts.dataset), config.seed, s.epoch, world.rank, world.world_size)
+            self.epoch_len = len(order)
             while s.pos < len(order):
                 if config.max_steps and s.step >= config.max_steps:
                     stop_reason = f"reached max_steps {config.max_steps}"
@@ -977,6 +972,10 @@ class _Trainer:
     def _finish(self, parts: _Parts, stop_reason: str | None) -> dict[str, Any]:
         """Save what is not saved yet, check the ranks agree, write the final status."""
         s, world, log = self.state, self.world, self.log
+        if self.window is not None and self.window.steps_total:
+            # Steps since the last metrics line (a stop between lines, one process only:
+            # with several ranks a stop is agreed at a metrics line).
+            self._log_window(parts, self.window, self.epoch_len)
         s.train_seconds += time.monotonic() - self.session_start
         self.session_start = time.monotonic()
         final_state = "finished"

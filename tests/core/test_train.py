@@ -381,3 +381,20 @@ def test_trainer_end_to_end_with_compile(tmp_path: Path, data: Path):
     assert a["model"].keys() == b["model"].keys()
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-3, atol=1e-4)
+
+
+def test_nan_steps_are_counted_at_the_metrics_line(tmp_path: Path, data: Path, monkeypatch):
+    """The step never reads the loss on the host: with a metrics line every 10 steps the
+    skipped steps are still skipped on the device, then counted, and the EMA's count agrees."""
+    monkeypatch.setattr(train_mod, "UNet", _NanAfter)
+    _NanAfter.calls, _NanAfter.nan_calls = 0, {2, 6}
+    final = train(tiny(data, epochs=2, samples=0, log_every=10), tmp_path / "run")
+    assert final["state"] == "finished" and final["nonfinite_skipped"] == 2
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert ckpt["ema"]["num_updates"] == 6
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    assert all(torch.isfinite(v).all() for v in ckpt["ema"]["shadow"].values())
+    records = runs.read_metrics(tmp_path / "run")[0]
+    assert [(r["step"], r["skipped"]) for r in records] == [(4, 1), (8, 1)]  # a line per epoch end
+    # The skipped steps did not move the optimizer: its step count is the trained steps.
+    assert {float(state["step"]) for state in ckpt["optimizer"]["state"].values()} == {6.0}
