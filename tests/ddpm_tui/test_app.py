@@ -384,8 +384,7 @@ def test_scrape_screen_follows_events_and_stops_job(workspace):
             with open(events, "a") as fh:
                 fh.write(', "downloaded": 1}}\n')
             await wait_for(pilot, lambda: table.row_count == 2, 20, "the completed line")
-            log_text = "\n".join(screen.query_one("#scrape-log").lines)
-            assert "beagles: 12 URLs" in log_text
+            assert "beagles: 12 URLs" in log_text_of(screen)
             await pilot.press("ctrl+x")
             assert proc.wait(timeout=30) == -signal.SIGTERM
             await wait_for(pilot, lambda: "finished or stopped" in text_of(status), 20, "the stopped state")
@@ -395,6 +394,49 @@ def test_scrape_screen_follows_events_and_stops_job(workspace):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def log_text_of(screen) -> str:
+    """The scrape log as one string, its wrapped rows joined back with single spaces."""
+    return " ".join(" ".join(strip.text.split()) for strip in screen.query_one("#scrape-log").lines)
+
+
+def test_scrape_screen_shows_an_offline_stop_whole(workspace):
+    """An offline machine: the failed searches are counted, the stop line naming the host is
+    in the status, and the log shows each long error whole (wrapped, not cut off)."""
+    import subprocess
+    import sys
+
+    scrape = workspace.cache_dir / "scrape"
+    scrape.mkdir(parents=True)
+    events = scrape / "events-test.jsonl"
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    (scrape / "job.json").write_text(json.dumps({"pid": proc.pid, "events": str(events), "log": str(scrape / "l.log"),
+                                                 "started": 0, "breeds": ["havanese", "pugs", "boxers"]}))
+    why = "cannot reach www.google.com (ERR_NAME_NOT_RESOLVED): the name does not resolve: no network or no DNS"
+    with open(events, "a") as fh:
+        for breed in ("havanese", "pugs", "boxers"):
+            fh.write(json.dumps({"type": "error", "kind": "unreachable", "breed": breed, "time": 1,
+                                 "message": f"engine google: search for '{breed} dog pictures' failed: {why}",
+                                 "counts": {"found": 0, "downloaded": 0, "duplicate": 0, "failed": 0}}) + "\n")
+        fh.write(json.dumps({"type": "error", "kind": "offline", "breed": None, "time": 2,
+                             "message": why + "; stopped searching after 3 searches failed in a row"}) + "\n")
+
+    async def go():
+        app = make_app(workspace, start_mode="scrape", poll_interval=0.25)
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = app.screen
+            status = screen.query_one("#scrape-status", Static)
+            await wait_for(pilot, lambda: "3 searches failed" in text_of(status), 20, "the failed searches")
+            assert "cannot reach www.google.com" in text_of(status) and "stopped searching" in text_of(status)
+            await wait_for(pilot, lambda: "no network or no DNS" in log_text_of(screen), 20, "the whole log line")
+            assert log_text_of(screen).count("ERR_NAME_NOT_RESOLVED") == 4
+
+    try:
+        run_async(go())
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_scrape_breed_list_add_and_remove(workspace):
