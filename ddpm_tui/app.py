@@ -15,7 +15,8 @@ from typing import Iterable
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Input, TextArea
+from textual.widget import Widget
+from textual.widgets import Input, Select, TextArea
 
 from ddpm_tui.jobs import TRAIN_LOG, JobError, JobTable, current_scrape, log_tail, stop_run, terminate
 from ddpm_tui.screens.confirm import QuitScreen
@@ -26,6 +27,16 @@ from ddpm_tui.screens.scrape import ScrapeScreen
 from ddpm_tui.screens.train import TrainScreen
 from ddpm_tui.widgets.halfblock import COLOR_MODES, HalfBlockImage
 from ddpm_tui.workspace import DEFAULT_DATASET, Workspace
+
+
+def in_form_field(widget: Widget | None) -> bool:
+    """A text field or a drop-down (closed or open, where letters search): the keys the
+    user types belong to it, not to screen switching."""
+    while widget is not None:
+        if isinstance(widget, (Input, TextArea, Select)):
+            return True
+        widget = widget.parent if isinstance(widget.parent, Widget) else None
+    return False
 
 
 class StudioApp(App[None]):
@@ -40,17 +51,17 @@ class StudioApp(App[None]):
         "sample": SampleScreen,
     }
     BINDINGS = [
-        # priority: a focused list or select must not swallow them (check_action lets
-        # them through to text fields, where digits are typed)
-        Binding("1", "switch_mode('dataset')", "Dataset", priority=True),
-        Binding("2", "switch_mode('scrape')", "Scrape", priority=True),
-        Binding("3", "switch_mode('train')", "Train", priority=True),
-        Binding("4", "switch_mode('sample')", "Sample", priority=True),
+        # priority: a focused list or table must not swallow them (check_action lets them
+        # through to form fields). Not in the footer: the nav bar shows them.
+        Binding("1", "switch_mode('dataset')", "Dataset", priority=True, show=False),
+        Binding("2", "switch_mode('scrape')", "Scrape", priority=True, show=False),
+        Binding("3", "switch_mode('train')", "Train", priority=True, show=False),
+        Binding("4", "switch_mode('sample')", "Sample", priority=True, show=False),
         Binding("d", "switch_mode('dataset')", "Dataset", show=False),
         Binding("s", "switch_mode('scrape')", "Scrape", show=False),
         Binding("t", "switch_mode('train')", "Train", show=False),
         Binding("g", "switch_mode('sample')", "Sample", show=False),
-        Binding("f1,question_mark", "help", "Help", key_display="F1"),
+        Binding("f1,question_mark", "help", "Help", key_display="F1", show=False),  # in the nav bar
         Binding("q", "quit", "Quit", show=False),
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
@@ -97,8 +108,8 @@ class StudioApp(App[None]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "switch_mode":
-            if isinstance(self.focused, (Input, TextArea)):
-                return False  # the digit goes into the field
+            if in_form_field(self.focused):
+                return False  # the key goes to the field (Esc leaves it, then 1-4 switch)
             if isinstance(self.screen, ModalScreen):
                 return False  # answer the dialog first
         return True

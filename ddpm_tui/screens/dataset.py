@@ -97,6 +97,7 @@ class FolderScreen(ModalScreen[Path | None]):
 
 class DatasetScreen(StudioScreen):
     MODE = "dataset"
+    MAIN = "#breeds"
     BINDINGS = [
         Binding("r", "refresh", "Recount"),
         Binding("c", "scan", "Check images"),
@@ -236,6 +237,7 @@ class DatasetScreen(StudioScreen):
         empty.display = False
         table.display = True
         self.query_one("#dataset-right").display = True
+        self.focus_main()  # e.g. right after the demo set is made: arrow keys move at once
         flagged = f" · [yellow]{stats.flagged_files} flagged[/] ({flag_summary(stats.flagged)})" if stats.flagged_files else ""
         imb = f" · imbalance {stats.imbalance:.1f}x" if stats.imbalance else ""
         size = (f" · median {stats.median_width:.0f}x{stats.median_height:.0f}"

@@ -54,11 +54,15 @@ def sample_output_dir(root: Path, run_name: str) -> Path:
 
 class SampleScreen(StudioScreen):
     MODE = "sample"
+    MAIN = "#run"
     BINDINGS = [
+        # Ctrl keys work wherever the focus is (a number field takes w and p as typing)
         Binding("ctrl+r", "generate", "Generate", priority=True),
-        Binding("w", "save", "Save PNGs"),
+        Binding("ctrl+s", "save", "Save PNGs", priority=True),
         Binding("ctrl+x", "cancel", "Cancel", priority=True),
-        Binding("p", "toggle_preview", "Preview x0/x_t"),
+        Binding("ctrl+t", "toggle_preview", "Preview x0/x_t", priority=True),
+        Binding("w", "save", "Save PNGs", show=False),
+        Binding("p", "toggle_preview", "Preview x0/x_t", show=False),
         Binding("escape", "blur", "Leave field", show=False),
     ]
 
@@ -72,7 +76,8 @@ class SampleScreen(StudioScreen):
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="sample-body"):
-            with VerticalScroll(id="sample-form"):
+            # not focusable itself: Tab lands on a field, whose focus is visible
+            with VerticalScroll(id="sample-form", can_focus=False):
                 with Grid(classes="form-grid"):
                     yield Label("Run")
                     yield Select([], compact=True, id="run", prompt="(no runs)")
@@ -282,7 +287,7 @@ class SampleScreen(StudioScreen):
     def _progress(self, done: int, total: int, preview: np.ndarray) -> None:
         self.query_one("#sample-progress", ProgressBar).update(total=total, progress=done)
         what = "x0 guess" if self.preview_x0 else "x_t"
-        self.query_one("#sample-status", Static).update(f"step {done}/{total} · preview {what} (p)")
+        self.query_one("#sample-status", Static).update(f"step {done}/{total} · preview {what} (Ctrl+T)")
         self.query_one("#sample-preview", HalfBlockImage).set_image(self._grid(preview))
 
     def _failed(self, message: str) -> None:
@@ -298,7 +303,7 @@ class SampleScreen(StudioScreen):
         if r.label is not None and r.label < len(self._breed_names):
             what += f" · {self._breed_names[r.label]} x{r.guidance:g}"
         self.query_one("#sample-status", Static).update(
-            f"{len(result.images)} images in {result.seconds:.1f}s · {what} · w saves")
+            f"{len(result.images)} images in {result.seconds:.1f}s · {what} · Ctrl+S saves")
 
     # -- saving ----------------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ def engine_names() -> list[str]:
 
 class ScrapeScreen(StudioScreen):
     MODE = "scrape"
+    MAIN = "#breed-list"
     BINDINGS = [
         Binding("ctrl+r", "start", "Start", priority=True),
         Binding("ctrl+x", "stop", "Stop", priority=True),

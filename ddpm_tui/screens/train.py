@@ -68,6 +68,7 @@ class _Cursor:
 
 class TrainScreen(StudioScreen):
     MODE = "train"
+    MAIN = "#runs"
     BINDINGS = [
         Binding("n", "new_run", "New run"),
         Binding("x", "stop_run", "Stop"),
@@ -172,6 +173,8 @@ class TrainScreen(StudioScreen):
             if key.value not in self._runs:
                 table.remove_row(key)
         existing = {k.value for k in table.rows}
+        if runs and not existing:
+            self.call_after_refresh(self.focus_main)  # the first runs arrived
         for r in runs:
             state = f"[{STATE_STYLE.get(r.state, '')}]{r.state}[/]"
             cells = (r.name, state, "–" if r.step is None else str(r.step))

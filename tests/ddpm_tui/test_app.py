@@ -110,6 +110,116 @@ def test_digits_type_into_fields_and_switch_after_escape(workspace):
     run_async(go())
 
 
+def test_keys_never_act_inside_a_form_field(workspace):
+    """A focused drop-down or number field keeps the keys typed at it (no screen switch on
+    the 1 of 10), and the Sample screen's actions have Ctrl keys that work from any field."""
+    async def go():
+        app = make_app(workspace, start_mode="sample")
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.pause()
+            screen = app.screen
+            saved, toggled = [], []
+            screen.action_save = lambda: saved.append(app.focused)
+            screen.action_toggle_preview = lambda: toggled.append(app.focused)
+            sampler = screen.query_one("#sampler", Select)
+            sampler.focus()
+            await pilot.press("1", "0", "s", "t")
+            assert app.screen is screen and app.focused is sampler
+            await pilot.press("enter")  # open the drop-down: letters search it
+            await pilot.press("2", "d")
+            assert app.screen is screen
+            await pilot.press("escape")
+            steps = screen.query_one("#steps", Input)
+            steps.focus()
+            steps.value = ""
+            await pilot.press("1", "0", "w", "p")
+            assert app.screen is screen and steps.value == "10" and saved == [] and toggled == []
+            await pilot.press("ctrl+s", "ctrl+t")
+            assert saved == [steps] and toggled == [steps] and steps.value == "10"
+            await pilot.press("escape", "1")
+            assert isinstance(app.screen, DatasetScreen)
+
+    run_async(go())
+
+
+def _looks(widget) -> list:
+    """What a widget and its children draw (text and styles), for comparing two states."""
+    from textual.geometry import Region
+
+    return [[list(strip) for strip in w.render_lines(Region(0, 0, *w.size))]
+            for w in [widget, *widget.query("*")] if w.display and w.size.area]
+
+
+@pytest.mark.slow
+def test_focus_is_always_visible_and_lands_on_the_main_widget(workspace):
+    make_dataset(workspace.dataset_dir())
+    make_checkpoint_run(workspace, "tiny-run", image_size=16, T=10)
+
+    async def go():
+        app = make_app(workspace)
+        async with app.run_test(size=(120, 40)) as pilot:
+            for key, main in (("1", "#breeds"), ("2", "#breed-list"), ("3", "#runs"), ("4", "#run")):
+                app.set_focus(None)
+                await pilot.press(key)
+                screen = app.screen
+                await wait_for(pilot, lambda: app.focused is not None, 20, f"focus on screen {key}")
+                assert app.focused is screen.query_one(main), key
+                chain = list(screen.focus_chain)
+                for _ in chain:  # Tab visits every focusable widget; each shows that it has focus
+                    await pilot.press("tab")
+                    widget = app.focused
+                    await pilot.pause()
+                    focused = _looks(widget)
+                    app.set_focus(None)
+                    await pilot.pause()
+                    assert _looks(widget) != focused, f"{widget!r} on screen {key} looks the same focused"
+                    app.set_focus(widget)
+
+    run_async(go())
+
+
+def test_breed_table_takes_focus_when_data_arrives(workspace):
+    async def go():
+        app = make_app(workspace)
+        async with app.run_test(size=(100, 30)) as pilot:
+            screen = app.screen
+            table = screen.query_one("#breeds", DataTable)
+            await wait_for(pilot, lambda: not screen._busy, 20, "the empty count")
+            make_dataset(workspace.dataset_dir())  # photos arrive (a scrape, another tool)
+            await pilot.press("r")
+            await wait_for(pilot, lambda: table.row_count == len(BREEDS) and not screen._busy, 20, "the breeds")
+            await pilot.pause()
+            assert app.focused is table
+            await pilot.press("down")
+            assert table.cursor_row == 1
+
+    run_async(go())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40), (160, 50)])
+def test_footer_shows_every_key_whole(workspace, size):
+    from textual.widgets import Footer
+    from textual.widgets._footer import FooterKey
+
+    make_dataset(workspace.dataset_dir())
+
+    async def go():
+        app = make_app(workspace)
+        async with app.run_test(size=size) as pilot:
+            for key in ("1", "2", "3", "4"):
+                app.set_focus(None)
+                await pilot.press(key)
+                await pilot.pause(0.2)
+                footer = app.screen.query_one(Footer)
+                keys = list(footer.query(FooterKey))
+                assert keys, key
+                assert footer.virtual_size.width <= footer.size.width, (key, footer.virtual_size)
+                for k in keys:  # none covered by another (the palette key used to be docked over them)
+                    assert k.region.right <= size[0] and "-command-palette" not in k.classes
+
+    run_async(go())
+
+
 # -- dataset ----------------------------------------------------------------------------------
 
 
