@@ -378,6 +378,62 @@ def test_dead_process_shows_as_died(workspace):
     run_async(go())
 
 
+def test_train_figures_are_steady_and_say_when_settling(workspace):
+    """Windows of ~300 img/s between stalls (a checkpoint, a sample grid): the screen shows
+    the median, not the stall the last line happened to be, and says when it is settling."""
+    from core.runs import write_status
+
+    run_dir = make_checkpoint_run(workspace, "busy", state="running")
+    # another host: the studio cannot see its process, so it counts as running
+    write_status(run_dir, state="running", pid=1, host="elsewhere", step=300, epoch=1, total_steps=3000,
+                 images_per_s=8.0, eta_s=9000.0, message="training")
+
+    def window(i: int) -> dict:
+        stall = i % 5 == 4
+        return {"step": 10 * (i + 1), "epoch": 0.1 * i, "loss": 0.5, "images_per_s": 8.0 if stall else 300.0,
+                "elapsed_s": 0}
+
+    records, t = [], 0.0
+    for i in range(30):
+        rec = window(i)
+        t += 37.5 if i % 5 == 4 else 1.0  # 10 steps a second, except the stalls
+        rec["elapsed_s"] = t
+        records.append(rec)
+    metrics = run_dir / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records[:3]))
+
+    async def go():
+        app = make_app(workspace, start_mode="train", poll_interval=0.25)
+        async with app.run_test(size=(120, 40)) as pilot:
+            summary = app.screen.query_one("#run-summary", Static)
+            await wait_for(pilot, lambda: "img/s" in text_of(summary), 20, "the first figures")
+            assert "settling" in text_of(summary)
+            with open(metrics, "a") as fh:
+                fh.write("".join(json.dumps(r) + "\n" for r in records[3:]))
+            await wait_for(pilot, lambda: "settling" not in text_of(summary), 20, "settled figures")
+            text = text_of(summary)
+            assert "300.0 img/s" in text and "ETA 4m30s" in text  # (3000 - 300) steps at 10 a second
+
+    run_async(go())
+
+
+def test_stopped_run_says_the_studio_key(workspace):
+    from core.runs import write_status
+
+    run_dir = make_checkpoint_run(workspace, "paused")
+    write_status(run_dir, state="stopped", pid=0, host="test", step=12, epoch=3,
+                 message="stop requested at step 12; start the same run again to continue")
+
+    async def go():
+        app = make_app(workspace, start_mode="train")
+        async with app.run_test(size=(120, 40)) as pilot:
+            summary = app.screen.query_one("#run-summary", Static)
+            await wait_for(pilot, lambda: "stop requested" in text_of(summary), 20, "the stopped run")
+            assert "e resumes" in text_of(summary) and "same run again" not in text_of(summary)
+
+    run_async(go())
+
+
 # -- sampling -----------------------------------------------------------------------------------
 
 
