@@ -45,6 +45,11 @@ class StudioScreen(Screen):
 
     def on_screen_resume(self) -> None:
         self.call_after_refresh(self.focus_main)
+        self.update_color_notes()  # the colour choice may have changed on another screen
+
+    def update_color_notes(self) -> None:
+        for note in self.query(".color-note"):
+            note.update(self.studio.color_note())
 
     def palette_commands(self) -> Iterable[SystemCommand]:
         """This screen's shown key bindings, also as command-palette entries."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
@@ -24,6 +25,7 @@ from ddpm_tui.screens.base import StudioScreen
 from ddpm_tui.widgets.halfblock import HalfBlockImage
 
 PREVIEW_INTERVAL = 0.25  # seconds between preview redraws (<= 4 Hz)
+UPSCALE = 4  # the enlarged copies Ctrl+U adds for viewing
 NO_BREED = "__any__"
 
 
@@ -61,6 +63,7 @@ class SampleScreen(StudioScreen):
         Binding("ctrl+s", "save", "Save PNGs", priority=True),
         Binding("ctrl+x", "cancel", "Cancel", priority=True),
         Binding("ctrl+t", "toggle_preview", "Preview x0/x_t", priority=True),
+        Binding("ctrl+u", "save_upscaled", "Save x4", priority=True),
         Binding("w", "save", "Save PNGs", show=False),
         Binding("p", "toggle_preview", "Preview x0/x_t", show=False),
         Binding("escape", "blur", "Leave field", show=False),
@@ -70,6 +73,7 @@ class SampleScreen(StudioScreen):
         super().__init__()
         self._result: SampleResult | None = None
         self._worker: Worker | None = None
+        self._saved: tuple[SampleResult, Path] | None = None  # the result last saved, and where
         self._model_cache: tuple | None = None  # (key, model, diffusion)
         self._breed_names: list[str] = []
         self.preview_x0 = False  # preview the model's x0 prediction instead of the noisy x_t
@@ -106,6 +110,7 @@ class SampleScreen(StudioScreen):
                 yield Static("Pick a run with a checkpoint, then Ctrl+R.", id="sample-status")
                 yield ProgressBar(id="sample-progress", show_eta=False)
                 yield HalfBlockImage(id="sample-preview")
+                yield Label(self.studio.color_note(), classes="color-note")
                 yield Static("", id="sample-saved")
 
     def on_mount(self) -> None:
@@ -307,19 +312,40 @@ class SampleScreen(StudioScreen):
 
     # -- saving ----------------------------------------------------------------------------
 
-    def action_save(self) -> None:
+    def action_save(self) -> Path | None:
+        """Write the PNGs (once per result); the folder, or None when nothing was saved."""
         if self._result is None:
             self.notify("nothing to save yet: generate first (Ctrl+R)", severity="warning")
-            return
+            return None
+        if self._saved is not None and self._saved[0] is self._result:
+            self.notify(f"already saved in {self._saved[1]}")
+            return self._saved[1]
         r = self._result.request
         out = sample_output_dir(self.studio.workspace.root, r.run_name) / time.strftime(f"%Y%m%d-%H%M%S-seed{r.seed}")
         try:
             paths = save_pngs(self._result.images, out, self._grid(self._result.images))
         except OSError as exc:
             self.notify(f"could not save to {out}: {exc}", severity="error")
-            return
-        self.query_one("#sample-saved", Static).update(f"saved {len(paths) - 1} PNGs + grid.png in {out}")
+            return None
+        self._saved = (self._result, out)
+        self.query_one("#sample-saved", Static).update(
+            Text(f"saved {len(paths) - 1} PNGs + grid.png in {out} · Ctrl+U adds x{UPSCALE} copies for viewing"))
         self.notify(f"saved to {out}")
+        return out
+
+    def action_save_upscaled(self) -> None:
+        """Save (if not yet) and add x4 Lanczos copies in x4/: 64-px samples are small to look at."""
+        out = self.action_save()
+        if out is None:
+            return
+        try:
+            paths = save_upscaled(sorted(out.glob("*.png")), out / f"x{UPSCALE}", UPSCALE)
+        except (OSError, ValueError) as exc:
+            self.notify(f"could not write the x{UPSCALE} copies in {out}: {exc}", severity="error")
+            return
+        self.query_one("#sample-saved", Static).update(
+            Text(f"saved {len(paths) - 1} PNGs + grid.png in {out}, x{UPSCALE} copies in {out / f'x{UPSCALE}'}"))
+        self.notify(f"x{UPSCALE} copies in {out / f'x{UPSCALE}'}")
 
     def action_toggle_preview(self) -> None:
         self.preview_x0 = not self.preview_x0
@@ -336,19 +362,33 @@ class SampleScreen(StudioScreen):
             self.action_save()
 
 
-def save_pngs(images: np.ndarray, out_dir: Path, grid: np.ndarray) -> list[Path]:
-    """Write each image and the grid as PNG, each via temp file + rename (never half-written)."""
+def save_upscaled(paths: list[Path], out_dir: Path, factor: int = 4) -> list[Path]:
+    """Lanczos-enlarged copies of PNGs (same names) in out_dir, each via temp file + rename."""
+    from PIL import Image
+
+    copies = []
+    for path in paths:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            big = im.resize((im.width * factor, im.height * factor), Image.Resampling.LANCZOS)
+        copies.append(_write_png(out_dir, path.name, np.asarray(big)))
+    return copies
+
+
+def _write_png(out_dir: Path, name: str, arr: np.ndarray) -> Path:
     import os
 
     from PIL import Image
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
+    path = out_dir / name
+    tmp = out_dir / f".{name}.tmp"
+    Image.fromarray(arr).save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+def save_pngs(images: np.ndarray, out_dir: Path, grid: np.ndarray) -> list[Path]:
+    """Write each image and the grid as PNG, each via temp file + rename (never half-written)."""
     items = [(f"{i:03d}.png", img) for i, img in enumerate(images)] + [("grid.png", grid)]
-    for name, arr in items:
-        path = out_dir / name
-        tmp = out_dir / f".{name}.tmp"
-        Image.fromarray(arr).save(tmp, format="PNG")
-        os.replace(tmp, path)
-        paths.append(path)
-    return paths
+    return [_write_png(out_dir, name, arr) for name, arr in items]

@@ -121,6 +121,7 @@ class TrainScreen(StudioScreen):
         Binding("x", "stop_run", "Stop"),
         Binding("e", "resume_run", "Resume"),
         Binding("l", "toggle_log", "Log scale"),
+        Binding("z", "zoom", "Zoom samples"),
         Binding("escape", "blur", "Leave field", show=False),
     ]
 
@@ -152,6 +153,7 @@ class TrainScreen(StudioScreen):
                     with Vertical(id="train-samples-box"):
                         yield Label("latest samples", id="samples-label", classes="panel-title")
                         yield HalfBlockImage(id="train-samples")
+                        yield Label(self.studio.color_note(), classes="color-note")
                 yield SysMonPanel(id="sysmon")
 
     def on_mount(self) -> None:
@@ -319,6 +321,17 @@ class TrainScreen(StudioScreen):
     def action_toggle_log(self) -> None:
         plot = self.query_one("#loss", LossPlot)
         plot.log_scale = not plot.log_scale
+
+    def action_zoom(self) -> None:
+        """The latest sample grid on the whole terminal."""
+        from ddpm_tui.screens.zoom import ZoomScreen
+
+        image = self.query_one("#train-samples", HalfBlockImage).image
+        if image is None:
+            self.notify("no sample grid yet: the trainer writes one at each milestone epoch", severity="warning")
+            return
+        name = str(self.query_one("#samples-label", Label).render())
+        self.app.push_screen(ZoomScreen(image, f"{self._cursor.name or 'run'}: {name}"))
 
     def action_new_run(self) -> None:
         ws = self.studio.workspace

@@ -434,6 +434,119 @@ def test_stopped_run_says_the_studio_key(workspace):
     run_async(go())
 
 
+def test_zoom_shows_the_latest_grid_on_the_whole_terminal(workspace):
+    from PIL import Image
+
+    from ddpm_tui.screens.zoom import ZoomScreen
+
+    run_dir = make_checkpoint_run(workspace, "tiny-run")
+    grid = np.zeros((40, 60, 3), dtype=np.uint8)
+    grid[:, 30:] = (255, 0, 0)  # right half red
+    (run_dir / "samples").mkdir(exist_ok=True)
+    Image.fromarray(grid).save(run_dir / "samples" / "ema_epoch_0003.png")
+
+    async def go():
+        app = make_app(workspace, start_mode="train")
+        async with app.run_test(size=(120, 40)) as pilot:
+            small = app.screen.query_one("#train-samples", HalfBlockImage)
+            await wait_for(pilot, lambda: small.image is not None, 20, "the sample grid")
+            await pilot.press("z")
+            await pilot.pause()
+            assert isinstance(app.screen, ZoomScreen)
+            big = app.screen.query_one("#zoom-image", HalfBlockImage)
+            assert big.size.width == 120 and big.size.height >= 38  # the whole terminal, less a title
+            assert big.size.width * big.size.height > 4 * small.size.width * small.size.height
+            assert big.image.shape == (40, 60, 3)
+            await pilot.press("plus", "right", "right", "right", "right")
+            assert big.image.shape == (20, 30, 3) and (big.image == (255, 0, 0)).all()  # zoomed into the red half
+            await pilot.press("0")
+            assert big.image.shape == (40, 60, 3)
+            await pilot.press("escape")
+            assert isinstance(app.screen, TrainScreen)
+
+    run_async(go())
+
+
+def test_zoom_shows_dataset_thumbnails_larger(workspace):
+    from ddpm_tui.screens.dataset import THUMB
+    from ddpm_tui.screens.zoom import ZoomScreen
+
+    make_dataset(workspace.dataset_dir(), size=80)
+
+    async def go():
+        app = make_app(workspace)
+        async with app.run_test(size=(120, 40)) as pilot:
+            gallery = app.screen.query_one("#gallery", HalfBlockImage)
+            await wait_for(pilot, lambda: gallery.image is not None, 20, "the gallery")
+            small = gallery.image.shape
+            await pilot.press("z")
+            await wait_for(pilot, lambda: isinstance(app.screen, ZoomScreen), 20, "the zoomed thumbnails")
+            big = app.screen.query_one("#zoom-image", HalfBlockImage).image
+            assert big.shape[1] >= 2 * small[1]  # the same page in 80-px thumbnails, not THUMB-px ones
+            assert THUMB < 80
+
+    run_async(go())
+
+
+def test_truecolor_choice_reaches_the_terminal_and_is_remembered(workspace, monkeypatch):
+    """tmux/SSH without COLORTERM: Rich detects 256 colours. Choosing truecolor must send
+    24-bit colours (not only compute them), and the next studio in this workspace keeps it."""
+    from textual.widgets import Label
+
+    monkeypatch.delenv("COLORTERM", raising=False)
+    monkeypatch.delenv("DDPM_TUI_COLORS", raising=False)
+    monkeypatch.setenv("TERM", "screen-256color")
+
+    async def go(app, choose):
+        async with app.run_test(size=(80, 24)) as pilot:
+            preview = app.screen.query_one("#sample-preview", HalfBlockImage)
+            preview.set_image(np.full((8, 8, 3), (250, 10, 10), dtype=np.uint8))
+            await pilot.pause()
+            if choose:
+                assert "256 colours" in str(app.screen.query_one(".color-note", Label).render())
+                app.set_color_mode(choose)
+                await pilot.pause()
+            line = next(s for s in (preview.render_line(y) for y in range(preview.size.height))
+                        if any(seg.text.startswith("\u2580") for seg in s))
+            sent = line.render(app.console)
+            note = str(app.screen.query_one(".color-note", Label).render())
+            return sent, note
+
+    first = StudioApp(workspace, start_mode="sample", sysmon=False)
+    assert first.console.color_system == "256" and first.color_mode == "auto"
+    sent, note = run_async(go(first, "truecolor"))
+    assert "38;2;250;10;10" in sent and "truecolor" in note
+    assert json.loads((workspace.root / "studio.json").read_text())["color_mode"] == "truecolor"
+    second = StudioApp(workspace, start_mode="sample", sysmon=False)
+    assert second.color_mode == "truecolor"
+    sent, note = run_async(go(second, None))
+    assert "38;2;250;10;10" in sent and "truecolor" in note
+
+
+def test_save_offers_x4_copies(workspace):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    async def go():
+        app = make_app(workspace, start_mode="sample")
+        async with app.run_test(size=(100, 30)) as pilot:
+            screen = app.screen
+            images = np.zeros((2, 8, 8, 3), dtype=np.uint8)
+            images[1] = 255
+            screen._result = SimpleNamespace(images=images, request=SimpleNamespace(run_name="r", seed=5))
+            screen.query_one("#seed", Input).focus()  # Ctrl keys work from a field
+            await pilot.press("ctrl+s")
+            assert "Ctrl+U" in text_of(screen.query_one("#sample-saved", Static))
+            await pilot.press("ctrl+u")
+            out = sorted((workspace.root / "samples" / "r").glob("*/x4/*.png"))
+            assert [p.name for p in out] == ["000.png", "001.png", "grid.png"]
+            assert Image.open(out[0]).size == (32, 32)
+            assert len(list((workspace.root / "samples" / "r").iterdir())) == 1  # one save, not two
+
+    run_async(go())
+
+
 # -- sampling -----------------------------------------------------------------------------------
 
 
