@@ -274,8 +274,9 @@ class StudioApp(App[None]):
         for screen in self.screen_stack:  # screens of other modes catch up when resumed
             for widget in screen.query(HalfBlockImage):
                 widget.watch_color_mode()
-            for note in screen.query(".color-note"):
-                note.update(self.color_note())
+            update = getattr(screen, "update_color_notes", None)
+            if callable(update):
+                update()
         self.screen.refresh(repaint=True)
         self.refresh(repaint=True)
         env = os.environ.get(COLOR_ENV)

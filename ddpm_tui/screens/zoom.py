@@ -67,6 +67,9 @@ class ZoomScreen(ModalScreen[None]):
         title.append(f" · {w}x{h} px{where} · +/- zoom, 0 fit, Esc back · {note}")
         self.query_one("#zoom-title", Label).update(title)
 
+    def update_color_notes(self) -> None:  # the app calls it when the colour choice changes
+        self._show()
+
     def action_zoom(self, delta: int) -> None:
         self.zoom = min(MAX_ZOOM, max(1, self.zoom + delta))
         self._show()
