@@ -226,7 +226,7 @@ class _Display:
                     self.counts[b] = c
         if kind == "start":
             self._print(message)
-        elif kind == "error":
+        elif kind == "error" and event.get("kind") != "offline":  # that one is the summary's "stopped:" line
             self._print(f"error: {message}", always=True)
         elif kind in ("query_done",) and not self.live_mode:
             c = event.get("counts", {})

@@ -56,7 +56,9 @@ def sample_output_dir(root: Path, run_name: str) -> Path:
 
 class SampleScreen(StudioScreen):
     MODE = "sample"
-    MAIN = "#run"
+    # no MAIN and no auto focus: a form has no main table, and a focused drop-down would
+    # hold the 1-4 keys; Tab enters the form
+    AUTO_FOCUS = ""  # "" not None: None means "the app's default", which focuses the first field
     BINDINGS = [
         # Ctrl keys work wherever the focus is (a number field takes w and p as typing)
         Binding("ctrl+r", "generate", "Generate", priority=True),
