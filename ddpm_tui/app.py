@@ -63,7 +63,7 @@ class StudioApp(App[None]):
         Binding("t", "switch_mode('train')", "Train", show=False),
         Binding("g", "switch_mode('sample')", "Sample", show=False),
         Binding("f1,question_mark", "help", "Help", key_display="F1", show=False),  # in the nav bar
-        Binding("q", "quit", "Quit", show=False),
+        Binding("q", "quit_key", "Quit", show=False),  # not while a form field has focus
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
 
@@ -116,7 +116,7 @@ class StudioApp(App[None]):
         self.switch_mode(self.start_mode)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "switch_mode":
+        if action in ("switch_mode", "quit_key"):
             if in_form_field(self.focused):
                 return False  # the key goes to the field (Esc leaves it, then 1-4 switch)
             if isinstance(self.screen, ModalScreen):
@@ -177,6 +177,9 @@ class StudioApp(App[None]):
         if job is not None and job.alive():
             out.append((f"scrape of {len(job.breeds)} breed(s)", job))
         return out
+
+    async def action_quit_key(self) -> None:
+        await self.action_quit()
 
     async def action_quit(self) -> None:
         self.jobs.poll()

@@ -123,8 +123,8 @@ def test_keys_never_act_inside_a_form_field(workspace):
             screen.action_toggle_preview = lambda: toggled.append(app.focused)
             sampler = screen.query_one("#sampler", Select)
             sampler.focus()
-            await pilot.press("1", "0", "s", "t")
-            assert app.screen is screen and app.focused is sampler
+            await pilot.press("1", "0", "s", "t", "q")
+            assert app.screen is screen and app.focused is sampler and app.return_code is None
             await pilot.press("enter")  # open the drop-down: letters search it
             await pilot.press("2", "d")
             assert app.screen is screen
