@@ -8,6 +8,7 @@ directories, events files) and do heavy work in workers; jobs run as separate pr
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Iterable
@@ -15,7 +16,8 @@ from typing import Iterable
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Input, TextArea
+from textual.widget import Widget
+from textual.widgets import Input, Select, TextArea
 
 from ddpm_tui.jobs import TRAIN_LOG, JobError, JobTable, current_scrape, log_tail, stop_run, terminate
 from ddpm_tui.screens.confirm import QuitScreen
@@ -24,8 +26,18 @@ from ddpm_tui.screens.help import HelpScreen
 from ddpm_tui.screens.sample import SampleScreen
 from ddpm_tui.screens.scrape import ScrapeScreen
 from ddpm_tui.screens.train import TrainScreen
-from ddpm_tui.widgets.halfblock import COLOR_MODES, HalfBlockImage
+from ddpm_tui.widgets.halfblock import COLOR_ENV, COLOR_MODES, HalfBlockImage, resolve_color_mode
 from ddpm_tui.workspace import DEFAULT_DATASET, Workspace
+
+
+def in_form_field(widget: Widget | None) -> bool:
+    """A text field or a drop-down (closed or open, where letters search): the keys the
+    user types belong to it, not to screen switching."""
+    while widget is not None:
+        if isinstance(widget, (Input, TextArea, Select)):
+            return True
+        widget = widget.parent if isinstance(widget.parent, Widget) else None
+    return False
 
 
 class StudioApp(App[None]):
@@ -40,30 +52,38 @@ class StudioApp(App[None]):
         "sample": SampleScreen,
     }
     BINDINGS = [
-        # priority: a focused list or select must not swallow them (check_action lets
-        # them through to text fields, where digits are typed)
-        Binding("1", "switch_mode('dataset')", "Dataset", priority=True),
-        Binding("2", "switch_mode('scrape')", "Scrape", priority=True),
-        Binding("3", "switch_mode('train')", "Train", priority=True),
-        Binding("4", "switch_mode('sample')", "Sample", priority=True),
+        # priority: a focused list or table must not swallow them (check_action lets them
+        # through to form fields). Not in the footer: the nav bar shows them.
+        Binding("1", "switch_mode('dataset')", "Dataset", priority=True, show=False),
+        Binding("2", "switch_mode('scrape')", "Scrape", priority=True, show=False),
+        Binding("3", "switch_mode('train')", "Train", priority=True, show=False),
+        Binding("4", "switch_mode('sample')", "Sample", priority=True, show=False),
         Binding("d", "switch_mode('dataset')", "Dataset", show=False),
         Binding("s", "switch_mode('scrape')", "Scrape", show=False),
         Binding("t", "switch_mode('train')", "Train", show=False),
         Binding("g", "switch_mode('sample')", "Sample", show=False),
-        Binding("f1,question_mark", "help", "Help", key_display="F1"),
-        Binding("q", "quit", "Quit", show=False),
+        Binding("f1,question_mark", "help", "Help", key_display="F1", show=False),  # in the nav bar
+        Binding("q", "quit_key", "Quit", show=False),  # not while a form field has focus
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
 
-    def __init__(self, workspace: Workspace, *, color_mode: str = "auto", start_mode: str = "dataset",
+    def __init__(self, workspace: Workspace, *, color_mode: str | None = None, start_mode: str = "dataset",
                  poll_interval: float = 0.5, sysmon: bool = True) -> None:
+        """`color_mode` None: the choice remembered in the workspace (else "auto")."""
         super().__init__()
+        self.workspace = workspace
+        if color_mode is None:
+            color_mode = self.settings().get("color_mode", "auto")
+            if color_mode not in COLOR_MODES:
+                color_mode = "auto"  # a hand-edited settings file is not worth a crash
         if color_mode not in COLOR_MODES:
             raise ValueError(f"unknown colour mode {color_mode!r}; use one of {', '.join(COLOR_MODES)}")
         if start_mode not in self.MODES:
             raise ValueError(f"unknown screen {start_mode!r}; use one of {', '.join(self.MODES)}")
-        self.workspace = workspace
         self.color_mode = color_mode
+        # what the terminal told Rich (COLORTERM, TERM): "256" in tmux or over SSH without COLORTERM
+        self.detected_color_system = self.console.color_system
+        self._apply_console_colors()
         self.start_mode = start_mode
         # File polling period (<= 4 Hz keeps SSH traffic and CPU low).
         self.poll_interval = max(0.25, float(poll_interval))
@@ -96,9 +116,9 @@ class StudioApp(App[None]):
         self.switch_mode(self.start_mode)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "switch_mode":
-            if isinstance(self.focused, (Input, TextArea)):
-                return False  # the digit goes into the field
+        if action in ("switch_mode", "quit_key"):
+            if in_form_field(self.focused):
+                return False  # the key goes to the field (Esc leaves it, then 1-4 switch)
             if isinstance(self.screen, ModalScreen):
                 return False  # answer the dialog first
         return True
@@ -158,6 +178,9 @@ class StudioApp(App[None]):
             out.append((f"scrape of {len(job.breeds)} breed(s)", job))
         return out
 
+    async def action_quit_key(self) -> None:
+        await self.action_quit()
+
     async def action_quit(self) -> None:
         self.jobs.poll()
         jobs = self.running_jobs()
@@ -200,11 +223,68 @@ class StudioApp(App[None]):
         if callable(commands):
             yield from commands()
 
-    def set_color_mode(self, mode: str) -> None:
+    # -- colours and remembered settings -------------------------------------------------------
+
+    @property
+    def settings_path(self) -> Path:
+        return self.workspace.root / "studio.json"
+
+    def settings(self) -> dict:
+        try:
+            data = json.loads(self.settings_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def save_setting(self, key: str, value: object) -> None:
+        from core.atomic import atomic_write_text
+
+        data = self.settings()
+        data[key] = value
+        try:
+            self.workspace.root.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.settings_path, json.dumps(data, indent=2) + "\n")
+        except OSError as exc:
+            self.notify(f"cannot remember the setting in {self.settings_path}: {exc.strerror or exc}",
+                        severity="warning")
+
+    def effective_color_mode(self) -> str:
+        return resolve_color_mode(self.color_mode, self.detected_color_system)
+
+    def color_note(self) -> str:
+        """One line for where images are drawn: which colours, and how to change them."""
+        mode = self.effective_color_mode()
+        return ("truecolor" if mode == "truecolor" else "256 colours") + " · ^p Image colours"
+
+    def _apply_console_colors(self) -> None:
+        """Images are drawn in the chosen depth, and the terminal must get it too: Rich would
+        quietly turn truecolor into 256 colours when COLORTERM is missing (tmux, SSH)."""
+        from rich.console import ColorSystem
+
+        if self.effective_color_mode() == "truecolor":
+            self.console._color_system = ColorSystem.TRUECOLOR
+        else:
+            detected = self.detected_color_system
+            self.console._color_system = {"truecolor": ColorSystem.TRUECOLOR, "256": ColorSystem.EIGHT_BIT,
+                                          "standard": ColorSystem.STANDARD,
+                                          "windows": ColorSystem.WINDOWS}.get(detected or "")
+
+    def set_color_mode(self, mode: str, *, remember: bool = True) -> None:
         self.color_mode = mode
-        for widget in self.screen.query(HalfBlockImage):
-            widget.watch_color_mode()
-        self.notify(f"image colours: {mode}")
+        self._apply_console_colors()
+        if remember:
+            self.save_setting("color_mode", mode)
+        for screen in self.screen_stack:  # screens of other modes catch up when resumed
+            for widget in screen.query(HalfBlockImage):
+                widget.watch_color_mode()
+            update = getattr(screen, "update_color_notes", None)
+            if callable(update):
+                update()
+        self.screen.refresh(repaint=True)
+        self.refresh(repaint=True)
+        env = os.environ.get(COLOR_ENV)
+        extra = f" ({COLOR_ENV}={env} decides 'auto')" if mode == "auto" and env else ""
+        self.notify(f"image colours: {mode}{extra}; remembered for this workspace")
 
 
 def main() -> None:  # for `python -m ddpm_tui.app` during development

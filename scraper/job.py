@@ -22,9 +22,14 @@ from scraper.browser import Browser, BrowserNotFound, BrowserOptions, reap_stale
 from scraper.download import DownloadOptions, Downloader, DownloadStopped, remove_partials
 from scraper.engines import get_engine
 from scraper.manifest import Manifest, empty_counts
-from scraper.search import NoResultsError, SearchOptions, SearchStopped, WallError, collect_urls
+from scraper.search import NoResultsError, SearchOptions, SearchStopped, UnreachableError, WallError, collect_urls
 
 EventCallback = Callable[[dict], None]
+# Searches in a row that could not reach the engine before the job stops searching: enough
+# to rule out one flaky page, few enough that an offline machine hears it within seconds.
+UNREACHABLE_LIMIT = 3
+# "error" event kinds that mean one breed's search failed (readers count them).
+SEARCH_FAILED_KINDS = ("search", "no_results", "captcha", "consent", "unreachable")
 
 
 class ScrapeError(RuntimeError):
@@ -86,6 +91,10 @@ class ScrapeSummary:
     stopped_reason: str | None = None
 
     @property
+    def searches_failed(self) -> int:
+        return sum(1 for q in self.queries if q["state"] not in ("done", "stopped"))
+
+    @property
     def ok(self) -> bool:
         return not self.errors and not self.interrupted and self.stopped_reason is None
 
@@ -145,7 +154,8 @@ class _Job:
         self.queries: list[dict] = []
         self.this_run = {"found": 0, "downloaded": 0, "duplicate": 0, "failed": 0, "rejected": 0}
         self.stopped_reason: str | None = None
-        self.search_aborted = threading.Event()  # browser missing or walled: no more searching
+        self.search_aborted = threading.Event()  # browser missing, walled or offline: no more searching
+        self.unreachable_in_a_row = 0
         self._lock = threading.Lock()
         self.downloader = Downloader(
             DownloadOptions(
@@ -262,6 +272,8 @@ class _Job:
                 max_results=o.max_per_breed, delay=o.delay, scroll_wait=o.scroll_wait,
                 preview_timeout=o.preview_timeout), on_urls=on_urls, stop_event=self.stop)
             record["found"] = len(found)
+            with self._lock:
+                self.unreachable_in_a_row = 0
             self.manifest.finish_query(o.dataset, engine.name, breed, query, state="done", found=len(found))
             self.emit("query_done", breed, f"{len(found)} URLs for {query!r}", found=len(found))
         except SearchStopped:
@@ -272,6 +284,13 @@ class _Job:
             self.manifest.finish_query(o.dataset, engine.name, breed, query, state="blocked", error=str(exc))
             self.search_aborted.set()  # the same wall would greet every other query
             self.error(str(exc), breed, kind=exc.kind)
+        except UnreachableError as exc:
+            # "blocked" in the manifest: not the query's fault, so it does not use up its attempts
+            msg = f"engine {engine.name}: search for {query!r} failed: {exc}"
+            record.update(state="unreachable", error=msg)
+            self.manifest.finish_query(o.dataset, engine.name, breed, query, state="blocked", error=msg)
+            self.error(msg, breed, kind="unreachable")
+            self._unreachable(exc)
         except NoResultsError as exc:
             record.update(state="failed", error=str(exc))
             self.manifest.finish_query(o.dataset, engine.name, breed, query, state="failed", error=str(exc))
@@ -290,6 +309,17 @@ class _Job:
         with self._lock:
             self.queries.append(record)
         return browser_ok
+
+    def _unreachable(self, exc: UnreachableError) -> None:
+        """Count a search that could not reach the engine; stop searching after a few in a row."""
+        with self._lock:
+            self.unreachable_in_a_row += 1
+            if self.unreachable_in_a_row < UNREACHABLE_LIMIT or self.search_aborted.is_set():
+                return
+            self.search_aborted.set()
+            self.stopped_reason = (f"cannot reach {exc.host} ({exc.code}): {exc.cause}; stopped searching after "
+                                   f"{self.unreachable_in_a_row} searches failed in a row (rerun to resume)")
+        self.error(self.stopped_reason, kind="offline")
 
     # -- the whole job -----------------------------------------------------------------------
     def run(self) -> ScrapeSummary:
@@ -346,9 +376,11 @@ class _Job:
                                 errors=list(self.errors), interrupted=interrupted, stopped_reason=self.stopped_reason)
         t = summary.totals()
         self.emit("done", None, f"{t['downloaded']} images stored, {t['found']} URLs found, "
-                                f"{t['failed'] + t['rejected']} failed or rejected"
+                                f"{t['failed'] + t['rejected']} failed or rejected, "
+                                f"{summary.searches_failed} searches failed"
                   + (" (interrupted)" if interrupted else ""),
-                  all_counts=counts, this_run=summary.this_run, interrupted=interrupted)
+                  all_counts=counts, this_run=summary.this_run, interrupted=interrupted,
+                  searches_failed=summary.searches_failed, stopped_reason=self.stopped_reason)
         return summary
 
 

@@ -30,6 +30,38 @@ class WallError(SearchError):
         self.kind = kind  # "captcha" | "consent"
 
 
+class UnreachableError(SearchError):
+    """The engine's page did not load at all (no DNS, refused, proxy, timeout): not this
+    query's fault, so every other query would fail the same way."""
+
+    def __init__(self, host: str, code: str, cause: str) -> None:
+        super().__init__(f"cannot reach {host} ({code}): {cause}")
+        self.host = host
+        self.code = code
+        self.cause = cause
+
+
+# Chromium's net:: errors that mean "the host cannot be reached", with the likely cause.
+UNREACHABLE_CAUSES = {
+    "ERR_NAME_NOT_RESOLVED": "the name does not resolve: no network or no DNS",
+    "ERR_NAME_RESOLUTION_FAILED": "the name does not resolve: no network or no DNS",
+    "ERR_INTERNET_DISCONNECTED": "this machine has no network connection",
+    "ERR_ADDRESS_UNREACHABLE": "no route to the host: no network",
+    "ERR_NETWORK_UNREACHABLE": "no route to the host: no network",
+    "ERR_CONNECTION_REFUSED": "connection refused: nothing listens there (check --base-url) or a firewall",
+    "ERR_CONNECTION_TIMED_OUT": "no answer: a firewall or no route out",
+    "ERR_TIMED_OUT": "no answer: a firewall or no route out",
+    "ERR_CONNECTION_RESET": "the connection was cut: a firewall or proxy",
+    "ERR_CONNECTION_CLOSED": "the connection was cut: a firewall or proxy",
+    "ERR_PROXY_CONNECTION_FAILED": "the proxy cannot be reached (check HTTP(S)_PROXY)",
+    "ERR_TUNNEL_CONNECTION_FAILED": "the proxy refused the connection (check HTTP(S)_PROXY)",
+    "ERR_PROXY_AUTH_REQUESTED": "the proxy wants a password",
+}
+_NET_ERROR = re.compile(r"net::(ERR_[A-Z_]+)")
+_JS_ERROR_PAGE = ("return location.protocol === 'chrome-error:' && typeof loadTimeDataRaw !== 'undefined'"
+                  " ? String(loadTimeDataRaw.errorCode || '') : '';")
+
+
 class NoResultsError(SearchError):
     """The page loaded but none of the engine's selectors matched."""
 
@@ -319,8 +351,30 @@ class _Searcher:
                         return True
         return False
 
+    def _load(self, url: str) -> None:
+        """Open the results page; UnreachableError when the host itself cannot be reached."""
+        from selenium.common.exceptions import TimeoutException, WebDriverException
+
+        host = urlparse(url).netloc or url
+        try:
+            self.driver.get(url)
+        except TimeoutException:
+            raise UnreachableError(host, "timeout", "the page did not load in time: a slow network or "
+                                                    "a proxy") from None
+        except WebDriverException as exc:
+            m = _NET_ERROR.search(str(exc))
+            if m and m.group(1) in UNREACHABLE_CAUSES:
+                raise UnreachableError(host, m.group(1), UNREACHABLE_CAUSES[m.group(1)]) from None
+            raise
+        try:  # some errors load Chromium's own error page instead of raising
+            code = str(self.driver.execute_script(_JS_ERROR_PAGE) or "")
+        except WebDriverException:
+            code = ""
+        if code:
+            raise UnreachableError(host, code, UNREACHABLE_CAUSES.get(code, "the page did not load"))
+
     def run(self, url: str) -> list[str]:
-        self.driver.get(url)
+        self._load(url)
         self.handle_walls()
         self._pause()
         done = 0

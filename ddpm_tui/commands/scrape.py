@@ -198,9 +198,9 @@ class _Display:
 
     def _print(self, text: str, *, always: bool = False) -> None:
         if self._live is not None:
-            self._live.console.print(text, markup=False, highlight=False)
+            self._live.console.print(text, markup=False, highlight=False, soft_wrap=True)
         elif always or not self.quiet:
-            self.console.print(text, markup=False, highlight=False)
+            self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def __call__(self, event: dict) -> None:
         kind, breed, message = event.get("type"), event.get("breed"), event.get("message", "")
@@ -219,14 +219,14 @@ class _Display:
             elif kind == "query_done":
                 self.status[breed] = "searched"
             elif kind == "error" and breed is not None:
-                self.status[breed] = {"captcha": "captcha", "consent": "consent wall",
-                                      "no_results": "no results"}.get(event.get("kind"), "error")
+                self.status[breed] = {"captcha": "captcha", "consent": "consent wall", "no_results": "no results",
+                                      "unreachable": "unreachable"}.get(event.get("kind"), "error")
             elif kind == "done":
                 for b, c in event.get("all_counts", {}).items():
                     self.counts[b] = c
         if kind == "start":
             self._print(message)
-        elif kind == "error":
+        elif kind == "error" and event.get("kind") != "offline":  # that one is the summary's "stopped:" line
             self._print(f"error: {message}", always=True)
         elif kind in ("query_done",) and not self.live_mode:
             c = event.get("counts", {})
@@ -338,16 +338,17 @@ def _print_summary(display: _Display, summary, options) -> None:
     if not display.live_mode and not display.quiet:
         console.print(counts_table(summary.counts, width=console.width))
     r = summary.this_run
+    searches = f"{summary.searches_failed} of {len(summary.queries)} searches failed"
     if options.urls_only:
-        line = (f"this run: {r['found']} new URLs collected; manifest {options.manifest_path} "
+        line = (f"this run: {r['found']} new URLs collected, {searches}; manifest {options.manifest_path} "
                 "(`ddpm-tui scrape export` writes CSVs)")
     else:
         line = (f"this run: {r['found']} new URLs, {r['downloaded']} images stored, {r['duplicate']} duplicates, "
-                f"{r['failed']} failed, {r['rejected']} rejected; images in {options.data_dir}, "
+                f"{r['failed']} failed, {r['rejected']} rejected, {searches}; images in {options.data_dir}, "
                 f"manifest {options.manifest_path}")
-    console.print(line, markup=False, highlight=False)
+    console.print(line, markup=False, highlight=False, soft_wrap=True)
     if summary.stopped_reason:
-        console.print(f"stopped: {summary.stopped_reason}", markup=False, highlight=False)
+        console.print(f"stopped: {summary.stopped_reason}", markup=False, highlight=False, soft_wrap=True)
 
 
 def run_export(args, workspace) -> int:

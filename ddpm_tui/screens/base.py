@@ -21,6 +21,7 @@ class StudioScreen(Screen):
     """Subclasses set MODE and implement compose_body()."""
 
     MODE = ""
+    MAIN = ""  # the widget (a selector) that gets focus when the screen opens or its data arrives
 
     @property
     def studio(self) -> "StudioApp":
@@ -29,7 +30,26 @@ class StudioScreen(Screen):
     def compose(self) -> ComposeResult:
         yield NavBar(self.MODE)
         yield from self.compose_body()
-        yield Footer(compact=True)
+        # the palette key is in the nav bar: docked in the footer it covered the last keys
+        yield Footer(compact=True, show_command_palette=False)
+
+    def focus_main(self) -> None:
+        """Focus the main table or list, unless the user is already in a visible widget:
+        arrow keys then work at once, and the focus highlight shows where they go."""
+        focused = self.focused
+        if focused is not None and focused.display and focused.visible:
+            return
+        widget = self.query(self.MAIN).first() if self.MAIN else None
+        if widget is not None and widget.display and widget.focusable:
+            widget.focus()
+
+    def on_screen_resume(self) -> None:
+        self.call_after_refresh(self.focus_main)
+        self.update_color_notes()  # the colour choice may have changed on another screen
+
+    def update_color_notes(self) -> None:
+        for note in self.query(".color-note"):
+            note.update(self.studio.color_note())
 
     def palette_commands(self) -> Iterable[SystemCommand]:
         """This screen's shown key bindings, also as command-palette entries."""

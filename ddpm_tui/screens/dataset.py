@@ -24,6 +24,7 @@ from ddpm_tui.widgets.halfblock import HalfBlockImage, tile_images, to_rgb_array
 
 DEMO_DATASET = "demo"
 THUMB = 32  # thumbnail pixels (the mosaic is scaled to the gallery afterwards)
+ZOOM_THUMB = 128  # thumbnail pixels in the full-screen view (z), where there is room for them
 BAR_WIDTH = 10
 EIGHTHS = " ▏▎▍▌▋▊▉█"
 
@@ -97,13 +98,15 @@ class FolderScreen(ModalScreen[Path | None]):
 
 class DatasetScreen(StudioScreen):
     MODE = "dataset"
+    MAIN = "#breeds"
     BINDINGS = [
         Binding("r", "refresh", "Recount"),
-        Binding("c", "scan", "Check images"),
+        Binding("c", "scan", "Check"),
         Binding("x", "quarantine", "Quarantine"),
         Binding("u", "restore", "Restore"),
         Binding("m", "demo", "Demo data"),
         Binding("o", "open_folder", "Folder"),
+        Binding("z", "zoom", "Zoom"),
         Binding("left_square_bracket", "page(-1)", "Prev", show=False),
         Binding("right_square_bracket", "page(1)", "Next", show=False),
     ]
@@ -124,6 +127,7 @@ class DatasetScreen(StudioScreen):
             with Vertical(id="dataset-right"):
                 yield Label("", id="gallery-label", classes="panel-title")
                 yield HalfBlockImage(id="gallery", valign="top")
+                yield Label(self.studio.color_note(), classes="color-note")
         yield ProgressBar(id="dataset-progress", show_eta=False)
 
     @property
@@ -236,6 +240,7 @@ class DatasetScreen(StudioScreen):
         empty.display = False
         table.display = True
         self.query_one("#dataset-right").display = True
+        self.focus_main()  # e.g. right after the demo set is made: arrow keys move at once
         flagged = f" · [yellow]{stats.flagged_files} flagged[/] ({flag_summary(stats.flagged)})" if stats.flagged_files else ""
         imb = f" · imbalance {stats.imbalance:.1f}x" if stats.imbalance else ""
         size = (f" · median {stats.median_width:.0f}x{stats.median_height:.0f}"
@@ -284,7 +289,25 @@ class DatasetScreen(StudioScreen):
                         thread=True, group="gallery", name="thumbnails", exclusive=True,
                         exit_on_error=False)
 
-    def _read_thumbs(self, breed: str, page: int, cols: int, rows: int, fill: tuple[int, int, int]) -> None:
+    def action_zoom(self) -> None:
+        """This page of thumbnails, larger, on the whole terminal."""
+        if self._breed is None or not self.query_one("#dataset-right").display:
+            self.notify("no pictures to show: select a breed first", severity="warning")
+            return
+        cols, rows = self._gallery_slots()
+        _, bg = self.query_one("#gallery", HalfBlockImage).background_colors
+        self.run_worker(lambda b=self._breed, p=self._page: self._read_thumbs(
+            b, p, cols, rows, (bg.r, bg.g, bg.b), thumb=ZOOM_THUMB, zoom=True),
+            thread=True, group="zoom", name="thumbnails", exclusive=True, exit_on_error=False)
+
+    def _show_zoom(self, mosaic, label: str) -> None:
+        from ddpm_tui.screens.zoom import ZoomScreen
+
+        if mosaic is not None:
+            self.app.push_screen(ZoomScreen(mosaic, label))
+
+    def _read_thumbs(self, breed: str, page: int, cols: int, rows: int, fill: tuple[int, int, int],
+                     thumb: int = THUMB, zoom: bool = False) -> None:
         from PIL import Image
 
         from core.images import ImageLoadError, is_image_file, load_rgb
@@ -312,10 +335,10 @@ class DatasetScreen(StudioScreen):
                 bad += 1
                 loaded.append(None)
                 continue
-            img.thumbnail((THUMB, THUMB), Image.Resampling.BOX)
+            img.thumbnail((thumb, thumb), Image.Resampling.BOX)
             loaded.append(to_rgb_array(img))
         # tiles as big as the largest thumbnail (small images are not padded up to THUMB)
-        side = max([max(a.shape[:2]) for a in loaded if a is not None] or [THUMB])
+        side = max([max(a.shape[:2]) for a in loaded if a is not None] or [thumb])
         thumbs = []
         for arr in loaded:
             tile = np.empty((side, side, 3), dtype=np.uint8)
@@ -330,7 +353,11 @@ class DatasetScreen(StudioScreen):
         mosaic = tile_images(thumbs, cols=min(cols, len(thumbs)), gap=gap, fill=fill) if thumbs else None
         label = (f"{breed}: {len(files)} images · {page + 1}/{pages}"
                  + (f" · {bad} unreadable" if bad else ""))
-        if not worker.is_cancelled:
+        if worker.is_cancelled:
+            return
+        if zoom:
+            self.app.call_from_thread(self._show_zoom, mosaic, label)
+        else:
             self.app.call_from_thread(self._show_gallery, breed, page, mosaic, label, (cols, rows))
 
     def _show_gallery(self, breed: str, page: int, mosaic, label: str, slots: tuple[int, int]) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
@@ -24,6 +25,7 @@ from ddpm_tui.screens.base import StudioScreen
 from ddpm_tui.widgets.halfblock import HalfBlockImage
 
 PREVIEW_INTERVAL = 0.25  # seconds between preview redraws (<= 4 Hz)
+UPSCALE = 4  # the enlarged copies Ctrl+U adds for viewing
 NO_BREED = "__any__"
 
 
@@ -54,11 +56,18 @@ def sample_output_dir(root: Path, run_name: str) -> Path:
 
 class SampleScreen(StudioScreen):
     MODE = "sample"
+    # no MAIN and no auto focus: a form has no main table, and a focused drop-down would
+    # hold the 1-4 keys; Tab enters the form
+    AUTO_FOCUS = ""  # "" not None: None means "the app's default", which focuses the first field
     BINDINGS = [
+        # Ctrl keys work wherever the focus is (a number field takes w and p as typing)
         Binding("ctrl+r", "generate", "Generate", priority=True),
-        Binding("w", "save", "Save PNGs"),
+        Binding("ctrl+s", "save", "Save PNGs", priority=True),
         Binding("ctrl+x", "cancel", "Cancel", priority=True),
-        Binding("p", "toggle_preview", "Preview x0/x_t"),
+        Binding("ctrl+t", "toggle_preview", "Preview x0/x_t", priority=True),
+        Binding("ctrl+u", "save_upscaled", "Save x4", priority=True),
+        Binding("w", "save", "Save PNGs", show=False),
+        Binding("p", "toggle_preview", "Preview x0/x_t", show=False),
         Binding("escape", "blur", "Leave field", show=False),
     ]
 
@@ -66,13 +75,15 @@ class SampleScreen(StudioScreen):
         super().__init__()
         self._result: SampleResult | None = None
         self._worker: Worker | None = None
+        self._saved: tuple[SampleResult, Path] | None = None  # the result last saved, and where
         self._model_cache: tuple | None = None  # (key, model, diffusion)
         self._breed_names: list[str] = []
         self.preview_x0 = False  # preview the model's x0 prediction instead of the noisy x_t
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="sample-body"):
-            with VerticalScroll(id="sample-form"):
+            # not focusable itself: Tab lands on a field, whose focus is visible
+            with VerticalScroll(id="sample-form", can_focus=False):
                 with Grid(classes="form-grid"):
                     yield Label("Run")
                     yield Select([], compact=True, id="run", prompt="(no runs)")
@@ -101,6 +112,7 @@ class SampleScreen(StudioScreen):
                 yield Static("Pick a run with a checkpoint, then Ctrl+R.", id="sample-status")
                 yield ProgressBar(id="sample-progress", show_eta=False)
                 yield HalfBlockImage(id="sample-preview")
+                yield Label(self.studio.color_note(), classes="color-note")
                 yield Static("", id="sample-saved")
 
     def on_mount(self) -> None:
@@ -282,7 +294,7 @@ class SampleScreen(StudioScreen):
     def _progress(self, done: int, total: int, preview: np.ndarray) -> None:
         self.query_one("#sample-progress", ProgressBar).update(total=total, progress=done)
         what = "x0 guess" if self.preview_x0 else "x_t"
-        self.query_one("#sample-status", Static).update(f"step {done}/{total} · preview {what} (p)")
+        self.query_one("#sample-status", Static).update(f"step {done}/{total} · preview {what} (Ctrl+T)")
         self.query_one("#sample-preview", HalfBlockImage).set_image(self._grid(preview))
 
     def _failed(self, message: str) -> None:
@@ -298,23 +310,44 @@ class SampleScreen(StudioScreen):
         if r.label is not None and r.label < len(self._breed_names):
             what += f" · {self._breed_names[r.label]} x{r.guidance:g}"
         self.query_one("#sample-status", Static).update(
-            f"{len(result.images)} images in {result.seconds:.1f}s · {what} · w saves")
+            f"{len(result.images)} images in {result.seconds:.1f}s · {what} · Ctrl+S saves")
 
     # -- saving ----------------------------------------------------------------------------
 
-    def action_save(self) -> None:
+    def action_save(self) -> Path | None:
+        """Write the PNGs (once per result); the folder, or None when nothing was saved."""
         if self._result is None:
             self.notify("nothing to save yet: generate first (Ctrl+R)", severity="warning")
-            return
+            return None
+        if self._saved is not None and self._saved[0] is self._result:
+            self.notify(f"already saved in {self._saved[1]}")
+            return self._saved[1]
         r = self._result.request
         out = sample_output_dir(self.studio.workspace.root, r.run_name) / time.strftime(f"%Y%m%d-%H%M%S-seed{r.seed}")
         try:
             paths = save_pngs(self._result.images, out, self._grid(self._result.images))
         except OSError as exc:
             self.notify(f"could not save to {out}: {exc}", severity="error")
-            return
-        self.query_one("#sample-saved", Static).update(f"saved {len(paths) - 1} PNGs + grid.png in {out}")
+            return None
+        self._saved = (self._result, out)
+        self.query_one("#sample-saved", Static).update(
+            Text(f"saved {len(paths) - 1} PNGs + grid.png in {out} · Ctrl+U adds x{UPSCALE} copies for viewing"))
         self.notify(f"saved to {out}")
+        return out
+
+    def action_save_upscaled(self) -> None:
+        """Save (if not yet) and add x4 Lanczos copies in x4/: 64-px samples are small to look at."""
+        out = self.action_save()
+        if out is None:
+            return
+        try:
+            paths = save_upscaled(sorted(out.glob("*.png")), out / f"x{UPSCALE}", UPSCALE)
+        except (OSError, ValueError) as exc:
+            self.notify(f"could not write the x{UPSCALE} copies in {out}: {exc}", severity="error")
+            return
+        self.query_one("#sample-saved", Static).update(
+            Text(f"saved {len(paths) - 1} PNGs + grid.png in {out}, x{UPSCALE} copies in {out / f'x{UPSCALE}'}"))
+        self.notify(f"x{UPSCALE} copies in {out / f'x{UPSCALE}'}")
 
     def action_toggle_preview(self) -> None:
         self.preview_x0 = not self.preview_x0
@@ -331,19 +364,33 @@ class SampleScreen(StudioScreen):
             self.action_save()
 
 
-def save_pngs(images: np.ndarray, out_dir: Path, grid: np.ndarray) -> list[Path]:
-    """Write each image and the grid as PNG, each via temp file + rename (never half-written)."""
+def save_upscaled(paths: list[Path], out_dir: Path, factor: int = 4) -> list[Path]:
+    """Lanczos-enlarged copies of PNGs (same names) in out_dir, each via temp file + rename."""
+    from PIL import Image
+
+    copies = []
+    for path in paths:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            big = im.resize((im.width * factor, im.height * factor), Image.Resampling.LANCZOS)
+        copies.append(_write_png(out_dir, path.name, np.asarray(big)))
+    return copies
+
+
+def _write_png(out_dir: Path, name: str, arr: np.ndarray) -> Path:
     import os
 
     from PIL import Image
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
+    path = out_dir / name
+    tmp = out_dir / f".{name}.tmp"
+    Image.fromarray(arr).save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+def save_pngs(images: np.ndarray, out_dir: Path, grid: np.ndarray) -> list[Path]:
+    """Write each image and the grid as PNG, each via temp file + rename (never half-written)."""
     items = [(f"{i:03d}.png", img) for i, img in enumerate(images)] + [("grid.png", grid)]
-    for name, arr in items:
-        path = out_dir / name
-        tmp = out_dir / f".{name}.tmp"
-        Image.fromarray(arr).save(tmp, format="PNG")
-        os.replace(tmp, path)
-        paths.append(path)
-    return paths
+    return [_write_png(out_dir, name, arr) for name, arr in items]

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import re
 
+from rich.text import Text
+
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Button, DataTable, Input, Label, Log, Select, SelectionList, Static
+from textual.widgets import Button, DataTable, Input, Label, RichLog, Select, SelectionList, Static
 from textual.widgets.selection_list import Selection
 from textual.worker import get_current_worker
 
@@ -41,6 +43,7 @@ def engine_names() -> list[str]:
 
 class ScrapeScreen(StudioScreen):
     MODE = "scrape"
+    MAIN = "#breed-list"
     BINDINGS = [
         Binding("ctrl+r", "start", "Start", priority=True),
         Binding("ctrl+x", "stop", "Stop", priority=True),
@@ -54,6 +57,8 @@ class ScrapeScreen(StudioScreen):
         self._offset = 0
         self._polling = False
         self._counts: dict[str, dict] = {}
+        self._searches_failed = 0
+        self._stopped: str = ""  # why the job stopped searching (offline, full disk, no browser)
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="scrape-body"):
@@ -81,7 +86,8 @@ class ScrapeScreen(StudioScreen):
                 for col in COUNT_COLUMNS:
                     table.add_column(COLUMN_LABELS[col], key=col)
                 yield table
-                yield Log(max_lines=LOG_LINES, id="scrape-log")
+                # wraps: an error's reason (the host, the net:: code) is at the end of a long line
+                yield RichLog(max_lines=LOG_LINES, wrap=True, markup=False, highlight=False, id="scrape-log")
 
     def on_mount(self) -> None:
         job = current_scrape(self.studio.workspace)
@@ -158,8 +164,9 @@ class ScrapeScreen(StudioScreen):
             self.notify(str(exc), severity="error")
             return
         self._counts.clear()
+        self._searches_failed, self._stopped = 0, ""
         self.query_one("#scrape-progress", DataTable).clear()
-        self.query_one("#scrape-log", Log).clear()
+        self.query_one("#scrape-log", RichLog).clear()
         self._follow(job)
         self.notify(f"scrape started (pid {job.pid}); it keeps running if you quit")
 
@@ -179,6 +186,7 @@ class ScrapeScreen(StudioScreen):
     def _follow(self, job: ScrapeJob) -> None:
         self._job = job
         self._offset = 0
+        self._searches_failed, self._stopped = 0, ""
         self.poll()
 
     def poll(self) -> None:
@@ -208,13 +216,20 @@ class ScrapeScreen(StudioScreen):
     def _apply(self, job: ScrapeJob, events: list[dict], offset: int, alive: bool, tail: str) -> None:
         if job is not self._job:
             return
+        from scraper.job import SEARCH_FAILED_KINDS
+
         self._offset = offset
-        log = self.query_one("#scrape-log", Log)
+        log = self.query_one("#scrape-log", RichLog)
         table = self.query_one("#scrape-progress", DataTable)
         lines = []
         for ev in events:
             kind = ev.get("type", "?")
             breed = ev.get("breed")
+            if kind == "error":
+                if ev.get("kind") in SEARCH_FAILED_KINDS:
+                    self._searches_failed += 1
+                elif breed is None or ev.get("kind") == "disk_full":  # the whole job stopped searching
+                    self._stopped = str(ev.get("message", ""))
             if kind != "download" or ev.get("state") == "failed":  # successful downloads only count
                 msg = ev.get("message", "")
                 lines.append(f"{kind:<11} {breed + ': ' if breed else ''}{msg}")
@@ -227,12 +242,18 @@ class ScrapeScreen(StudioScreen):
                         table.update_cell(breed, col, value)
                 else:
                     table.add_row(*cells, key=breed)
-        if lines:
-            log.write_lines(lines[-LOG_LINES:])
+        for line in lines[-LOG_LINES:]:
+            log.write(line)
         total = {c: sum(v.get(c, 0) for v in self._counts.values()) for c in COUNT_COLUMNS}
-        figures = f"{total['downloaded']} downloaded, {total['found']} found, {total['failed']} failed"
+        figures = (f"{total['downloaded']} downloaded, {total['found']} found, {total['failed']} downloads failed, "
+                   f"{self._searches_failed} searches failed")
         if alive:
-            state = f"[green]running[/] (pid {job.pid}) · {len(job.breeds)} breeds · {figures}"
+            state = Text.from_markup(f"[green]running[/] (pid {job.pid}) · {len(job.breeds)} breeds · ")
         else:
-            state = f"finished or stopped · {figures}" + (f"\n[dim]{tail}[/]" if tail else "")
+            state = Text("finished or stopped · ")
+        state.append(figures)
+        if self._stopped:  # the one line that explains an offline machine, a full disk
+            state.append("\n" + self._stopped, style="bold red")
+        elif tail and not alive:
+            state.append("\n" + tail, style="dim")
         self.query_one("#scrape-status", Static).update(state)

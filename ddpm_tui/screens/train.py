@@ -10,7 +10,9 @@ sample PNG when its mtime changes. The loop only applies results.
 from __future__ import annotations
 
 import math
+import statistics
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +47,50 @@ def fmt_loss(value: float | None) -> str:
     return "–" if value is None else f"{value:.4f}"
 
 
+SPEED_WINDOWS = 20  # the figures are the median of this many logged windows
+SETTLED_WINDOWS = 5  # with fewer, the figure is still settling (and says so)
+
+
+class Throughput:
+    """images/s and steps/s of a run as the median of its last logged windows. A window
+    that held a checkpoint or a sample grid, or a machine busy for a moment, is one slow
+    outlier; a median ignores it where the last value or a mean would swing with it."""
+
+    def __init__(self) -> None:
+        self._ips: deque[float] = deque(maxlen=SPEED_WINDOWS)
+        self._rates: deque[float] = deque(maxlen=SPEED_WINDOWS)
+        self._prev: tuple[float, float] | None = None
+
+    def add(self, records: list[dict]) -> None:
+        for r in records:
+            ips, step, t = r.get("images_per_s"), r.get("step"), r.get("elapsed_s")
+            if isinstance(ips, (int, float)) and math.isfinite(ips) and ips > 0:
+                self._ips.append(float(ips))
+            if not (isinstance(step, (int, float)) and isinstance(t, (int, float))):
+                continue
+            if self._prev is not None and step > self._prev[0] and t > self._prev[1]:
+                # elapsed_s counts training time only: a stop/resume gap is not in it
+                self._rates.append((step - self._prev[0]) / (t - self._prev[1]))
+            self._prev = (step, t)
+
+    @property
+    def windows(self) -> int:
+        return len(self._ips)
+
+    @property
+    def settling(self) -> bool:
+        return self.windows < SETTLED_WINDOWS
+
+    @property
+    def images_per_s(self) -> float | None:
+        return statistics.median(self._ips) if self._ips else None
+
+    def eta(self, step, total) -> float | None:
+        if not self._rates or not isinstance(step, (int, float)) or not isinstance(total, (int, float)):
+            return None
+        return max(0.0, total - step) / statistics.median(self._rates)
+
+
 @dataclass
 class RunView:
     """What the poller found for the selected run this tick."""
@@ -64,15 +110,18 @@ class _Cursor:
     offset: int = 0
     sample_key: tuple | None = None
     last: dict = field(default_factory=dict)  # the last metrics record seen
+    speed: Throughput = field(default_factory=Throughput)
 
 
 class TrainScreen(StudioScreen):
     MODE = "train"
+    MAIN = "#runs"
     BINDINGS = [
         Binding("n", "new_run", "New run"),
         Binding("x", "stop_run", "Stop"),
         Binding("e", "resume_run", "Resume"),
         Binding("l", "toggle_log", "Log scale"),
+        Binding("z", "zoom", "Zoom samples"),
         Binding("escape", "blur", "Leave field", show=False),
     ]
 
@@ -104,6 +153,7 @@ class TrainScreen(StudioScreen):
                     with Vertical(id="train-samples-box"):
                         yield Label("latest samples", id="samples-label", classes="panel-title")
                         yield HalfBlockImage(id="train-samples")
+                        yield Label(self.studio.color_note(), classes="color-note")
                 yield SysMonPanel(id="sysmon")
 
     def on_mount(self) -> None:
@@ -172,6 +222,8 @@ class TrainScreen(StudioScreen):
             if key.value not in self._runs:
                 table.remove_row(key)
         existing = {k.value for k in table.rows}
+        if runs and not existing:
+            self.call_after_refresh(self.focus_main)  # the first runs arrived
         for r in runs:
             state = f"[{STATE_STYLE.get(r.state, '')}]{r.state}[/]"
             cells = (r.name, state, "–" if r.step is None else str(r.step))
@@ -197,19 +249,21 @@ class TrainScreen(StudioScreen):
             plot.title = f"loss · {view.name}"
             plot.set_points(steps, losses)
             cur.last = {}
+            cur.speed = Throughput()
             self.query_one("#train-samples", HalfBlockImage).set_image(None)
             self.query_one("#samples-label", Label).update("latest samples")
         elif steps:
             plot.add_points(steps, losses)
+        cur.speed.add(view.new_metrics)
         if view.new_metrics:
             cur.last = view.new_metrics[-1]
         cur.name, cur.offset = view.name, view.offset
         if view.sample is not None:
             self.query_one("#train-samples", HalfBlockImage).set_image(view.sample)
             self.query_one("#samples-label", Label).update(view.sample_path.name if view.sample_path else "")
-        self.query_one("#run-summary", Static).update(self._summary(view.name, view.status, cur.last))
+        self.query_one("#run-summary", Static).update(self._summary(view.name, view.status, cur.last, cur.speed))
 
-    def _summary(self, name: str, status: dict, last: dict) -> str:
+    def _summary(self, name: str, status: dict, last: dict, speed: Throughput | None = None) -> str:
         info = self._runs.get(name)
         state = getattr(info, "state", status.get("state", "unknown"))
         style = STATE_STYLE.get(state, "")
@@ -217,12 +271,16 @@ class TrainScreen(StudioScreen):
         total = status.get("total_steps")
         epoch = last.get("epoch", status.get("epoch"))
         epochs = (getattr(info, "config", {}) or {}).get("epochs")
-        ips = status.get("images_per_s", last.get("images_per_s"))
-        eta = status.get("eta_s") if state == "running" else None
+        speed = speed or Throughput()
+        ips = speed.images_per_s or status.get("images_per_s", last.get("images_per_s"))
+        eta = (speed.eta(step, total) or status.get("eta_s")) if state == "running" else None
+        settling = " [dim](settling)[/]" if state == "running" and speed.settling else ""
         parts = [f"[b]{name}[/]  [{style}]{state}[/]"]
         msg = status.get("message")
         if state == "died":
             msg = "its process is gone without saying why (killed?); e resumes from the last checkpoint"
+        elif state == "stopped" and msg:  # the trainer's hint is for the command line
+            msg = msg.split(";")[0] + "; e resumes it from the last checkpoint"
         if msg:
             parts[0] += f"  {msg}"
         line2 = [f"step {step if step is not None else '–'}" + (f"/{total}" if total else "")]
@@ -231,10 +289,10 @@ class TrainScreen(StudioScreen):
             if epochs:
                 line2[-1] += f"/{epochs}"
         if ips is not None:
-            line2.append(f"{ips:.1f} img/s")
+            line2.append(f"{ips:.1f} img/s" + settling)
         line2.append(f"loss {fmt_loss(last.get('loss', status.get('last_loss')))}")
         if state == "running":
-            line2.append(f"ETA {fmt_duration(eta)}")
+            line2.append(f"ETA {fmt_duration(eta)}" + settling)
         return parts[0] + "\n" + "  ".join(line2)
 
     # -- selection and actions --------------------------------------------------------------
@@ -263,6 +321,17 @@ class TrainScreen(StudioScreen):
     def action_toggle_log(self) -> None:
         plot = self.query_one("#loss", LossPlot)
         plot.log_scale = not plot.log_scale
+
+    def action_zoom(self) -> None:
+        """The latest sample grid on the whole terminal."""
+        from ddpm_tui.screens.zoom import ZoomScreen
+
+        image = self.query_one("#train-samples", HalfBlockImage).image
+        if image is None:
+            self.notify("no sample grid yet: the trainer writes one at each milestone epoch", severity="warning")
+            return
+        name = str(self.query_one("#samples-label", Label).render())
+        self.app.push_screen(ZoomScreen(image, f"{self._cursor.name or 'run'}: {name}"))
 
     def action_new_run(self) -> None:
         ws = self.studio.workspace

@@ -40,4 +40,4 @@ class NavBar(Horizontal):
         for mode, key, title in SCREENS:
             yield NavTab(mode, key, title, mode == self.current)
         yield Label("", id="nav-note")
-        yield Label("F1 help", id="nav-help")
+        yield Label("F1 help · ^p commands", id="nav-help")

@@ -110,6 +110,120 @@ def test_digits_type_into_fields_and_switch_after_escape(workspace):
     run_async(go())
 
 
+def test_keys_never_act_inside_a_form_field(workspace):
+    """A focused drop-down or number field keeps the keys typed at it (no screen switch on
+    the 1 of 10), and the Sample screen's actions have Ctrl keys that work from any field."""
+    async def go():
+        app = make_app(workspace, start_mode="sample")
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.pause()
+            screen = app.screen
+            saved, toggled = [], []
+            screen.action_save = lambda: saved.append(app.focused)
+            screen.action_toggle_preview = lambda: toggled.append(app.focused)
+            sampler = screen.query_one("#sampler", Select)
+            sampler.focus()
+            await pilot.press("1", "0", "s", "t", "q")
+            assert app.screen is screen and app.focused is sampler and app.return_code is None
+            await pilot.press("enter")  # open the drop-down: letters search it
+            await pilot.press("2", "d")
+            assert app.screen is screen
+            await pilot.press("escape")
+            steps = screen.query_one("#steps", Input)
+            steps.focus()
+            steps.value = ""
+            await pilot.press("1", "0", "w", "p")
+            assert app.screen is screen and steps.value == "10" and saved == [] and toggled == []
+            await pilot.press("ctrl+s", "ctrl+t")
+            assert saved == [steps] and toggled == [steps] and steps.value == "10"
+            await pilot.press("escape", "1")
+            assert isinstance(app.screen, DatasetScreen)
+
+    run_async(go())
+
+
+def _looks(widget) -> list:
+    """What a widget and its children draw (text and styles), for comparing two states."""
+    from textual.geometry import Region
+
+    return [[list(strip) for strip in w.render_lines(Region(0, 0, *w.size))]
+            for w in [widget, *widget.query("*")] if w.display and w.size.area]
+
+
+@pytest.mark.slow
+def test_focus_is_always_visible_and_lands_on_the_main_widget(workspace):
+    make_dataset(workspace.dataset_dir())
+    make_checkpoint_run(workspace, "tiny-run", image_size=16, T=10)
+
+    async def go():
+        app = make_app(workspace)
+        async with app.run_test(size=(120, 40)) as pilot:
+            for key, main in (("1", "#breeds"), ("2", "#breed-list"), ("3", "#runs"), ("4", None)):
+                app.set_focus(None)
+                await pilot.press(key)
+                screen = app.screen
+                if main is None:  # a form: nothing focused, so 1-4 switch at once
+                    await pilot.pause(0.3)
+                    assert app.focused is None
+                else:
+                    await wait_for(pilot, lambda: app.focused is not None, 20, f"focus on screen {key}")
+                    assert app.focused is screen.query_one(main), key
+                chain = list(screen.focus_chain)
+                for _ in chain:  # Tab visits every focusable widget; each shows that it has focus
+                    await pilot.press("tab")
+                    widget = app.focused
+                    await pilot.pause()
+                    focused = _looks(widget)
+                    app.set_focus(None)
+                    await pilot.pause()
+                    assert _looks(widget) != focused, f"{widget!r} on screen {key} looks the same focused"
+                    app.set_focus(widget)
+
+    run_async(go())
+
+
+def test_breed_table_takes_focus_when_data_arrives(workspace):
+    async def go():
+        app = make_app(workspace)
+        async with app.run_test(size=(100, 30)) as pilot:
+            screen = app.screen
+            table = screen.query_one("#breeds", DataTable)
+            await wait_for(pilot, lambda: not screen._busy, 20, "the empty count")
+            make_dataset(workspace.dataset_dir())  # photos arrive (a scrape, another tool)
+            await pilot.press("r")
+            await wait_for(pilot, lambda: table.row_count == len(BREEDS) and not screen._busy, 20, "the breeds")
+            await pilot.pause()
+            assert app.focused is table
+            await pilot.press("down")
+            assert table.cursor_row == 1
+
+    run_async(go())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40), (160, 50)])
+def test_footer_shows_every_key_whole(workspace, size):
+    from textual.widgets import Footer
+    from textual.widgets._footer import FooterKey
+
+    make_dataset(workspace.dataset_dir())
+
+    async def go():
+        app = make_app(workspace)
+        async with app.run_test(size=size) as pilot:
+            for key in ("1", "2", "3", "4"):
+                app.set_focus(None)
+                await pilot.press(key)
+                await pilot.pause(0.2)
+                footer = app.screen.query_one(Footer)
+                keys = list(footer.query(FooterKey))
+                assert keys, key
+                assert footer.virtual_size.width <= footer.size.width, (key, footer.virtual_size)
+                for k in keys:  # none covered by another (the palette key used to be docked over them)
+                    assert k.region.right <= size[0] and "-command-palette" not in k.classes
+
+    run_async(go())
+
+
 # -- dataset ----------------------------------------------------------------------------------
 
 
@@ -268,6 +382,175 @@ def test_dead_process_shows_as_died(workspace):
     run_async(go())
 
 
+def test_train_figures_are_steady_and_say_when_settling(workspace):
+    """Windows of ~300 img/s between stalls (a checkpoint, a sample grid): the screen shows
+    the median, not the stall the last line happened to be, and says when it is settling."""
+    from core.runs import write_status
+
+    run_dir = make_checkpoint_run(workspace, "busy", state="running")
+    # another host: the studio cannot see its process, so it counts as running
+    write_status(run_dir, state="running", pid=1, host="elsewhere", step=300, epoch=1, total_steps=3000,
+                 images_per_s=8.0, eta_s=9000.0, message="training")
+
+    def window(i: int) -> dict:
+        stall = i % 5 == 4
+        return {"step": 10 * (i + 1), "epoch": 0.1 * i, "loss": 0.5, "images_per_s": 8.0 if stall else 300.0,
+                "elapsed_s": 0}
+
+    records, t = [], 0.0
+    for i in range(30):
+        rec = window(i)
+        t += 37.5 if i % 5 == 4 else 1.0  # 10 steps a second, except the stalls
+        rec["elapsed_s"] = t
+        records.append(rec)
+    metrics = run_dir / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records[:3]))
+
+    async def go():
+        app = make_app(workspace, start_mode="train", poll_interval=0.25)
+        async with app.run_test(size=(120, 40)) as pilot:
+            summary = app.screen.query_one("#run-summary", Static)
+            await wait_for(pilot, lambda: "img/s" in text_of(summary), 20, "the first figures")
+            assert "settling" in text_of(summary)
+            with open(metrics, "a") as fh:
+                fh.write("".join(json.dumps(r) + "\n" for r in records[3:]))
+            await wait_for(pilot, lambda: "settling" not in text_of(summary), 20, "settled figures")
+            text = text_of(summary)
+            assert "300.0 img/s" in text and "ETA 4m30s" in text  # (3000 - 300) steps at 10 a second
+
+    run_async(go())
+
+
+def test_stopped_run_says_the_studio_key(workspace):
+    from core.runs import write_status
+
+    run_dir = make_checkpoint_run(workspace, "paused")
+    write_status(run_dir, state="stopped", pid=0, host="test", step=12, epoch=3,
+                 message="stop requested at step 12; start the same run again to continue")
+
+    async def go():
+        app = make_app(workspace, start_mode="train")
+        async with app.run_test(size=(120, 40)) as pilot:
+            summary = app.screen.query_one("#run-summary", Static)
+            await wait_for(pilot, lambda: "stop requested" in text_of(summary), 20, "the stopped run")
+            assert "e resumes" in text_of(summary) and "same run again" not in text_of(summary)
+
+    run_async(go())
+
+
+def test_zoom_shows_the_latest_grid_on_the_whole_terminal(workspace):
+    from PIL import Image
+
+    from ddpm_tui.screens.zoom import ZoomScreen
+
+    run_dir = make_checkpoint_run(workspace, "tiny-run")
+    grid = np.zeros((40, 60, 3), dtype=np.uint8)
+    grid[:, 30:] = (255, 0, 0)  # right half red
+    (run_dir / "samples").mkdir(exist_ok=True)
+    Image.fromarray(grid).save(run_dir / "samples" / "ema_epoch_0003.png")
+
+    async def go():
+        app = make_app(workspace, start_mode="train")
+        async with app.run_test(size=(120, 40)) as pilot:
+            small = app.screen.query_one("#train-samples", HalfBlockImage)
+            await wait_for(pilot, lambda: small.image is not None, 20, "the sample grid")
+            await pilot.press("z")
+            await pilot.pause()
+            assert isinstance(app.screen, ZoomScreen)
+            big = app.screen.query_one("#zoom-image", HalfBlockImage)
+            assert big.size.width == 120 and big.size.height >= 38  # the whole terminal, less a title
+            assert big.size.width * big.size.height > 4 * small.size.width * small.size.height
+            assert big.image.shape == (40, 60, 3)
+            await pilot.press("plus", "right", "right", "right", "right")
+            assert big.image.shape == (20, 30, 3) and (big.image == (255, 0, 0)).all()  # zoomed into the red half
+            await pilot.press("0")
+            assert big.image.shape == (40, 60, 3)
+            await pilot.press("escape")
+            assert isinstance(app.screen, TrainScreen)
+
+    run_async(go())
+
+
+def test_zoom_shows_dataset_thumbnails_larger(workspace):
+    from ddpm_tui.screens.dataset import THUMB
+    from ddpm_tui.screens.zoom import ZoomScreen
+
+    make_dataset(workspace.dataset_dir(), size=80)
+
+    async def go():
+        app = make_app(workspace)
+        async with app.run_test(size=(120, 40)) as pilot:
+            gallery = app.screen.query_one("#gallery", HalfBlockImage)
+            await wait_for(pilot, lambda: gallery.image is not None, 20, "the gallery")
+            small = gallery.image.shape
+            await pilot.press("z")
+            await wait_for(pilot, lambda: isinstance(app.screen, ZoomScreen), 20, "the zoomed thumbnails")
+            big = app.screen.query_one("#zoom-image", HalfBlockImage).image
+            assert big.shape[1] >= 2 * small[1]  # the same page in 80-px thumbnails, not THUMB-px ones
+            assert THUMB < 80
+
+    run_async(go())
+
+
+def test_truecolor_choice_reaches_the_terminal_and_is_remembered(workspace, monkeypatch):
+    """tmux/SSH without COLORTERM: Rich detects 256 colours. Choosing truecolor must send
+    24-bit colours (not only compute them), and the next studio in this workspace keeps it."""
+    from textual.widgets import Label
+
+    monkeypatch.delenv("COLORTERM", raising=False)
+    monkeypatch.delenv("DDPM_TUI_COLORS", raising=False)
+    monkeypatch.setenv("TERM", "screen-256color")
+
+    async def go(app, choose):
+        async with app.run_test(size=(80, 24)) as pilot:
+            preview = app.screen.query_one("#sample-preview", HalfBlockImage)
+            preview.set_image(np.full((8, 8, 3), (250, 10, 10), dtype=np.uint8))
+            await pilot.pause()
+            if choose:
+                assert "256 colours" in str(app.screen.query_one(".color-note", Label).render())
+                app.set_color_mode(choose)
+                await pilot.pause()
+            line = next(s for s in (preview.render_line(y) for y in range(preview.size.height))
+                        if any(seg.text.startswith("\u2580") for seg in s))
+            sent = line.render(app.console)
+            note = str(app.screen.query_one(".color-note", Label).render())
+            return sent, note
+
+    first = StudioApp(workspace, start_mode="sample", sysmon=False)
+    assert first.console.color_system == "256" and first.color_mode == "auto"
+    sent, note = run_async(go(first, "truecolor"))
+    assert "38;2;250;10;10" in sent and "truecolor" in note
+    assert json.loads((workspace.root / "studio.json").read_text())["color_mode"] == "truecolor"
+    second = StudioApp(workspace, start_mode="sample", sysmon=False)
+    assert second.color_mode == "truecolor"
+    sent, note = run_async(go(second, None))
+    assert "38;2;250;10;10" in sent and "truecolor" in note
+
+
+def test_save_offers_x4_copies(workspace):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    async def go():
+        app = make_app(workspace, start_mode="sample")
+        async with app.run_test(size=(100, 30)) as pilot:
+            screen = app.screen
+            images = np.zeros((2, 8, 8, 3), dtype=np.uint8)
+            images[1] = 255
+            screen._result = SimpleNamespace(images=images, request=SimpleNamespace(run_name="r", seed=5))
+            screen.query_one("#seed", Input).focus()  # Ctrl keys work from a field
+            await pilot.press("ctrl+s")
+            assert "Ctrl+U" in text_of(screen.query_one("#sample-saved", Static))
+            await pilot.press("ctrl+u")
+            out = sorted((workspace.root / "samples" / "r").glob("*/x4/*.png"))
+            assert [p.name for p in out] == ["000.png", "001.png", "grid.png"]
+            assert Image.open(out[0]).size == (32, 32)
+            assert len(list((workspace.root / "samples" / "r").iterdir())) == 1  # one save, not two
+
+    run_async(go())
+
+
 # -- sampling -----------------------------------------------------------------------------------
 
 
@@ -384,8 +667,7 @@ def test_scrape_screen_follows_events_and_stops_job(workspace):
             with open(events, "a") as fh:
                 fh.write(', "downloaded": 1}}\n')
             await wait_for(pilot, lambda: table.row_count == 2, 20, "the completed line")
-            log_text = "\n".join(screen.query_one("#scrape-log").lines)
-            assert "beagles: 12 URLs" in log_text
+            assert "beagles: 12 URLs" in log_text_of(screen)
             await pilot.press("ctrl+x")
             assert proc.wait(timeout=30) == -signal.SIGTERM
             await wait_for(pilot, lambda: "finished or stopped" in text_of(status), 20, "the stopped state")
@@ -395,6 +677,49 @@ def test_scrape_screen_follows_events_and_stops_job(workspace):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def log_text_of(screen) -> str:
+    """The scrape log as one string, its wrapped rows joined back with single spaces."""
+    return " ".join(" ".join(strip.text.split()) for strip in screen.query_one("#scrape-log").lines)
+
+
+def test_scrape_screen_shows_an_offline_stop_whole(workspace):
+    """An offline machine: the failed searches are counted, the stop line naming the host is
+    in the status, and the log shows each long error whole (wrapped, not cut off)."""
+    import subprocess
+    import sys
+
+    scrape = workspace.cache_dir / "scrape"
+    scrape.mkdir(parents=True)
+    events = scrape / "events-test.jsonl"
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    (scrape / "job.json").write_text(json.dumps({"pid": proc.pid, "events": str(events), "log": str(scrape / "l.log"),
+                                                 "started": 0, "breeds": ["havanese", "pugs", "boxers"]}))
+    why = "cannot reach www.google.com (ERR_NAME_NOT_RESOLVED): the name does not resolve: no network or no DNS"
+    with open(events, "a") as fh:
+        for breed in ("havanese", "pugs", "boxers"):
+            fh.write(json.dumps({"type": "error", "kind": "unreachable", "breed": breed, "time": 1,
+                                 "message": f"engine google: search for '{breed} dog pictures' failed: {why}",
+                                 "counts": {"found": 0, "downloaded": 0, "duplicate": 0, "failed": 0}}) + "\n")
+        fh.write(json.dumps({"type": "error", "kind": "offline", "breed": None, "time": 2,
+                             "message": why + "; stopped searching after 3 searches failed in a row"}) + "\n")
+
+    async def go():
+        app = make_app(workspace, start_mode="scrape", poll_interval=0.25)
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = app.screen
+            status = screen.query_one("#scrape-status", Static)
+            await wait_for(pilot, lambda: "3 searches failed" in text_of(status), 20, "the failed searches")
+            assert "cannot reach www.google.com" in text_of(status) and "stopped searching" in text_of(status)
+            await wait_for(pilot, lambda: "no network or no DNS" in log_text_of(screen), 20, "the whole log line")
+            assert log_text_of(screen).count("ERR_NAME_NOT_RESOLVED") == 4
+
+    try:
+        run_async(go())
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_scrape_breed_list_add_and_remove(workspace):

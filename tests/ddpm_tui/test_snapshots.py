@@ -89,6 +89,16 @@ def test_dataset_screen(snap_compare, fixed_workspace):
     assert snap_compare(app_for(fixed_workspace, "dataset"), terminal_size=(80, 24), run_before=ready)
 
 
+def test_dataset_screen_120(snap_compare, fixed_workspace):
+    """120x40: the footer shows every key whole (it used to end in "4 Sa▏^p palettep")."""
+    async def ready(pilot):
+        gallery = pilot.app.screen.query_one("#gallery", HalfBlockImage)
+        await wait_for(pilot, lambda: gallery.image is not None, 30, "gallery")
+        await settle(pilot)
+
+    assert snap_compare(app_for(fixed_workspace, "dataset"), terminal_size=(120, 40), run_before=ready)
+
+
 def test_dataset_screen_large(snap_compare, fixed_workspace):
     async def ready(pilot):
         screen = pilot.app.screen

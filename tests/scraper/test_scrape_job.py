@@ -227,3 +227,42 @@ def test_browsers_orphaned_by_kill_9_are_reaped(tmp_path):
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # bound then closed: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.browser
+@pytest.mark.usefixtures("needs_browser")
+@pytest.mark.parametrize("base, host, code", [
+    ("closed", None, "ERR_CONNECTION_REFUSED"),
+    ("http://no-such-engine.invalid", "no-such-engine.invalid", "ERR_NAME_NOT_RESOLVED"),
+])
+def test_cli_cannot_reach_the_engine_stops_early_and_says_why(tmp_path, capsys, base, host, code):
+    from scraper.job import UNREACHABLE_LIMIT
+
+    if base == "closed":
+        port = _closed_port()
+        base, host = f"http://127.0.0.1:{port}", f"127.0.0.1:{port}"
+    breeds = "beagles,boxers,pugs,pomeranians,poodles"
+    events_file = tmp_path / "events.jsonl"
+    code_ = _cli(tmp_path, "scrape", "--breeds", breeds, "--engine", "bing", "--base-url", base, "--delay", "0",
+                 "--quiet", "--events", str(events_file))
+    assert code_ == 1
+    err = capsys.readouterr().err
+    stopped = [line for line in err.splitlines() if line.startswith("stopped: ")]
+    assert len(stopped) == 1 and f"cannot reach {host} ({code})" in stopped[0]
+    assert ("no network or no DNS" if "NAME" in code else "nothing listens there") in stopped[0]
+    assert f"{UNREACHABLE_LIMIT} of {UNREACHABLE_LIMIT} searches failed" in err
+    events = [json.loads(line) for line in events_file.read_text().splitlines()]
+    assert sum(e["type"] == "query_start" for e in events) == UNREACHABLE_LIMIT  # not all five
+    assert events[-1]["type"] == "done" and events[-1]["searches_failed"] == UNREACHABLE_LIMIT
+    assert [e["kind"] for e in events if e["type"] == "error"] == ["unreachable"] * UNREACHABLE_LIMIT + ["offline"]
+    # not the queries' fault: a rerun with a network searches every breed again
+    with Manifest(tmp_path / "ws" / "scrape.sqlite") as m:
+        assert {q["state"] for q in m.queries()} == {"blocked"}
