@@ -108,8 +108,8 @@ def best_fid(run_dir: Path | str) -> tuple[float, int, str] | None:
 
 
 def format_best_fid(best: tuple[float, int, str] | None) -> str:
-    """'12.3 @1200' for a table cell, '-' when the run has no evaluation."""
+    """'12.3@1200' for a table cell, '–' when the run has no evaluation."""
     if best is None:
-        return "-"
+        return "–"
     value, step, _ = best
-    return f"{value:.3g} @{step}" if value < 1000 else f"{value:.0f} @{step}"
+    return f"{value:.3g}@{step}" if value < 1000 else f"{value:.0f}@{step}"

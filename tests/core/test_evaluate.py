@@ -99,11 +99,11 @@ def test_eval_log_tolerates_torn_lines_and_finds_best_fid(tmp_path):
     more, _ = eval_log.read_eval(run_dir, offset)
     assert [(r["step"], r["metric"]) for r in more] == [(200, "fid"), (200, "kid")]
     assert eval_log.best_fid(run_dir) == (20.0, 200, "dataset")
-    assert eval_log.format_best_fid(eval_log.best_fid(run_dir)) == "20 @200"
+    assert eval_log.format_best_fid(eval_log.best_fid(run_dir)) == "20@200"
     # a later evaluation with another feature net: its own scale decides the best
     eval_log.append_records(run_dir, [{**base, "step": 300, "value": 80.0, "features": "inception"}])
     assert eval_log.best_fid(run_dir) == (80.0, 300, "inception")
-    assert eval_log.best_fid(tmp_path / "none") is None and eval_log.format_best_fid(None) == "-"
+    assert eval_log.best_fid(tmp_path / "none") is None and eval_log.format_best_fid(None) == "–"
     json.loads(eval_log.eval_path(run_dir).read_text().splitlines()[-1])  # plain JSON lines
 
 

@@ -38,6 +38,13 @@ def test_eval_writes_then_reuses(workspace, run, capsys, one_thread):
     assert "reused from eval.jsonl" in out and "FID" in out and "KID" in out and "±" in out
     assert (run / "eval.jsonl").read_text().splitlines() == lines
 
+    # the runs table shows the best FID and its step
+    assert main(["--workspace", str(workspace.root), "runs", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["best_fid"] == {"value": first["fid"], "step": 12, "features": "dataset"}
+    assert main(["--workspace", str(workspace.root), "runs"]) == 0
+    assert f"{first['fid']:.3g}@12" in capsys.readouterr().out
+
 
 def _one_line_error(capsys, *needles):
     err = capsys.readouterr().err
