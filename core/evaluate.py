@@ -198,8 +198,7 @@ class Evaluator:
         """The metrics of generated images (float [-1, 1] or uint8) against the real set."""
         fake, probs = self.net.embed(samples, progress=progress)
         real = self.real_features
-        kid_mean, kid_std = metrics.kid(real, fake, subsets=KID_SUBSETS,
-                                        subset_size=min(KID_SUBSET_SIZE, len(fake), len(real)))
+        kid_mean, kid_std = metrics.kid(real, fake, subsets=KID_SUBSETS, subset_size=kid_subset_size(len(real), len(fake)))
         # k-NN manifolds over equal-sized sets (the paper's protocol), bounded memory.
         rng = np.random.default_rng(0)
         m = min(len(real), len(fake))
@@ -245,6 +244,13 @@ class Evaluator:
         if run_dir is not None:
             eval_log.append_records(run_dir, records)
         return EvalResult(values, int(step), self.features, settings, seconds, False, records)
+
+
+def kid_subset_size(n_real: int, n_fake: int) -> int:
+    """1000 (the usual size) when both sets are larger; else half the smaller set, so the
+    subsets differ and the std means something (subsets of a whole set are all the same)."""
+    smaller = min(n_real, n_fake)
+    return KID_SUBSET_SIZE if smaller > KID_SUBSET_SIZE else max(2, smaller // 2)
 
 
 def _model_device(model: nn.Module) -> torch.device:

@@ -34,9 +34,10 @@ INCEPTION_FILE = "inception_v3_google-0cc3c7bd.pth"  # torchvision's IMAGENET1K_
 INCEPTION_URL = f"https://download.pytorch.org/models/{INCEPTION_FILE}"
 INCEPTION_SIZE = 299
 FEATNET_FORMAT = "ddpm-tui-featnet"
-FEATNET_VERSION = 1  # bump when the architecture or the training recipe changes
-TRAIN_SECONDS = 120.0  # the dataset net's training budget
-TRAIN_EPOCHS = 30
+FEATNET_VERSION = 2  # bump when the architecture or the training recipe changes
+TRAIN_SECONDS = 60.0  # the dataset net's training budget (the demo set needs ~10 s of CPU)
+TRAIN_EPOCHS = 10
+TRAIN_STEPS = 300  # at least this many optimizer steps: a small dataset gets more epochs
 
 Progress = Callable[[int, int, str], None]
 _log = logging.getLogger(__name__)
@@ -159,7 +160,7 @@ class SmallCNN(nn.Module):
     def __init__(self, num_classes: int, width: int = 128) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        chans = [3, 32, 64, 128, width]
+        chans = [3, 16, 32, 64, width]
         for i in range(4):
             layers += [nn.Conv2d(chans[i], chans[i + 1], 3, padding=1, bias=False),
                        nn.BatchNorm2d(chans[i + 1]), nn.ReLU(inplace=True)]
@@ -190,10 +191,11 @@ def dataset_key(images: torch.Tensor, labels: torch.Tensor, classes: Sequence[st
 
 
 def train_dataset_net(images: torch.Tensor, labels: torch.Tensor, num_classes: int, *,
-                      seconds: float = TRAIN_SECONDS, epochs: int = TRAIN_EPOCHS, seed: int = 0,
+                      seconds: float = TRAIN_SECONDS, epochs: int | None = None, seed: int = 0,
                       batch_size: int = 64, progress: Progress | None = None) -> SmallCNN:
-    """Train the small CNN on uint8 images (N, 3, S, S) for ``epochs`` or ``seconds``,
-    whichever ends first (always at least one epoch), with random horizontal flips."""
+    """Train the small CNN on uint8 images (N, 3, S, S) for ``epochs`` (default: TRAIN_EPOCHS,
+    or more to make TRAIN_STEPS steps) or ``seconds``, whichever ends first (always at least
+    one epoch), with random horizontal flips."""
     if num_classes < 2:
         raise FeatureError(f"the dataset feature net needs at least 2 breed folders, found {num_classes}")
     gen = torch.Generator().manual_seed(seed)
@@ -202,6 +204,8 @@ def train_dataset_net(images: torch.Tensor, labels: torch.Tensor, num_classes: i
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     n = images.shape[0]
     steps_per_epoch = max(1, -(-n // batch_size))
+    if epochs is None:
+        epochs = max(TRAIN_EPOCHS, -(-TRAIN_STEPS // steps_per_epoch))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=epochs * steps_per_epoch)
     labels = labels.to(torch.long)
     start = time.monotonic()
@@ -234,7 +238,7 @@ def _cache_file(cache_dir: Path, root: Path | str, image_size: int) -> Path:
 
 def dataset_feature_net(images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str], *,
                         root: Path | str, cache_dir: Path | str | None, device: torch.device | str = "cpu",
-                        seconds: float = TRAIN_SECONDS, epochs: int = TRAIN_EPOCHS,
+                        seconds: float = TRAIN_SECONDS, epochs: int | None = None,
                         progress: Progress | None = None) -> DatasetFeatures:
     """The dataset's feature net: loaded from the cache when it was trained on this exact
     content (pixels, labels, class names, image size), else trained and cached (atomically,

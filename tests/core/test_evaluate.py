@@ -24,6 +24,12 @@ def data(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One cache for the module: the feature net trains once, the tests reuse it."""
+    return tmp_path_factory.mktemp("cache")
+
+
 def _run(tmp_path, data, *, conditional=False):
     torch.manual_seed(0)
     classes = sorted(p.name for p in data.iterdir()) if conditional else []
@@ -37,8 +43,8 @@ def _run(tmp_path, data, *, conditional=False):
     return run_dir, ckpt
 
 
-def test_real_images_against_themselves_score_zero(data, tmp_path, one_thread):
-    ev = evaluate.Evaluator(data, image_size=16, features="dataset", cache_dir=tmp_path)
+def test_real_images_against_themselves_score_zero(data, cache, one_thread):
+    ev = evaluate.Evaluator(data, image_size=16, features="dataset", cache_dir=cache)
     from core.data import DataOptions, ImageFolderDataset
 
     real = ImageFolderDataset(data, DataOptions(image_size=16, flip=False))
@@ -47,16 +53,16 @@ def test_real_images_against_themselves_score_zero(data, tmp_path, one_thread):
     assert values["precision"] == 1.0 and values["recall"] == 1.0
     assert values["class_accuracy"] >= 0.9
     # a second Evaluator reuses the cached net and the cached real features
-    again = evaluate.Evaluator(data, image_size=16, features="dataset", cache_dir=tmp_path)
+    again = evaluate.Evaluator(data, image_size=16, features="dataset", cache_dir=cache)
     assert again.net.cached
     np.testing.assert_array_equal(again.real_features, ev.real_features)
 
 
-def test_evaluate_checkpoint_appends_then_reuses(data, tmp_path, monkeypatch, one_thread):
+def test_evaluate_checkpoint_appends_then_reuses(data, cache, tmp_path, monkeypatch, one_thread):
     run_dir, ckpt = _run(tmp_path, data)
     settings = evaluate.EvalSettings(n=12, steps=2)
     first = evaluate.evaluate_checkpoint(ckpt, run_dir=run_dir, settings=settings, features="dataset",
-                                         cache_dir=tmp_path / "cache", batch_size=5)
+                                         cache_dir=cache, batch_size=5)
     assert not first.reused and first.step == 7
     assert set(first.values) >= {"fid", "kid", "kid_std", "precision", "recall", "class_entropy"}
     records, _ = eval_log.read_eval(run_dir)
@@ -70,19 +76,19 @@ def test_evaluate_checkpoint_appends_then_reuses(data, tmp_path, monkeypatch, on
 
     monkeypatch.setattr(evaluate, "generate_images", no_sampling)
     second = evaluate.evaluate_checkpoint(ckpt, run_dir=run_dir, settings=settings, features="dataset",
-                                          cache_dir=tmp_path / "cache")
+                                          cache_dir=cache)
     assert second.reused and second.values == first.values
     assert len(eval_log.read_eval(run_dir)[0]) == len(records)
     # other settings are a new evaluation
     with pytest.raises(AssertionError, match="must not sample"):
         evaluate.evaluate_checkpoint(ckpt, run_dir=run_dir, settings=evaluate.EvalSettings(n=12, steps=3),
-                                     features="dataset", cache_dir=tmp_path / "cache")
+                                     features="dataset", cache_dir=cache)
 
 
-def test_conditional_run_reports_class_accuracy(data, tmp_path, one_thread):
+def test_conditional_run_reports_class_accuracy(data, cache, tmp_path, one_thread):
     run_dir, ckpt = _run(tmp_path, data, conditional=True)
     result = evaluate.evaluate_checkpoint(ckpt, run_dir=run_dir, settings=evaluate.EvalSettings(n=10, steps=1),
-                                          features="dataset", cache_dir=tmp_path / "cache")
+                                          features="dataset", cache_dir=cache)
     assert 0.0 <= result.values["class_accuracy"] <= 1.0 and "class_entropy" not in result.values
 
 
