@@ -116,6 +116,39 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     print(f"eval n=1000, DDIM 50 (extrapolated): {fmt_seconds(per_image_step * 1000 * 50 + scoring)} "
           f"= sampling {fmt_seconds(per_image_step * 1000 * 50)} + metrics {fmt_seconds(scoring)}")
     assert samples.shape[0] == settings.n
+    in_process_vs_subprocess(data, cache, tmp, args.size, model, diffusion)
+
+
+def in_process_vs_subprocess(data: Path, cache: Path, tmp: Path, size: int, model, diffusion) -> None:
+    """What `--eval-every` would pay per evaluation in the trainer's process (the real side
+    built once) vs starting `ddpm-tui eval` on the checkpoint (imports, checkpoint, dataset
+    and cached features loaded again). Same small n both ways."""
+    import subprocess
+    import sys
+
+    from core.checkpoint import save_checkpoint
+    from core.ema import EMA
+    from core.runs import checkpoints_dir, write_config
+
+    run_dir = tmp / "ws" / "runs" / "r"
+    save_checkpoint(checkpoints_dir(run_dir) / "last.pt", model_config=model.config, diffusion_config=diffusion.config,
+                    model_state=model.state_dict(), ema_state=EMA(model).state_dict(), step=1)
+    write_config(run_dir, {"preset": "tiny", "image_size": size, "data": str(data)})
+    (tmp / "ws" / "cache").mkdir(parents=True, exist_ok=True)
+    for f in cache.iterdir():  # the subprocess finds the feature net and real features cached
+        (tmp / "ws" / "cache" / f.name).symlink_to(f)
+    ev = Evaluator(data, image_size=size, features="dataset", cache_dir=cache)
+    settings = EvalSettings(n=20, steps=2)
+    t0 = time.perf_counter()
+    ev.evaluate(model, diffusion, settings, step=1)
+    inproc = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "ddpm_tui", "--workspace", str(tmp / "ws"), "eval", "r", "--n", "20",
+                    "--steps", "2", "--features", "dataset", "--device", "cpu", "--json"],
+                   check=True, capture_output=True)
+    sub = time.perf_counter() - t0
+    print(f"one evaluation (n=20, DDIM 2): in-process {fmt_seconds(inproc)}, "
+          f"as a separate `ddpm-tui eval` process {fmt_seconds(sub)} (+{fmt_seconds(sub - inproc)} start-up)")
 
 
 if __name__ == "__main__":

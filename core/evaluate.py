@@ -117,9 +117,10 @@ def generate_images(model: nn.Module, diffusion, n: int, settings: EvalSettings,
 
 
 def resolve_features(name: str, fid_weights: str | os.PathLike | None = None) -> str:
-    """'auto' -> 'inception' when its weights are on disk, else 'dataset'."""
+    """'auto' -> 'inception' when its weights are on disk (or a weights file was named:
+    a wrong path is then an error, not a silent switch), else 'dataset'."""
     if name == AUTO_FEATURES:
-        return "inception" if inception_available(fid_weights) else "dataset"
+        return "inception" if fid_weights or inception_available() else "dataset"
     if name not in FEATURES:
         raise EvalError(f"unknown features {name!r}; use one of {', '.join((AUTO_FEATURES,) + FEATURES)}")
     return name

@@ -120,4 +120,4 @@ def test_bad_settings_and_inputs_are_one_line_errors(data, tmp_path):
         evaluate.Evaluator(tmp_path / "missing", image_size=16, features="dataset")
     with pytest.raises(evaluate.EvalError, match="Inception weights not found"):
         evaluate.Evaluator(data, image_size=16, features="inception", fid_weights=tmp_path / "absent.pth")
-    assert evaluate.resolve_features("auto", tmp_path / "absent.pth") == "dataset"
+    assert evaluate.resolve_features("auto", tmp_path / "absent.pth") == "inception"  # named: then it must exist
