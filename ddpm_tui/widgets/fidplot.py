@@ -44,7 +44,7 @@ class FidPlot(PlotextPlot):
         plt.clear_figure()
         pts = self.series
         self.display = bool(pts)  # a run never evaluated keeps the whole width for its loss
-        plt.title(f"FID · {self.latest} features")
+        plt.title(f"FID ({self.latest})")
         plt.xlabel("step")
         if pts:
             xs, ys = [p[0] for p in pts], [p[1] for p in pts]
