@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -194,25 +195,35 @@ def train_dataset_net(images: torch.Tensor, labels: torch.Tensor, num_classes: i
                       seconds: float = TRAIN_SECONDS, epochs: int | None = None, seed: int = 0,
                       batch_size: int = 64, progress: Progress | None = None) -> SmallCNN:
     """Train the small CNN on uint8 images (N, 3, S, S) for ``epochs`` (default: TRAIN_EPOCHS,
-    or more to make TRAIN_STEPS steps) or ``seconds``, whichever ends first (always at least
-    one epoch), with random horizontal flips."""
+    or more to make TRAIN_STEPS steps) or ``seconds``, whichever ends first, with random
+    horizontal flips. The learning rate follows a cosine over whichever of the two is
+    further along, so a run cut short by the clock still ends at a low rate (converged)."""
     if num_classes < 2:
         raise FeatureError(f"the dataset feature net needs at least 2 breed folders, found {num_classes}")
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     net = SmallCNN(num_classes)
-    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    max_lr = 2e-3
+    opt = torch.optim.Adam(net.parameters(), lr=max_lr)
     n = images.shape[0]
     steps_per_epoch = max(1, -(-n // batch_size))
     if epochs is None:
         epochs = max(TRAIN_EPOCHS, -(-TRAIN_STEPS // steps_per_epoch))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=epochs * steps_per_epoch)
+    total = epochs * steps_per_epoch
+    warmup = max(1, total // 20)
     labels = labels.to(torch.long)
     start = time.monotonic()
+    step = 0
     net.train()
-    for epoch in range(epochs):
+    while step < total:
         order = torch.randperm(n, generator=gen)
         for lo in range(0, n, batch_size):
+            done = max(step / total, (time.monotonic() - start) / max(seconds, 1e-9))
+            if done >= 1.0 and step > 0:  # at least one step, whatever the budget
+                break
+            done = min(done, 1.0)
+            for group in opt.param_groups:
+                group["lr"] = max_lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * done))
             idx = order[lo:lo + batch_size]
             x = as_unit_range(images[idx])
             flip = torch.rand(x.shape[0], generator=gen) < 0.5
@@ -222,12 +233,14 @@ def train_dataset_net(images: torch.Tensor, labels: torch.Tensor, num_classes: i
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
-        if progress is not None:
-            progress(epoch + 1, epochs, "training the dataset feature net")
-        if time.monotonic() - start > seconds:
-            _log.info("dataset feature net: stopped after %d epoch(s), the %.0f s budget", epoch + 1, seconds)
-            break
+            step += 1
+            if progress is not None:
+                progress(step, total, "training the dataset feature net")
+        else:
+            continue
+        break
+    if step < total:
+        _log.info("dataset feature net: stopped at step %d of %d, the %.0f s budget", step, total, seconds)
     return net.eval()
 
 

@@ -79,6 +79,19 @@ def test_dataset_net_damaged_cache_is_rebuilt(tmp_path, one_thread):
     assert features.dataset_feature_net(ds.images, ds.labels, ds.classes, **kw).cached
 
 
+def test_dataset_net_time_budget_stops_training(one_thread):
+    calls = []
+    images = torch.randint(0, 256, (128, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(128) % 2
+    features.train_dataset_net(images, labels, 2, seconds=1e-6, epochs=5,
+                               progress=lambda done, total, what: calls.append((done, total)))
+    assert calls == [(1, 10)]  # one step (the minimum), then the clock says stop
+    calls.clear()
+    features.train_dataset_net(images, labels, 2, seconds=600, epochs=2,
+                               progress=lambda done, total, what: calls.append((done, total)))
+    assert calls[-1] == (4, 4)
+
+
 def test_dataset_net_needs_two_classes():
     with pytest.raises(features.FeatureError, match="at least 2 breed"):
         features.train_dataset_net(torch.zeros((4, 3, 8, 8), dtype=torch.uint8), torch.zeros(4), 1)
