@@ -121,3 +121,19 @@ def test_bad_settings_and_inputs_are_one_line_errors(data, tmp_path):
     with pytest.raises(evaluate.EvalError, match="Inception weights not found"):
         evaluate.Evaluator(data, image_size=16, features="inception", fid_weights=tmp_path / "absent.pth")
     assert evaluate.resolve_features("auto", tmp_path / "absent.pth") == "inception"  # named: then it must exist
+
+
+def test_in_process_evaluation_as_the_trainer_calls_it(data, cache, tmp_path, one_thread):
+    """Evaluator built once, evaluate() every N steps with the live (EMA) model."""
+    torch.manual_seed(0)
+    model = UNet(get_preset("tiny", image_size=16)).eval()
+    diffusion = Diffusion(DiffusionConfig(T=10))
+    ev = evaluate.Evaluator(data, image_size=16, features="dataset", cache_dir=cache)
+    run_dir = tmp_path / "run"
+    settings = evaluate.EvalSettings(n=8, steps=1)
+    for step in (10, 20):
+        result = ev.evaluate(model, diffusion, settings, step=step, run_dir=run_dir)
+        assert not result.reused and result.step == step
+    assert ev.evaluate(model, diffusion, settings, step=20, run_dir=run_dir).reused
+    steps = [s for s, _, _ in eval_log.fid_points(eval_log.read_eval(run_dir)[0])]
+    assert steps == [10, 20]
