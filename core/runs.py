@@ -296,14 +296,15 @@ def _parse_lines(chunk: bytes) -> list[dict]:
     return records
 
 
-def read_metrics(run_dir: Path | str, offset: int = 0) -> tuple[list[dict], int]:
-    """Records appended since ``offset`` and the offset to pass next time.
+def read_metrics(run_dir: Path | str, offset: int = 0, filename: str = METRICS_FILE) -> tuple[list[dict], int]:
+    """Records appended since ``offset`` and the offset to pass next time (from
+    metrics.jsonl, or another JSON-lines file of the run such as eval.jsonl).
 
     Only complete lines are consumed: a half-written last line stays unread until its
     newline arrives. If the file is shorter than ``offset`` (it was replaced), reading
     starts again from the beginning.
     """
-    path = Path(run_dir) / METRICS_FILE
+    path = Path(run_dir) / filename
     try:
         with open(path, "rb") as fh:
             size = fh.seek(0, os.SEEK_END)

@@ -32,15 +32,18 @@ def _ago(ts: float | None) -> str:
 
 
 def run(args: argparse.Namespace, workspace) -> int:
+    from core.eval_log import best_fid, format_best_fid
     from core.runs import list_runs  # no torch needed
 
     infos = list_runs(workspace.runs_dir)
+    best = {r.name: best_fid(r.path) for r in infos}
     if args.json:
         rows = [
             {
                 "name": r.name, "path": str(r.path), "state": r.state, "step": r.step, "epoch": r.epoch,
                 "last_loss": r.last_loss, "pid": r.pid, "alive": r.alive, "host": r.host,
                 "updated_at": r.updated_at, "message": r.message, "preset": r.config.get("preset"),
+                "best_fid": dict(zip(("value", "step", "features"), best[r.name])) if best[r.name] else None,
             }
             for r in infos
         ]
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace, workspace) -> int:
     wide = console.width >= 120  # room for the message column; otherwise messages go below
     # A light box: the full run names and states must fit in 80 columns (SSH, pipes).
     table = Table(title=f"runs in {workspace.runs_dir}", box=box.SIMPLE_HEAD, pad_edge=False)
-    columns = ["run", "state", "preset", "step", "epoch", "last loss", "alive", "age"] + (["message"] if wide else [])
+    columns = ["run", "state", "preset", "step", "epoch", "last loss", "best FID", "alive", "age"] + (["message"] if wide else [])
     for col in columns:
         table.add_column(col, justify="right" if col in ("step", "epoch", "last loss") else "left",
                          no_wrap=col != "message", overflow="fold")
@@ -71,7 +74,7 @@ def run(args: argparse.Namespace, workspace) -> int:
         row = [
             r.name, f"[{colour}]{r.state}[/]", str(r.config.get("preset") or "-"),
             "-" if r.step is None else str(r.step), "-" if r.epoch is None else str(r.epoch),
-            "-" if r.last_loss is None else f"{r.last_loss:.4f}", alive, _ago(r.updated_at),
+            "-" if r.last_loss is None else f"{r.last_loss:.4f}", format_best_fid(best[r.name]), alive, _ago(r.updated_at),
         ]
         table.add_row(*row, *([r.message] if wide else []))
         if not wide and r.message and r.state in ("failed", "died", "stopped", "running"):

@@ -23,10 +23,12 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, DataTable, Label, Static
 from textual.worker import get_current_worker
 
+from core.eval_log import format_best_fid
 from ddpm_tui.jobs import TRAIN_LOG, JobError, launch_train, log_tail, stop_run
 from ddpm_tui.screens.base import StudioScreen
 from ddpm_tui.screens.newrun import NewRun, NewRunScreen
 from ddpm_tui.widgets.halfblock import HalfBlockImage, to_rgb_array
+from ddpm_tui.widgets.fidplot import FidPlot
 from ddpm_tui.widgets.lossplot import LossPlot
 from ddpm_tui.widgets.sysmon import SysMonPanel
 
@@ -102,6 +104,8 @@ class RunView:
     reset: bool  # metrics file restarted (or another run selected): replace, not append
     sample_path: Path | None = None
     sample: np.ndarray | None = None
+    evals: list[dict] = field(default_factory=list)  # eval.jsonl records since eval_offset
+    eval_offset: int = 0
 
 
 @dataclass
@@ -111,6 +115,7 @@ class _Cursor:
     sample_key: tuple | None = None
     last: dict = field(default_factory=dict)  # the last metrics record seen
     speed: Throughput = field(default_factory=Throughput)
+    eval_offset: int = 0
 
 
 class TrainScreen(StudioScreen):
@@ -140,6 +145,7 @@ class TrainScreen(StudioScreen):
                 table.add_column("run", key="run")
                 table.add_column("state", key="state")
                 table.add_column("step", key="step")  # the loss is in the summary: the list stays narrow
+                table.add_column("FID", key="fid")  # the best FID @ its step (eval.jsonl)
                 yield table
                 yield Static("", id="runs-empty")
                 with Horizontal(classes="button-row"):
@@ -150,6 +156,7 @@ class TrainScreen(StudioScreen):
                 yield Static("Select a run, or press n for a new one.", id="run-summary")
                 with Horizontal(id="train-plots"):
                     yield LossPlot(id="loss")
+                    yield FidPlot(id="fid")
                     with Vertical(id="train-samples-box"):
                         yield Label("latest samples", id="samples-label", classes="panel-title")
                         yield HalfBlockImage(id="train-samples")
@@ -172,10 +179,12 @@ class TrainScreen(StudioScreen):
 
     def _read(self, selected: str | None) -> None:
         from core.images import ImageLoadError, load_rgb
+        from core.eval_log import best_fid, read_eval
         from core.runs import latest_samples, list_runs, read_metrics, read_status
 
         try:
             runs = list_runs(self.studio.workspace.runs_dir)
+            best = {r.name: best_fid(r.path) for r in runs}
             view = None
             if selected is None and runs:
                 running = [r for r in runs if r.state == "running"]
@@ -192,6 +201,7 @@ class TrainScreen(StudioScreen):
                 if not status:  # not started yet, or the launch failed: its console says why
                     status = {"message": log_tail(run_dir / TRAIN_LOG) or "starting…"}
                 view = RunView(selected, status, records, new_offset, reset)
+                view.evals, view.eval_offset = read_eval(run_dir, 0 if reset else cur.eval_offset)
                 samples = latest_samples(run_dir)
                 # the EMA grid is what sampling uses by default; prefer it when it is as new
                 pick = next((p for p in samples[:2] if p.name.startswith("ema_")), samples[0] if samples else None)
@@ -210,11 +220,11 @@ class TrainScreen(StudioScreen):
         finally:
             self._polling = False
         if not get_current_worker().is_cancelled:
-            self.app.call_from_thread(self._apply, runs, view)
+            self.app.call_from_thread(self._apply, runs, view, best)
 
     # -- applying results (event loop) ------------------------------------------------------
 
-    def _apply(self, runs: list, view: RunView | None) -> None:
+    def _apply(self, runs: list, view: RunView | None, best: dict | None = None) -> None:
         table = self.query_one("#runs", DataTable)
         names = [r.name for r in runs]
         self._runs = {r.name: r for r in runs}
@@ -226,9 +236,9 @@ class TrainScreen(StudioScreen):
             self.call_after_refresh(self.focus_main)  # the first runs arrived
         for r in runs:
             state = f"[{STATE_STYLE.get(r.state, '')}]{r.state}[/]"
-            cells = (r.name, state, "–" if r.step is None else str(r.step))
+            cells = (r.name, state, "–" if r.step is None else str(r.step), format_best_fid((best or {}).get(r.name)))
             if r.name in existing:
-                for col, value in zip(("run", "state", "step"), cells):
+                for col, value in zip(("run", "state", "step", "fid"), cells):
                     table.update_cell(r.name, col, value)
             else:
                 table.add_row(*cells, key=r.name)
@@ -255,6 +265,8 @@ class TrainScreen(StudioScreen):
         elif steps:
             plot.add_points(steps, losses)
         cur.speed.add(view.new_metrics)
+        self.query_one("#fid", FidPlot).add_records(view.evals, reset=view.reset)
+        cur.eval_offset = view.eval_offset
         if view.new_metrics:
             cur.last = view.new_metrics[-1]
         cur.name, cur.offset = view.name, view.offset

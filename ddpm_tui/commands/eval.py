@@ -1,0 +1,122 @@
+"""`ddpm-tui eval RUN_OR_CHECKPOINT`: FID, KID ± std, precision, recall (and class accuracy
+or entropy) of a checkpoint's samples against its run's training images.
+
+Results are printed and appended to the run's eval.jsonl; an evaluation already there for
+the same checkpoint and settings is shown again instead of being recomputed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+
+from ddpm_tui.commands._common import CLIError, add_workspace_arg
+from ddpm_tui.commands.train import bounded
+
+_positive_int = bounded(int, low=1)
+_eta = bounded(float, low=0.0, high=1.0)
+_guidance = bounded(float, low=0.0, high=100.0)
+
+LABELS = {"fid": "FID", "kid": "KID", "precision": "precision", "recall": "recall",
+          "class_accuracy": "class accuracy", "class_entropy": "class entropy (nats)"}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="measure sample quality (FID, KID, precision/recall) of a run or checkpoint",
+        description="Sample N images from a run's latest checkpoint (or a .pt file) and compare them with the "
+        "run's training images: FID, KID ± std, precision, recall, and class accuracy for conditional runs. "
+        "Appends to the run's eval.jsonl; an identical earlier evaluation is reused.",
+    )
+    add_workspace_arg(p)
+    p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="a run name in the workspace or a checkpoint .pt path")
+    p.add_argument("--n", type=int, default=1000, help="number of generated images (default: 1000)")
+    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="ddim (default) or ddpm (all T steps)")
+    p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (default: 50; ddpm uses T)")
+    p.add_argument("--eta", type=_eta, default=0.0, help="DDIM eta (default: 0)")
+    p.add_argument("--guidance", type=_guidance, default=1.0,
+                   help="classifier-free guidance for conditional runs (default: 1 = plain conditional)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0, so evaluations compare)")
+    p.add_argument("--raw", action="store_true", help="judge the trained weights instead of the EMA weights")
+    p.add_argument("--features", choices=("auto", "inception", "dataset"), default="auto",
+                   help="feature net: inception (weights on disk), dataset (a small CNN trained on the run's "
+                   "breeds, cached); auto = inception when its weights are present (default)")
+    p.add_argument("--fid-weights", metavar="PATH", help="InceptionV3 weights file (default: torch's hub cache)")
+    p.add_argument("--data", metavar="DIR", help="real images to compare with (default: the run's dataset)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
+    p.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto", help="bf16 autocast (default: auto)")
+    p.add_argument("--batch-size", type=_positive_int, default=100, help="images per sampling batch (default: 100)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run)
+
+
+def shown(text: str) -> str:
+    """Control characters escaped (a run name from disk must not drive the terminal).
+    To be replaced by core.safe_text.shown once that module lands."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _progress_bar():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress("[bold]{task.description:<32}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), transient=True)
+
+
+def run(args: argparse.Namespace, workspace) -> int:
+    from core.device import autocast_dtype, resolve_device
+    from core.evaluate import EvalError, EvalSettings, evaluate_checkpoint
+    from ddpm_tui.commands.sample import resolve_source
+
+    settings = EvalSettings(n=args.n, sampler=args.sampler, steps=args.steps, eta=args.eta,
+                            guidance=args.guidance, seed=args.seed, weights="raw" if args.raw else "ema")
+    try:
+        settings.validate()
+    except EvalError as exc:
+        raise CLIError(f"--n: {exc}" if "n must" in str(exc) else str(exc)) from None
+    ckpt_path, run_dir = resolve_source(args.source, workspace)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    kwargs = dict(run_dir=run_dir, settings=settings, data_dir=args.data, features=args.features,
+                  fid_weights=args.fid_weights, cache_dir=workspace.cache_dir, device=device,
+                  autocast=autocast_dtype(device, args.amp), batch_size=args.batch_size)
+    try:
+        if args.json:
+            result = evaluate_checkpoint(ckpt_path, **kwargs)
+        else:
+            with _progress_bar() as bar:
+                task = bar.add_task("starting", total=None)
+
+                def progress(done: int, total: int, what: str) -> None:
+                    bar.update(task, description=what, completed=done, total=total)
+
+                result = evaluate_checkpoint(ckpt_path, progress=progress, **kwargs)
+    except EvalError as exc:
+        raise CLIError(str(exc)) from None
+
+    values = result.values
+    if args.json:
+        print(json.dumps({"checkpoint": str(ckpt_path), "step": result.step, "features": result.features,
+                          "reused": result.reused, "seconds": round(result.seconds, 3),
+                          "settings": asdict(result.settings),
+                          **values}, indent=2))
+        return 0
+    where = f"run {shown(run_dir.name)}" if run_dir is not None else shown(str(ckpt_path))
+    head = (f"{where}, step {result.step}, {settings.n} images, {settings.sampler}"
+            f"{settings.steps if settings.sampler == 'ddim' else ''}, {result.settings.weights} weights, "
+            f"{result.features} features")
+    print(head + (" (reused from eval.jsonl)" if result.reused else f" ({result.seconds:.0f} s)"))
+    for metric, label in LABELS.items():
+        if metric not in values:
+            continue
+        text = f"{values[metric]:.4g}"
+        if metric == "kid":
+            text += f" ± {values.get('kid_std', 0.0):.2g}"
+        print(f"  {label:<22}{text}")
+    if run_dir is not None and not result.reused:
+        print(f"appended to {run_dir / 'eval.jsonl'}")
+    return 0

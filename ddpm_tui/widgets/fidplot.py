@@ -1,0 +1,52 @@
+"""The FID-against-step plot beside the loss: points from the run's eval.jsonl.
+
+The Train screen's poller reads eval.jsonl incrementally (``core.eval_log.read_eval``) in
+its thread and hands the new records to :meth:`FidPlot.add_records` on the event loop.
+FIDs of different feature nets are not comparable, so the plot shows the feature net of
+the latest evaluation only.
+"""
+
+from __future__ import annotations
+
+from textual_plotext import PlotextPlot
+
+from core.eval_log import fid_points
+
+
+class FidPlot(PlotextPlot):
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self.display = False
+        self.points: dict[str, dict[int, float]] = {}  # features -> step -> fid (a rerun replaces)
+        self.latest: str | None = None
+
+    def add_records(self, records: list[dict], *, reset: bool = False) -> None:
+        if reset:
+            self.points, self.latest = {}, None
+        new = fid_points(records)
+        for step, value, features in new:
+            self.points.setdefault(features, {})[step] = value
+            self.latest = features
+        if new or reset:
+            self._replot()
+
+    @property
+    def series(self) -> list[tuple[int, float]]:
+        """(step, fid) of the plotted feature net, by step."""
+        return sorted(self.points.get(self.latest, {}).items()) if self.latest else []
+
+    def on_resize(self) -> None:
+        self._replot()
+
+    def _replot(self) -> None:
+        plt = self.plt
+        plt.clear_data()
+        plt.clear_figure()
+        pts = self.series
+        self.display = bool(pts)  # a run never evaluated keeps the whole width for its loss
+        plt.title(f"FID ({self.latest})")
+        plt.xlabel("step")
+        if pts:
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            plt.plot(xs, ys, marker="braille", color="cyan")
+        self.refresh()

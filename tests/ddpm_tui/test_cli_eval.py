@@ -1,0 +1,72 @@
+"""`ddpm-tui eval`: writes eval.jsonl, reuses it, and answers bad input with one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core.demo_data import make_demo_dataset
+from core.runs import read_config, write_config
+from ddpm_tui.cli import main
+from studio_helpers import make_checkpoint_run
+
+
+@pytest.fixture
+def run(workspace):
+    data = workspace.dataset_dir("demo")
+    make_demo_dataset(data, per_class=6, size=16)
+    run_dir = make_checkpoint_run(workspace, "tiny-run", image_size=16, T=10)
+    write_config(run_dir, {**read_config(run_dir), "data": str(data)})
+    return run_dir
+
+
+def _eval(workspace, *args):
+    return main(["--workspace", str(workspace.root), "eval", *args])
+
+
+def test_eval_writes_then_reuses(workspace, run, capsys, one_thread):
+    args = ("tiny-run", "--n", "10", "--steps", "2", "--features", "dataset", "--device", "cpu")
+    assert _eval(workspace, *args, "--json") == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["reused"] is False and first["step"] == 12 and first["fid"] >= 0
+    lines = (run / "eval.jsonl").read_text().splitlines()
+    assert {json.loads(line)["metric"] for line in lines} >= {"fid", "kid", "precision", "recall"}
+
+    assert _eval(workspace, *args) == 0
+    out = capsys.readouterr().out
+    assert "reused from eval.jsonl" in out and "FID" in out and "KID" in out and "±" in out
+    assert (run / "eval.jsonl").read_text().splitlines() == lines
+
+    # the runs table shows the best FID and its step
+    assert main(["--workspace", str(workspace.root), "runs", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["best_fid"] == {"value": first["fid"], "step": 12, "features": "dataset"}
+    assert main(["--workspace", str(workspace.root), "runs"]) == 0
+    assert f"{first['fid']:.3g}@12" in capsys.readouterr().out
+
+
+def _one_line_error(capsys, *needles):
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ddpm-tui: error:"), err
+    for needle in needles:
+        assert needle in err, err
+
+
+def test_eval_bad_input_is_one_line(workspace, run, capsys, tmp_path):
+    assert _eval(workspace, "tiny-run", "--n", "1") == 2
+    _one_line_error(capsys, "--n", "at least 2")
+
+    assert _eval(workspace, "tiny-run", "--n", "4", "--features", "inception",
+                 "--fid-weights", str(tmp_path / "absent.pth")) == 2
+    _one_line_error(capsys, "Inception weights not found", "--fid-weights")
+
+    empty = workspace.run_dir("empty")
+    (empty / "checkpoints").mkdir(parents=True)
+    write_config(empty, {"preset": "tiny"})
+    assert _eval(workspace, "empty") == 2
+    _one_line_error(capsys, "no checkpoint")
+
+    write_config(run, {**read_config(run), "data": str(tmp_path / "gone")})
+    assert _eval(workspace, "tiny-run", "--n", "4", "--features", "dataset") == 2
+    _one_line_error(capsys, "gone", "--data")
