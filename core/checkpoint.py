@@ -200,6 +200,15 @@ def _config_dict(config: Any) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(config).items()}
 
 
+def _with_diffusion_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    from core.diffusion import DiffusionConfig
+
+    try:
+        return DiffusionConfig.from_dict(config).to_dict()
+    except (ValueError, TypeError):
+        return config  # compared as stored: the mismatch names the bad field
+
+
 def check_compatible(
     ckpt: Mapping[str, Any],
     model_config: Any = None,
@@ -218,6 +227,8 @@ def check_compatible(
             continue
         exp = _config_dict(expected)
         got = _config_dict(stored or {})
+        if label == "diffusion":  # keys added later mean their defaults (what the run trained with)
+            exp, got = _with_diffusion_defaults(exp), _with_diffusion_defaults(got)
         # The preset name first: it is what the user chose and recognises.
         for key in sorted(set(exp) | set(got), key=lambda k: (k != "preset", k)):
             if exp.get(key, "<missing>") != got.get(key, "<missing>"):
