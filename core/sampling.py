@@ -35,8 +35,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import math
+import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -62,6 +66,13 @@ class SampleStep:
     t: int
     x_t: torch.Tensor
     x0_pred: torch.Tensor
+    # Set by generate(): which batch of how many, the index of the batch's first image, the
+    # weights used ("ema" | "raw"), and on a batch's last step its images as uint8 (B, H, W, C).
+    batch: int = 0
+    batches: int = 1
+    first: int = 0
+    weights: str | None = None
+    images: torch.Tensor | None = None
 
 
 StepCallback = Callable[[SampleStep], Any]
@@ -436,3 +447,220 @@ def _run(steps: Iterator[SampleStep]) -> torch.Tensor:
     # Consume the iterator keeping only the last step; progress goes through the callback.
     (last,) = collections.deque(steps, maxlen=1)
     return last.x_t
+
+
+# -- the one sampling path ------------------------------------------------------------------
+
+WEIGHTS: tuple[str, ...] = ("ema", "raw")
+DEFAULT_BATCH_SIZE = 32  # images a forward pass (2x that with guidance); fixed, so a seed gives the same images everywhere
+MAX_SEED = 2**63 - 1
+
+
+class SamplingError(Exception):
+    """Sampling cannot go on (out of memory, non-finite weights or output); one line for the user."""
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """What to draw. ``steps`` is for ddim/dpmpp2m/heun (capped at T); ddpm runs all T steps.
+
+    Class-conditional models: ``breed`` (a class name, matched loosely) or ``label`` (an
+    index) draws that class; neither draws the classes in turn (image i gets class i mod C);
+    ``unconditional`` uses the null label. ``guidance`` applies to conditional draws only.
+    Images are drawn ``batch_size`` at a time from one generator seeded with ``seed``, so the
+    same request gives the same images on any caller (and, for n <= batch_size, the same as
+    one call of the sampler with that seed).
+    """
+
+    n: int = 16
+    sampler: str = "ddim"
+    steps: int = 50
+    eta: float = 0.0
+    guidance: float = 3.0
+    label: int | None = None
+    breed: str | None = None
+    unconditional: bool = False
+    seed: int = 0
+    weights: str = "ema"
+    amp: str = "auto"
+    batch_size: int = DEFAULT_BATCH_SIZE
+    clip_x0: bool = True
+
+    def __post_init__(self) -> None:
+        def whole(name: str, value: Any, low: int, high: int | None = None) -> None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+                span = f"{low}..{high}" if high is not None else f">= {low}"
+                raise ValueError(f"{name} must be an integer {span}, got {value!r}")
+
+        whole("n", self.n, 1)
+        whole("steps", self.steps, 1)
+        whole("batch size", self.batch_size, 1)
+        whole("seed", self.seed, 0, MAX_SEED)
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; known samplers: {', '.join(SAMPLERS)}")
+        if self.weights not in WEIGHTS:
+            raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {self.weights!r}")
+        if not 0.0 <= float(self.eta) <= 1.0:
+            raise ValueError(f"eta must be in [0, 1], got {self.eta!r}")
+        if not (math.isfinite(float(self.guidance)) and float(self.guidance) >= 0):
+            raise ValueError(f"guidance must be a finite number >= 0, got {self.guidance!r}")
+
+
+@dataclass
+class Sampleable:
+    """A model ready to sample: the network (in eval mode), its diffusion, which weights it
+    holds and how to say so, and what its checkpoint tells about it."""
+
+    model: nn.Module
+    diffusion: Diffusion
+    weights: str  # "ema" | "raw": what the network actually holds
+    weights_note: str  # for people: "EMA", "raw", "raw (this checkpoint has no EMA weights)"
+    step: int = 0
+    classes: list[str] = dataclasses.field(default_factory=list)
+    path: Path | None = None
+
+
+def load_for_sampling(path: str | os.PathLike, weights: str = "ema") -> Sampleable:
+    """Read a checkpoint and build its model with the EMA or the raw weights.
+
+    Asking for EMA weights from a checkpoint without them gives the raw ones, and says so.
+    Raises CheckpointError (one line) for anything wrong with the file.
+    """
+    from core.checkpoint import build_model_from_checkpoint, load_checkpoint
+
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    ckpt = load_checkpoint(path)
+    use_ema = weights == "ema" and bool(ckpt.get("ema"))
+    model, diffusion = build_model_from_checkpoint(ckpt, use_ema=use_ema)
+    note = "EMA" if use_ema else ("raw (this checkpoint has no EMA weights)" if weights == "ema" else "raw")
+    extra = ckpt.get("extra") or {}
+    classes = [str(c) for c in (extra.get("classes") or [])]
+    return Sampleable(model, diffusion, "ema" if use_ema else "raw", note, int(ckpt.get("step") or 0), classes, Path(path))
+
+
+def breed_key(name: str) -> str:
+    """'Golden Retriever', 'golden_retriever' and 'golden-retriever' name the same breed."""
+    return re.sub(r"[\s_-]+", " ", name.strip().lower())
+
+
+def resolve_labels(request: SampleRequest, num_classes: int, classes: Sequence[str] = ()) -> list[int] | None:
+    """The class index of each of the n images, or None for an unconditional draw."""
+    if request.breed is not None or request.label is not None:
+        if num_classes == 0:
+            raise ValueError("this model is unconditional; a breed needs a run trained with --conditional")
+        names = list(classes) if len(classes) == num_classes else [str(i) for i in range(num_classes)]
+        if request.breed is not None:
+            matches = [i for i, b in enumerate(names) if breed_key(b) == breed_key(request.breed)]
+            if not matches:
+                raise ValueError(f"unknown breed {request.breed!r}; this run knows: {', '.join(names)}")
+            label = matches[0]
+        else:
+            label = int(request.label)  # type: ignore[arg-type]
+            if not 0 <= label < num_classes:
+                raise ValueError(f"label {label} is out of range; the model knows classes 0..{num_classes - 1}")
+        return [label] * request.n
+    if num_classes == 0 or request.unconditional:
+        return None
+    return [i % num_classes for i in range(request.n)]
+
+
+def _is_oom(exc: BaseException) -> bool:
+    # CUDA raises torch.OutOfMemoryError; MPS and some CPU allocators a RuntimeError saying so.
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def _iterate(sampler: str, model, diffusion, shape, request: SampleRequest, **kw: Any) -> Iterator[SampleStep]:
+    if sampler == "ddpm":
+        return iter_ddpm(model, diffusion, shape, clip_x0=request.clip_x0, **kw)
+    steps = min(request.steps, diffusion.T)
+    if sampler == "ddim":
+        return iter_ddim(model, diffusion, shape, steps=steps, eta=request.eta, clip_x0=request.clip_x0, **kw)
+    fn = iter_dpmpp2m if sampler == "dpmpp2m" else iter_heun
+    return fn(model, diffusion, shape, steps=steps, clip_x0=request.clip_x0, **kw)
+
+
+def sampler_tag(request: SampleRequest, T: int) -> str:
+    """A short name of the sampler and its steps for file names and messages: 'ddim50', 'ddpm1000'."""
+    if request.sampler == "ddpm":
+        return f"ddpm{T}"
+    tag = f"{request.sampler}{min(request.steps, T)}"
+    return tag + (f"-eta{request.eta:g}" if request.sampler == "ddim" and request.eta else "")
+
+
+def generate(source: "str | os.PathLike | Sampleable | tuple[nn.Module, Diffusion]", request: SampleRequest, *,
+             device: "torch.device | str | None" = None,
+             progress: StepCallback | None = None) -> Iterator[SampleStep]:
+    """Draw ``request.n`` images from ``source`` (a checkpoint path, a :class:`Sampleable`, or a
+    ``(model, diffusion)`` pair whose weights the request names), ``request.batch_size`` at a
+    time, yielding every sampler step of every batch.
+
+    A step that ends a batch carries that batch's images as uint8 (B, H, W, C) in ``images``
+    (``first`` is the index of its first image); every step carries ``weights``, the weights
+    actually used. Only one batch is held at a time, so any n runs in bounded memory.
+    Raises SamplingError for out-of-memory (any device) and for non-finite weights or
+    output, ValueError for a bad request, CheckpointError for a bad checkpoint.
+    """
+    from core.device import autocast_dtype, resolve_device
+    from core.grid import to_uint8_images
+
+    if isinstance(source, Sampleable):
+        loaded = source
+    elif isinstance(source, tuple):
+        model, diffusion = source
+        loaded = Sampleable(model, diffusion, request.weights, "EMA" if request.weights == "ema" else "raw")
+    else:
+        loaded = load_for_sampling(source, request.weights)
+    model, diffusion = loaded.model, loaded.diffusion
+    config = getattr(model, "config", None)
+    num_classes = int(getattr(config, "num_classes", 0) or 0)
+    labels = resolve_labels(request, num_classes, loaded.classes)
+    dev = resolve_device(device if device is not None else "auto")
+    amp = autocast_dtype(dev, request.amp)
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise SamplingError(f"the {loaded.weights} weights contain NaN or infinite values ({len(bad)} tensors, "
+                            f"e.g. {bad[0]}): the training diverged; sample an earlier checkpoint")
+    size, channels = config.image_size, config.in_channels
+    batches = math.ceil(request.n / request.batch_size)
+    generator = torch.Generator(device=dev).manual_seed(request.seed)
+    first = 0
+    try:
+        model.to(dev)
+        diffusion.to(dev)
+        for batch in range(batches):
+            b = min(request.batch_size, request.n - first)
+            lab = labels[first:first + b] if labels is not None else None
+            guidance = float(request.guidance) if lab is not None else 1.0
+            it = _iterate(request.sampler, model, diffusion, (b, channels, size, size), request,
+                          generator=generator, labels=lab, guidance=guidance, device=dev, autocast=amp)
+            for step in it:
+                step.batch, step.batches, step.first, step.weights = batch, batches, first, loaded.weights
+                if step.index + 1 == step.total:
+                    nonfinite = int((~torch.isfinite(step.x_t)).flatten(1).any(1).sum())
+                    if nonfinite:
+                        raise SamplingError(f"sampling produced NaN or infinite values in {nonfinite} of {b} "
+                                            f"image(s) of batch {batch + 1}; try --amp off or another checkpoint")
+                    step.images = to_uint8_images(step.x_t)
+                if progress is not None:
+                    progress(step)
+                yield step
+            first += b
+    except (torch.OutOfMemoryError, RuntimeError) as exc:
+        if not _is_oom(exc):
+            raise
+        raise SamplingError(f"out of memory on {dev} drawing a batch of {min(request.batch_size, request.n)} "
+                            f"image(s); use a smaller batch size") from None
+
+
+def generate_images(source, request: SampleRequest, **kwargs: Any) -> tuple[torch.Tensor, str]:
+    """Run :func:`generate` and return all n images as uint8 (n, H, W, C) and the weights used.
+    For a few images (grids, the studio); a large n belongs with :func:`generate` itself."""
+    parts: list[torch.Tensor] = []
+    weights = request.weights
+    for step in generate(source, request, **kwargs):
+        weights = step.weights or weights
+        if step.images is not None:
+            parts.append(step.images)
+    return torch.cat(parts), weights
