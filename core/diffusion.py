@@ -27,6 +27,7 @@ PREDICTIONS: tuple[str, ...] = ("eps", "x0", "v")
 # How the per-timestep losses are weighted: "uniform" (Ho et al.'s simple loss) or min-SNR-gamma
 # (Hang et al. 2023), adapted to the target so that each equals min(snr, gamma) times the x0 error.
 LOSS_WEIGHTINGS: tuple[str, ...] = ("uniform", "min_snr")
+MAX_T = 100_000  # far beyond any use (1000 is standard); a bound so a crafted config cannot exhaust memory
 
 
 @dataclass
@@ -41,6 +42,8 @@ class DiffusionConfig:
     def __post_init__(self) -> None:
         if isinstance(self.T, bool) or not isinstance(self.T, int) or self.T < 1:
             raise ValueError(f"diffusion T must be a positive integer, got {self.T!r}")
+        if self.T > MAX_T:
+            raise ValueError(f"diffusion T must be at most {MAX_T:,}, got {self.T:,}")
         for name, value, known in (("schedule", self.schedule, SCHEDULES),
                                    ("prediction", self.prediction, PREDICTIONS),
                                    ("loss weighting", self.loss_weighting, LOSS_WEIGHTINGS)):

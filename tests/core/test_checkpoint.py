@@ -334,3 +334,32 @@ def test_checkpoint_from_before_the_new_diffusion_fields_is_compatible(tmp_path)
         check_compatible(ckpt, diffusion_config=DiffusionConfig(T=10, prediction="v"))
     _, diffusion = build_model_from_checkpoint(ckpt)
     assert diffusion.config.prediction == "eps" and diffusion.config.loss_weighting == "uniform"
+
+
+@pytest.mark.parametrize("field,value", [("base_channels", 2**20), ("time_dim", 2**30), ("num_classes", 2**40)])
+def test_crafted_config_that_would_allocate_huge_tensors_is_refused_before_building(tmp_path, field, value):
+    """The config asks for a network of terabytes; the weights in the file are tiny. Building
+    it would exhaust memory: the shapes are checked on a meta model first."""
+    model = UNet(get_preset("tiny", image_size=16))
+    path = tmp_path / "crafted.pt"
+    save_checkpoint(path, model_config={**model.config.to_dict(), field: value}, diffusion_config={"T": 10},
+                    model_state=model.state_dict())
+    with pytest.raises(CheckpointError, match=r"crafted\.pt: (weight|bad config)"):
+        build_model_from_checkpoint(load_checkpoint(path))
+    save_checkpoint(path, model_config=model.config.to_dict(), diffusion_config={"T": 10**12},
+                    model_state=model.state_dict())
+    with pytest.raises(CheckpointError, match="T must be at most 100,000"):
+        build_model_from_checkpoint(load_checkpoint(path))
+
+
+@pytest.mark.parametrize("content,what", [(b"\xff\xd8\xff\xe0" + bytes(200), "JPEG image"),
+                                          (bytes(range(7, 250)) * 20, None)])
+def test_random_bytes_or_an_image_named_pt_is_not_called_code(tmp_path, content, what):
+    path = tmp_path / "photo.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    msg = str(info.value)
+    assert "not a PyTorch checkpoint file" in msg and "run code" not in msg and "weights_only" not in msg
+    if what:
+        assert what in msg
