@@ -613,7 +613,14 @@ def generate(source: "str | os.PathLike | Sampleable | tuple[nn.Module, Diffusio
     else:
         loaded = load_for_sampling(source, request.weights)
     model, diffusion = loaded.model, loaded.diffusion
-    config = getattr(model, "config", None)
+    inner = model
+    for _ in range(4):  # through DDP (.module) and torch.compile (._orig_mod) wrappers
+        if hasattr(inner, "config"):
+            break
+        inner = getattr(inner, "_orig_mod", None) or getattr(inner, "module", None) or inner
+    config = getattr(inner, "config", None)
+    if config is None:
+        raise ValueError("generate() needs a model with a .config (image_size, in_channels, num_classes)")
     num_classes = int(getattr(config, "num_classes", 0) or 0)
     labels = resolve_labels(request, num_classes, loaded.classes)
     dev = resolve_device(device if device is not None else "auto")
