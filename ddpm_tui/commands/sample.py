@@ -11,7 +11,6 @@ import argparse
 import re
 import secrets
 from pathlib import Path
-from typing import Any
 
 from ddpm_tui.commands._common import CLIError, add_workspace_arg
 from ddpm_tui.commands.train import bounded
@@ -165,7 +164,7 @@ def run(args: argparse.Namespace, workspace) -> int:
                                 weights="raw" if args.raw else "ema", amp=args.amp, batch_size=args.batch_size)
         labels = resolve_labels(request, loaded.model.config.num_classes, loaded.classes)
     except ValueError as exc:
-        raise CLIError(f"{ckpt_path}: {exc}" if "breed" in str(exc) or "unconditional" in str(exc) else str(exc)) from None
+        raise CLIError(f"{ckpt_path}: {exc}") from None
 
     tag = sampler_tag(request, loaded.diffusion.T)
     if args.breed is not None:
