@@ -1,6 +1,6 @@
 """Time to sample images from the ``seed`` preset: the seed's procedure against ours, same run.
 
-    python -m bench.sample [--images 10] [--seed-steps 4] [--ddim-steps 50] [--repeats 3]
+    python -m bench.sample [--images 10] [--seed-steps 4] [--sampler ddim] [--ddim-steps 50] [--repeats 3]
 
 - seed's procedure: 1000 DDPM steps, one image at a time, fp32, the seed's computational
   choices (bench/seed_baseline.py: nn.MultiheadAttention with weights, repeated time
@@ -28,7 +28,9 @@ from bench.common import fmt_seconds, median
 from bench.seed_baseline import to_seed_style
 from core.device import autocast_dtype
 from core.diffusion import Diffusion, DiffusionConfig
-from core.sampling import ddim_sample, iter_ddpm
+from core.sampling import ddim_sample, dpmpp2m_sample, heun_sample, iter_ddpm
+
+SAMPLE_FNS = {"ddim": ddim_sample, "dpmpp2m": dpmpp2m_sample, "heun": heun_sample}
 from core.unet import UNet, count_parameters, get_preset
 
 
@@ -62,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.sample", description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=10)
     p.add_argument("--seed-steps", type=int, default=4, help="seed DDPM steps timed per burst (extrapolated)")
-    p.add_argument("--ddim-steps", type=int, default=50)
+    p.add_argument("--sampler", choices=sorted(SAMPLE_FNS), default="ddim", help="our sampler")
+    p.add_argument("--ddim-steps", type=int, default=50, help="our sampler's steps")
     p.add_argument("--repeats", type=int, default=3, help="full runs of ours (median reported)")
     p.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto", help="autocast for ours")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -85,16 +88,17 @@ def main(argv: list[str] | None = None) -> int:
           f"random init), {size}x{size}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"seed's procedure: DDPM {T} steps, one image at a time, fp32, seed-style network "
           f"(bench/seed_baseline.py); {args.seed_steps} steps timed per burst, total EXTRAPOLATED")
-    print(f"ours: DDIM {args.ddim_steps} steps, {args.images} images in one batch, "
+    sample = SAMPLE_FNS[args.sampler]
+    print(f"ours: {args.sampler} {args.ddim_steps} steps, {args.images} images in one batch, "
           f"autocast {str(dtype).replace('torch.', '') if dtype else 'off (fp32)'}, channels_last, SDPA; timed end to end")
 
     seed_step_times: list[float] = []
     our_times: list[float] = []
     seed_step_times += time_seed_steps(seed_model, diffusion, size, args.seed_steps, seed=0)
-    ddim_sample(ours, diffusion, (args.images, 3, size, size), steps=2, seed=0, autocast=dtype)  # warm-up
+    sample(ours, diffusion, (args.images, 3, size, size), steps=2, seed=0, autocast=dtype)  # warm-up
     for r in range(args.repeats):
         start = time.perf_counter()
-        ddim_sample(ours, diffusion, (args.images, 3, size, size), steps=args.ddim_steps, seed=r, autocast=dtype)
+        sample(ours, diffusion, (args.images, 3, size, size), steps=args.ddim_steps, seed=r, autocast=dtype)
         our_times.append(time.perf_counter() - start)
         seed_step_times += time_seed_steps(seed_model, diffusion, size, args.seed_steps, seed=r + 1)
         print(f"  run {r + 1}/{args.repeats}: ours {fmt_seconds(our_times[-1])}, "

@@ -9,6 +9,9 @@ is exactly what the seed's ``train.py`` saved: tests load it with
 ``core.unet.from_seed_state_dict`` and check that both networks compute the same function.
 ``to_seed_style`` turns a UNet of any preset into the same seed-style computation (the
 benchmarks' baseline).
+
+It is an independent reference: nothing here is imported from the product (``core``), so
+the equivalence test compares two separate implementations of every block.
 """
 
 from __future__ import annotations
@@ -17,12 +20,30 @@ import copy
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from core.unet import DoubleConv, Down, SelfAttention, Up
 
-# The seed's DoubleConv is computed exactly as ours (core.unet.DoubleConv): nothing to
-# reproduce there.
-SeedDoubleConv = DoubleConv
+class SeedDoubleConv(nn.Module):
+    """The seed's DoubleConv: (3x3 conv without bias, GroupNorm(1, C), GELU) then (3x3 conv,
+    GroupNorm); the residual variant adds the input and applies GELU."""
+
+    def __init__(self, in_channels: int, out_channels: int, mid_channels: int | None = None, residual: bool = False):
+        super().__init__()
+        self.residual = residual
+        if not mid_channels:
+            mid_channels = out_channels
+        self.double_conv = nn.Sequential(
+            nn.Conv2d(in_channels, mid_channels, kernel_size=3, padding=1, bias=False),
+            nn.GroupNorm(1, mid_channels),
+            nn.GELU(),
+            nn.Conv2d(mid_channels, out_channels, kernel_size=3, padding=1, bias=False),
+            nn.GroupNorm(1, out_channels),
+        )
+
+    def forward(self, x):
+        if self.residual:
+            return F.gelu(x + self.double_conv(x))
+        return self.double_conv(x)
 
 
 class SeedDown(nn.Module):
@@ -137,14 +158,16 @@ def to_seed_style(model: nn.Module) -> nn.Module:
     seed_style = copy.deepcopy(model)
 
     def convert(parent: nn.Module) -> None:
+        # Recognised by class name: this module imports nothing from the product.
         for name, child in list(parent.named_children()):
-            if isinstance(child, Down):
+            kind = type(child).__name__
+            if kind == "Down":
                 new = SeedDown(child.maxpool_conv[1].double_conv[0].in_channels,
                                child.emb_layer[1].out_features, child.emb_layer[1].in_features)
-            elif isinstance(child, Up):
+            elif kind == "Up":
                 new = SeedUp(child.conv[0].double_conv[0].in_channels,
                              child.emb_layer[1].out_features, child.emb_layer[1].in_features)
-            elif isinstance(child, SelfAttention):
+            elif kind == "SelfAttention":
                 new = SeedSelfAttention(child.channels, None, child.attention.num_heads)
             else:
                 convert(child)

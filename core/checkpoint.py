@@ -120,6 +120,91 @@ def _looks_like_state_dict(obj: Any) -> bool:
     )
 
 
+# What a file that is not a checkpoint usually is, by its first bytes (named in the error).
+_MAGIC = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"GIF8", "a GIF image"),
+          (b"RIFF", "a RIFF file (WebP, WAV, ...)"), (b"\x1f\x8b", "a gzip archive"), (b"%PDF", "a PDF document"))
+
+
+def _what_it_is(head: bytes) -> str:
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return f" (it is {name})"
+    if head and all(32 <= c < 127 or c in (9, 10, 13) for c in head):
+        return " (it is a text file)"
+    return ""
+
+
+def _pickle_globals(path: Path, limit: int = 64 << 20) -> list[str] | None:
+    """The module.name of every GLOBAL / STACK_GLOBAL in a raw pickle file, read with
+    pickletools (which only parses, never runs it); None when it does not parse as a pickle."""
+    import pickletools
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit)
+        found, strings = [], []
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                found.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+        return found
+    except (ValueError, EOFError, OSError, UnicodeDecodeError, pickle.UnpicklingError, KeyError):
+        return None
+
+
+def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with every failure as a one-line CheckpointError
+    whose message says what the file is, in our words (never torch's advice to turn
+    weights_only off). The message does not name the file: callers add it."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError("no such file")
+    if path.is_dir():
+        raise CheckpointError("is a directory, not a file")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read ({exc.strerror or exc})") from exc
+    if size == 0:
+        raise CheckpointError("empty file")
+    is_zip = head.startswith(b"PK\x03\x04")
+    # torch.save writes a zip archive (or, in its legacy format, a pickle: PROTO byte, protocol 2-5)
+    is_pickle = len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+    if not is_zip and not is_pickle:
+        raise CheckpointError(f"not a PyTorch checkpoint file{_what_it_is(head)}")
+    if is_zip and not zipfile.is_zipfile(path):
+        raise CheckpointError("truncated or corrupt (incomplete zip archive)")
+    try:
+        with warnings.catch_warnings():
+            # Foreign pickles make torch warn (protocols, FutureWarnings); our error says it better.
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        msg = str(exc)
+        match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", msg) or re.search(r"GLOBAL ([\w.]+)", msg)
+        if match or "unsupported class" in msg.lower():
+            # The pickle wants to build arbitrary Python objects: loading it would run code.
+            detail = f" (it asks for {match.group(1)})" if match else ""
+            raise CheckpointError(f"refused, it contains Python objects that would run code when loaded{detail}") from None
+        if is_zip:
+            raise CheckpointError("truncated or corrupt (its data does not unpickle)") from None
+        names = _pickle_globals(path)
+        if names:  # a raw pickle naming Python callables: loading it would run them
+            raise CheckpointError(f"refused, it contains Python objects that would run code when loaded "
+                                  f"(it asks for {names[0]})") from None
+        raise CheckpointError("not a PyTorch checkpoint file (truncated, corrupt or not a pickle)") from None
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError, IndexError) as exc:
+        first = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", (str(exc).splitlines() or [type(exc).__name__])[0])[:160]
+        if is_zip:
+            raise CheckpointError(f"truncated or corrupt ({first})") from None
+        raise CheckpointError("not a PyTorch checkpoint file (truncated or corrupt)") from None
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Read and validate a checkpoint. Every failure is a one-line CheckpointError.
 
@@ -127,41 +212,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     step, epoch, rng, extra (and path).
     """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path}: no such file")
-    if path.is_dir():
-        raise CheckpointError(f"checkpoint {path}: is a directory, not a file")
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError as exc:
-        raise CheckpointError(f"checkpoint {path}: cannot read ({exc.strerror or exc})") from exc
-    if size == 0:
-        raise CheckpointError(f"checkpoint {path}: empty file")
-    is_zip = head == b"PK\x03\x04"
-    if is_zip and not zipfile.is_zipfile(path):
-        raise CheckpointError(f"checkpoint {path}: truncated or corrupt (incomplete zip archive)")
-    try:
-        with warnings.catch_warnings():
-            # Foreign pickles make torch warn about protocols; the error below says it better.
-            warnings.simplefilter("ignore", UserWarning)
-            obj = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        msg = str(exc)
-        if "weights_only" in msg.lower() or "unsupported global" in msg.lower():
-            # The pickle wants to build arbitrary Python objects: loading it would run code.
-            match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", msg) or re.search(r"GLOBAL ([\w.]+)", msg)
-            detail = f" (it asks for {match.group(1)})" if match else ""
-            raise CheckpointError(
-                f"checkpoint {path}: refused, it contains Python objects that would run code when loaded{detail}"
-            ) from None
-        raise CheckpointError(f"checkpoint {path}: not a PyTorch checkpoint file") from None
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError) as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        if is_zip:
-            raise CheckpointError(f"checkpoint {path}: truncated or corrupt ({first})") from None
-        raise CheckpointError(f"checkpoint {path}: not a PyTorch checkpoint file") from None
+        obj = safe_torch_load(path, map_location)
+    except CheckpointError as exc:
+        raise CheckpointError(f"checkpoint {path}: {exc}") from None
 
     if not isinstance(obj, Mapping) or obj.get("format") != FORMAT_NAME:
         if _looks_like_state_dict(obj):
@@ -200,6 +254,15 @@ def _config_dict(config: Any) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(config).items()}
 
 
+def _with_diffusion_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    from core.diffusion import DiffusionConfig
+
+    try:
+        return DiffusionConfig.from_dict(config).to_dict()
+    except (ValueError, TypeError):
+        return config  # compared as stored: the mismatch names the bad field
+
+
 def check_compatible(
     ckpt: Mapping[str, Any],
     model_config: Any = None,
@@ -218,6 +281,8 @@ def check_compatible(
             continue
         exp = _config_dict(expected)
         got = _config_dict(stored or {})
+        if label == "diffusion":  # keys added later mean their defaults (what the run trained with)
+            exp, got = _with_diffusion_defaults(exp), _with_diffusion_defaults(got)
         # The preset name first: it is what the user chose and recognises.
         for key in sorted(set(exp) | set(got), key=lambda k: (k != "preset", k)):
             if exp.get(key, "<missing>") != got.get(key, "<missing>"):
@@ -243,8 +308,15 @@ def build_model_from_checkpoint(ckpt: Mapping[str, Any], use_ema: bool = True):
         dconfig = DiffusionConfig.from_dict(ckpt["diffusion_config"])
     except (ValueError, TypeError, KeyError) as exc:
         raise CheckpointError(f"{where}: bad config ({exc})") from None
-    model = UNet(config)
     state = dict(ckpt["model"])
+    # The config could ask for a network far larger than the weights in the file (a crafted
+    # checkpoint): check every shape on a "meta" model, which allocates nothing, first.
+    try:
+        with torch.device("meta"):
+            _check_shapes(UNet(config).state_dict(), state, where)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{where}: bad config ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    model = UNet(config)
     _load_state(model, state, where)
     ema = ckpt.get("ema") if use_ema else None
     if ema:
@@ -264,16 +336,21 @@ def build_model_from_checkpoint(ckpt: Mapping[str, Any], use_ema: bool = True):
     return model, Diffusion(dconfig)
 
 
-def _load_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
-    ours = model.state_dict()
+def _check_shapes(ours: Mapping[str, torch.Tensor], state: Mapping[str, Any], where: str) -> None:
     for key in ours:
         if key not in state:
             raise CheckpointError(f"{where}: weights are missing {key!r}")
+        if not isinstance(state[key], torch.Tensor):
+            raise CheckpointError(f"{where}: weight {key!r} is not a tensor")
         if tuple(state[key].shape) != tuple(ours[key].shape):
             raise CheckpointError(f"{where}: weight {key!r} has shape {tuple(state[key].shape)}, expected {tuple(ours[key].shape)}")
     extra = [k for k in state if k not in ours]
     if extra:
         raise CheckpointError(f"{where}: unexpected weight {extra[0]!r}")
+
+
+def _load_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
+    _check_shapes(model.state_dict(), state, where)
     model.load_state_dict(state)
 
 

@@ -24,9 +24,11 @@ def to_uint8_images(x: torch.Tensor) -> torch.Tensor:
     return pixels.permute(0, 2, 3, 1).contiguous()
 
 
-def make_grid(x: torch.Tensor, nrow: int | None = None, padding: int = 2, pad_value: int = 0) -> torch.Tensor:
-    """Tile a batch into one (H, W, C) uint8 image, ``nrow`` images per row (default: square-ish)."""
-    images = to_uint8_images(x)
+def tile(images: torch.Tensor, nrow: int | None = None, padding: int = 2, pad_value: int = 0) -> torch.Tensor:
+    """Tile uint8 images (B, H, W, C) into one (H', W', C) uint8 image, ``nrow`` per row
+    (default: square-ish)."""
+    if images.dim() != 4 or images.dtype != torch.uint8:
+        raise ValueError(f"expected uint8 images shaped (B, H, W, C), got {images.dtype} {tuple(images.shape)}")
     b, h, w, c = images.shape
     if b == 0:
         raise ValueError("cannot make a grid of zero images")
@@ -46,29 +48,70 @@ def make_grid(x: torch.Tensor, nrow: int | None = None, padding: int = 2, pad_va
     return grid
 
 
+def make_grid(x: torch.Tensor, nrow: int | None = None, padding: int = 2, pad_value: int = 0) -> torch.Tensor:
+    """Tile a batch in [-1, 1] into one (H, W, C) uint8 image, ``nrow`` images per row (default: square-ish)."""
+    return tile(to_uint8_images(x), nrow=nrow, padding=padding, pad_value=pad_value)
+
+
+def _pil(grid: torch.Tensor) -> Image.Image:
+    array = grid.numpy()
+    if array.shape[2] == 1:
+        return Image.fromarray(array[:, :, 0])  # uint8 (H, W) -> mode "L"
+    return Image.fromarray(array)  # uint8 (H, W, 3) -> mode "RGB"
+
+
 def grid_image(x: torch.Tensor, nrow: int | None = None, padding: int = 2) -> Image.Image:
-    grid = make_grid(x, nrow=nrow, padding=padding).numpy()
-    if grid.shape[2] == 1:
-        return Image.fromarray(grid[:, :, 0])  # uint8 (H, W) -> mode "L"
-    return Image.fromarray(grid)  # uint8 (H, W, 3) -> mode "RGB"
+    return _pil(make_grid(x, nrow=nrow, padding=padding))
+
+
+# Every image this tool writes says so (PNG text chunk / EXIF Software), so `sample --out` can
+# tell its own earlier output, which it may replace, from a user's file, which it may not.
+SOFTWARE = "ddpm-tui"
+_EXIF_SOFTWARE = 0x0131
+
+
+def written_by_ddpm_tui(path: str | os.PathLike) -> bool:
+    """True when ``path`` is an image carrying this tool's Software mark."""
+    try:
+        with Image.open(path) as im:
+            return im.info.get("Software") == SOFTWARE or im.getexif().get(_EXIF_SOFTWARE) == SOFTWARE
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError):
+        return False
 
 
 def save_grid(x: torch.Tensor, path: str | os.PathLike, nrow: int | None = None, padding: int = 2) -> Path:
-    """Write a grid of ``x`` to ``path`` atomically (temp file in the same folder + rename).
+    """Write a grid of ``x`` (floats in [-1, 1]) to ``path`` atomically; see :func:`save_uint8_grid`."""
+    return save_uint8_grid(to_uint8_images(x), path, nrow=nrow, padding=padding)
+
+
+def save_uint8_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None,
+                    padding: int = 2) -> Path:
+    """Write a grid of uint8 images (B, H, W, C) to ``path`` atomically (temp file in the same
+    folder + rename), marked as written by ddpm-tui.
 
     The format follows the suffix (.png, .jpg, ...); PNG when the suffix is unknown or absent.
     A failed write leaves any existing file at ``path`` untouched.
     """
+    from PIL import PngImagePlugin
+
     path = Path(path)
-    image = grid_image(x, nrow=nrow, padding=padding)
+    image = _pil(tile(images, nrow=nrow, padding=padding))
     fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    if fmt == "PNG":
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Software", SOFTWARE)
+        options: dict = {"pnginfo": info}
+    else:
+        exif = Image.Exif()
+        exif[_EXIF_SOFTWARE] = SOFTWARE
+        options = {"exif": exif.tobytes()} if fmt in ("JPEG", "WEBP", "TIFF") else {}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     # os.open with 0o666 lets the umask decide the final permissions (mkstemp would force 0600).
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as fh:
-            image.save(fh, format=fmt)
+            image.save(fh, format=fmt, **options)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -77,4 +120,3 @@ def save_grid(x: torch.Tensor, path: str | os.PathLike, nrow: int | None = None,
             os.unlink(tmp)
         raise
     return path
-

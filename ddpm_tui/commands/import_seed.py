@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("state_dict", metavar="MODEL_STATE.pth", help="the seed's saved state dict")
     p.add_argument("--run", metavar="NAME", help="name of the new run (default: seed-<timestamp>)")
     p.add_argument("--T", type=int, default=1000, help="diffusion steps the seed was trained with (default: 1000)")
-    p.add_argument("--schedule", choices=("linear", "cosine"), default="linear",
+    p.add_argument("--schedule", choices=("linear", "cosine", "sigmoid"), default="linear",
                    help="beta schedule the seed was trained with (default: linear)")
     p.add_argument("--data", metavar="DIR", help="dataset to record for fine-tuning (default: WORKSPACE/data/dogs)")
     p.set_defaults(func=run)
@@ -33,17 +33,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def load_seed_state_dict(path: Path) -> dict:
     """The tensors of a seed ``model_state.pth``; CLIError naming the file otherwise."""
-    import pickle
-
     import torch
 
-    if not path.is_file():
-        raise CLIError(f"{path}: no such file")
+    from core.checkpoint import CheckpointError, safe_torch_load
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-        raise CLIError(f"{path}: not a PyTorch state dict that loads safely ({first})") from None
+        obj = safe_torch_load(path)
+    except CheckpointError as exc:
+        reason = str(exc)
+        if reason.startswith(("no such file", "refused")):
+            raise CLIError(f"{path}: {reason}") from None
+        if reason.startswith("not a PyTorch checkpoint file"):
+            reason = reason.replace("checkpoint file", "state dict", 1)
+        else:
+            reason = f"not a PyTorch state dict ({reason})"
+        raise CLIError(f"{path}: {reason}") from None
     if isinstance(obj, dict) and obj.get("format") == "ddpm-tui-checkpoint":
         raise CLIError(f"{path}: already a ddpm-tui checkpoint; sample or train it directly")
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -11,7 +11,6 @@ import argparse
 import re
 import secrets
 from pathlib import Path
-from typing import Any
 
 from ddpm_tui.commands._common import CLIError, add_workspace_arg
 from ddpm_tui.commands.train import bounded
@@ -20,6 +19,21 @@ from ddpm_tui.commands.train import bounded
 _positive_int = bounded(int, low=1)
 _eta = bounded(float, low=0.0, high=1.0)
 _guidance = bounded(float, low=0.0, high=100.0)
+GRID_LIMIT = 1024  # images kept for the grid PNG; --individual writes every image as it is drawn
+# Never written over, with or without --force: what a run or a dataset cannot lose.
+PROTECTED_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".json", ".jsonl", ".log", ".sqlite")
+SAMPLERS = ("ddpm", "ddim", "dpmpp2m", "heun")  # core.sampling.SAMPLERS; kept torch-free for --help
+MAX_SEED = 2**63 - 1  # core.sampling.MAX_SEED
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: a seed is an integer from 0 to {MAX_SEED}")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,20 +46,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_workspace_arg(p)
     p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="a run name in the workspace or a checkpoint .pt path")
     p.add_argument("--raw", action="store_true", help="use the trained weights instead of the EMA weights")
-    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim",
-                   help="ddim (few steps, default) or ddpm (all T steps, as the seed)")
-    p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (default: 50; ddpm uses T)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim",
+                   help="ddim (default), dpmpp2m (DPM-Solver++(2M), good in 10-20 steps), heun (2 model "
+                        "calls a step), or ddpm (all T steps, as the seed)")
+    p.add_argument("--steps", type=_positive_int, default=50,
+                   help="steps for ddim, dpmpp2m and heun (default: 50; ddpm uses T)")
     p.add_argument("--eta", type=_eta, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like (default: 0)")
     p.add_argument("--n", type=_positive_int, default=16, help="number of images (default: 16)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: a new one, printed)")
+    p.add_argument("--batch-size", type=_positive_int, default=32,
+                   help="images drawn at a time; any --n runs in this much memory (default: 32)")
+    p.add_argument("--seed", type=_seed, default=None, help="random seed (default: a new one, printed)")
     p.add_argument("--breed", metavar="NAME", help="draw this breed (class-conditional runs)")
     p.add_argument("--guidance", type=_guidance, default=3.0,
                    help="classifier-free guidance scale for conditional runs (default: 3; 1 = plain conditional)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
-    p.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto",
-                   help="bf16 autocast where the device does it fast (default: auto)")
+    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
+                   help="autocast: bf16 where the device does it fast (default: auto)")
     p.add_argument("--out", metavar="PATH", help="grid PNG to write (default: the run's samples/ folder)")
     p.add_argument("--individual", action="store_true", help="also write one PNG per image")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing file that is not an image ddpm-tui wrote (never a checkpoint, "
+                        "config or dataset image)")
     p.add_argument("--nrow", type=_positive_int, default=None, help="images per grid row (default: square-ish)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar; print only the paths written")
     p.set_defaults(func=run)
@@ -74,23 +95,56 @@ def resolve_source(source: str, workspace) -> tuple[Path, Path | None]:
     return ckpt, run_dir
 
 
-def _breed_key(name: str) -> str:
-    """'Golden Retriever', 'golden_retriever' and 'golden-retriever' name the same breed."""
-    return re.sub(r"[\s_-]+", " ", name.strip().lower())
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:40] or "x"
 
 
-def run(args: argparse.Namespace, workspace) -> int:
-    import torch
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except (ValueError, OSError):
+        return False
+    return True
 
-    from core.checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
-    from core.device import autocast_dtype, resolve_device
-    from core.grid import save_grid
-    from core.sampling import iter_ddim, iter_ddpm
+
+def check_output(path: Path, *, force: bool, workspace, checkpoint: Path) -> None:
+    """Refuse to write ``path`` over anything the user would lose (issue 12): a checkpoint,
+    a config, a dataset image never; any other existing file that is not an image ddpm-tui
+    wrote only with --force."""
+    from PIL import Image
+
+    from core.grid import written_by_ddpm_tui
+    from core.runs import CHECKPOINTS_DIR
+
+    known = Image.registered_extensions()
+    if path.suffix.lower() in PROTECTED_SUFFIXES or path.suffix.lower() not in known:
+        raise CLIError(f"--out {path}: not an image file name; give one ending in .png (nothing written)")
+    for folder in (workspace.data_dir, workspace.quarantine_dir):
+        if _inside(path, folder):
+            raise CLIError(f"--out {path} is inside the dataset folder {folder}; never writing over dataset images")
+    if path.parent.name == CHECKPOINTS_DIR:
+        raise CLIError(f"--out {path} is inside a run's checkpoints folder; write samples elsewhere")
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_dir():
+        raise CLIError(f"--out {path} is a folder; give a file name such as {path / 'dogs.png'}")
+    try:
+        if path.samefile(checkpoint):
+            raise CLIError(f"--out {path} is the checkpoint being sampled; never writing over it")
+    except OSError:
+        pass
+    if not path.is_file():
+        raise CLIError(f"--out {path} exists and is not a regular file (nothing written)")
+    if not written_by_ddpm_tui(path) and not force:
+        raise CLIError(f"{path} exists and is not an image ddpm-tui wrote; use --force to replace it (nothing written)")
+
+
+def run(args: argparse.Namespace, workspace) -> int:
     from core import runs
+    from core.checkpoint import CheckpointError
+    from core.device import resolve_device
+    from core.grid import save_uint8_grid
+    from core.sampling import SampleRequest, SamplingError, generate, load_for_sampling, resolve_labels, sampler_tag
 
     ckpt_path, run_dir = resolve_source(args.source, workspace)
     try:
@@ -98,91 +152,70 @@ def run(args: argparse.Namespace, workspace) -> int:
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     try:
-        ckpt = load_checkpoint(ckpt_path)
-        use_ema = not args.raw and bool(ckpt.get("ema"))
-        model, diffusion = build_model_from_checkpoint(ckpt, use_ema=use_ema)
+        loaded = load_for_sampling(ckpt_path, "raw" if args.raw else "ema")
     except CheckpointError as exc:
         raise CLIError(str(exc)) from None
-    step = int(ckpt.get("step", 0))
-    extra = ckpt.get("extra") or {}
-    classes = list(extra.get("classes") or [])
-    if not classes and run_dir is not None:
-        classes = list((runs.read_config(run_dir) or {}).get("classes") or [])
-    del ckpt
-    num_classes = model.config.num_classes
-
-    labels: list[int] | None = None
-    breed_tag = ""
-    if args.breed is not None:
-        if num_classes == 0:
-            raise CLIError(f"{ckpt_path} is unconditional; --breed needs a run trained with --conditional")
-        names = classes or [str(i) for i in range(num_classes)]
-        matches = [i for i, b in enumerate(names) if _breed_key(b) == _breed_key(args.breed)]
-        if not matches:
-            raise CLIError(f"unknown breed {args.breed!r}; this run knows: {', '.join(names)}")
-        labels = [matches[0]] * args.n
-        breed_tag = f"_{_slug(names[matches[0]])}"
-    elif num_classes:
-        labels = [i % num_classes for i in range(args.n)]  # one of each breed, in order
-        breed_tag = "_breeds"
-    guidance = args.guidance if labels is not None else 1.0
-
+    if not loaded.classes and run_dir is not None:
+        loaded.classes = [str(c) for c in (runs.read_config(run_dir) or {}).get("classes") or []]
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
-    amp = autocast_dtype(device, args.amp)
-    model = model.to(device)
-    diffusion = diffusion.to(device)
-    size = model.config.image_size
-    shape = (args.n, model.config.in_channels, size, size)
-    common: dict[str, Any] = dict(seed=seed, labels=labels, guidance=guidance, device=device, autocast=amp)
-    if args.sampler == "ddim":
-        steps = min(args.steps, diffusion.T)
-        iterator = iter_ddim(model, diffusion, shape, steps=steps, eta=args.eta, **common)
-        sampler_tag = f"ddim{steps}" + (f"-eta{args.eta:g}" if args.eta else "")
-    else:
-        steps = diffusion.T
-        iterator = iter_ddpm(model, diffusion, shape, **common)
-        sampler_tag = f"ddpm{steps}"
+    try:
+        request = SampleRequest(n=args.n, sampler=args.sampler, steps=args.steps, eta=args.eta,
+                                guidance=args.guidance, breed=args.breed, seed=seed,
+                                weights="raw" if args.raw else "ema", amp=args.amp, batch_size=args.batch_size)
+        labels = resolve_labels(request, loaded.model.config.num_classes, loaded.classes)
+    except ValueError as exc:
+        raise CLIError(f"{ckpt_path}: {exc}") from None
 
+    tag = sampler_tag(request, loaded.diffusion.T)
+    if args.breed is not None:
+        names = loaded.classes or [str(i) for i in range(loaded.model.config.num_classes)]
+        breed_tag = f"_{_slug(names[labels[0]])}" if labels else ""
+    else:
+        breed_tag = "_breeds" if labels is not None else ""
+    guidance = args.guidance if labels is not None else 1.0
     if args.out:
         out = Path(args.out).expanduser()
-        if out.is_dir():
-            raise CLIError(f"--out {out} is a folder; give a file name such as {out / 'dogs.png'}")
-        if out.suffix == "":
+        if out.suffix == "" and not out.is_dir():
             out = out.with_suffix(".png")
     else:
         folder = runs.samples_dir(run_dir) if run_dir is not None else ckpt_path.parent
-        weights = "ema" if use_ema else "raw"
         g = f"_g{guidance:g}" if labels is not None and guidance != 1.0 else ""
-        out = folder / f"sample_step{step:07d}_{weights}_{sampler_tag}{breed_tag}{g}_seed{seed}.png"
+        out = folder / f"sample_step{loaded.step:07d}_{loaded.weights}_{tag}{breed_tag}{g}_seed{seed}.png"
+    individual = [out.with_name(f"{out.stem}_{i:03d}{out.suffix}") for i in range(args.n)] if args.individual else []
+    for path in [out, *individual]:
+        check_output(path, force=args.force, workspace=workspace, checkpoint=ckpt_path)
 
-    weights_note = "EMA" if use_ema else ("raw (no EMA in this checkpoint)" if not args.raw else "raw")
     if not args.quiet:
-        print(f"sampling {args.n} image(s) from {ckpt_path} (step {step}, {weights_note} weights), "
-              f"{sampler_tag}, seed {seed}" + (f", guidance {guidance:g}" if labels is not None else ""))
-    final = None
-    try:
-        if args.quiet:
-            for final in iterator:
-                pass
-        else:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+        print(f"sampling {args.n} image(s) from {ckpt_path} (step {loaded.step}, {loaded.weights_note} weights), "
+              f"{tag}, seed {seed}" + (f", guidance {guidance:g}" if labels is not None else ""))
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
-            with Progress("[bold]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          TimeRemainingColumn()) as bar:
-                task = bar.add_task("denoising", total=steps)
-                for final in iterator:
-                    bar.update(task, completed=final.index + 1)
-    except torch.OutOfMemoryError:
-        raise CLIError(f"out of memory on {device} sampling {args.n} images; try a smaller --n") from None
-    assert final is not None
-    images = final.x_t
+    grid_parts: list[torch.Tensor] = []
+    kept = 0
+    written: list[Path] = []
+    bar = Progress("[bold]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn(), disable=args.quiet)
     try:
-        written = [save_grid(images, out, nrow=args.nrow)]
-        if args.individual:
-            for i in range(images.shape[0]):
-                written.append(save_grid(images[i : i + 1], out.with_name(f"{out.stem}_{i:03d}{out.suffix}"), padding=0))
+        with bar:
+            task = bar.add_task("denoising", total=None)
+            for step in generate(loaded, request, device=device):
+                bar.update(task, total=step.total * step.batches, completed=step.batch * step.total + step.index + 1)
+                if step.images is None:
+                    continue
+                if kept < GRID_LIMIT:
+                    grid_parts.append(step.images[: GRID_LIMIT - kept])
+                    kept += len(grid_parts[-1])
+                for i, image in enumerate(step.images if individual else ()):  # as drawn: one batch in memory
+                    written.append(save_uint8_grid(image[None], individual[step.first + i], padding=0))
+        grid = save_uint8_grid(torch.cat(grid_parts), out, nrow=args.nrow)
+    except (SamplingError, ValueError) as exc:
+        raise CLIError(f"{ckpt_path}: {exc}") from None
     except OSError as exc:
-        raise CLIError(f"cannot write {out}: {exc.strerror or exc}") from None
-    for path in written:
+        raise CLIError(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from None
+    if args.n > GRID_LIMIT and not args.quiet:
+        print(f"the grid shows the first {GRID_LIMIT} of {args.n} images" +
+              ("" if args.individual else "; --individual writes every image"))
+    for path in [grid, *written]:
         print(path)
     return 0

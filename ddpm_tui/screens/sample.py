@@ -1,6 +1,8 @@
-"""Sample: pick a run and checkpoint, EMA or raw weights, DDPM or DDIM, steps, eta, count,
-seed, breed and guidance (conditional runs); generate in a thread worker with a progress
-bar and a live half-block preview of the images forming from noise; save PNGs with `w`.
+"""Sample: pick a run and checkpoint, EMA or raw weights, a sampler (DDIM, DPM-Solver++(2M),
+Heun, DDPM), steps, eta, count, seed, breed and guidance (conditional runs); generate in a
+thread worker through core.sampling.generate (the path `ddpm-tui sample` uses) with a
+progress bar and a live half-block preview of the images forming from noise; save PNGs
+with `w`. The status line names the weights actually used.
 
 The worker draws the preview at most 4 times a second (and always the last step), so a
 fast sampler does not flood the terminal over SSH.
@@ -12,6 +14,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.text import Text
@@ -22,6 +25,9 @@ from textual.widgets import Button, Input, Label, ProgressBar, Select, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from ddpm_tui.screens.base import StudioScreen
+
+if TYPE_CHECKING:
+    from core.sampling import SampleRequest as CoreSampleRequest
 from ddpm_tui.widgets.halfblock import HalfBlockImage
 
 PREVIEW_INTERVAL = 0.25  # seconds between preview redraws (<= 4 Hz)
@@ -30,24 +36,22 @@ NO_BREED = "__any__"
 
 
 @dataclass
-class SampleRequest:
+class SampleJob:
+    """What the form asked for: a checkpoint and the fields of core.sampling's SampleRequest
+    (built in the worker: importing torch must not stall the event loop)."""
+
     checkpoint: Path
-    use_ema: bool
-    sampler: str  # "ddpm" | "ddim"
-    steps: int
-    eta: float
-    count: int
-    seed: int
-    label: int | None
-    guidance: float
     run_name: str
+    options: dict
+    request: "CoreSampleRequest | None" = None  # set by the worker
 
 
 @dataclass
 class SampleResult:
-    request: SampleRequest
+    job: SampleJob
     images: np.ndarray  # (B, H, W, 3) uint8
     seconds: float
+    weights_note: str  # the weights actually used: "EMA", "raw", "raw (this checkpoint has no EMA weights)"
 
 
 def sample_output_dir(root: Path, run_name: str) -> Path:
@@ -76,7 +80,7 @@ class SampleScreen(StudioScreen):
         self._result: SampleResult | None = None
         self._worker: Worker | None = None
         self._saved: tuple[SampleResult, Path] | None = None  # the result last saved, and where
-        self._model_cache: tuple | None = None  # (key, model, diffusion)
+        self._model_cache: tuple | None = None  # (key, Sampleable)
         self._breed_names: list[str] = []
         self.preview_x0 = False  # preview the model's x0 prediction instead of the noisy x_t
 
@@ -92,7 +96,8 @@ class SampleScreen(StudioScreen):
                     yield Label("Weights")
                     yield Select([("EMA", "ema"), ("raw", "raw")], value="ema", allow_blank=False, compact=True, id="weights")
                     yield Label("Sampler")
-                    yield Select([("DDIM", "ddim"), ("DDPM", "ddpm")], value="ddim", allow_blank=False, compact=True, id="sampler")
+                    yield Select([("DDIM", "ddim"), ("DPM-Solver++ 2M", "dpmpp2m"), ("Heun", "heun"), ("DDPM", "ddpm")],
+                                 value="ddim", allow_blank=False, compact=True, id="sampler")
                     yield Label("Steps")
                     yield Input("50", compact=True, id="steps", type="integer")
                     yield Label("eta")
@@ -145,7 +150,7 @@ class SampleScreen(StudioScreen):
             self._run_changed()
         elif event.select.id == "sampler":
             self.query_one("#steps", Input).disabled = event.value == "ddpm"
-            self.query_one("#eta", Input).disabled = event.value == "ddpm"
+            self.query_one("#eta", Input).disabled = event.value != "ddim"
 
     def _run_changed(self) -> None:
         from core.runs import checkpoints_dir, read_config
@@ -171,7 +176,7 @@ class SampleScreen(StudioScreen):
 
     # -- generating ------------------------------------------------------------------------
 
-    def _request(self) -> SampleRequest:
+    def _request(self) -> SampleJob:
         ckpt = self.query_one("#checkpoint", Select).value
         if not isinstance(ckpt, str):
             raise ValueError("no checkpoint: pick a run that has saved one (Train screen)")
@@ -188,18 +193,19 @@ class SampleScreen(StudioScreen):
 
         breed = self.query_one("#breed", Select).value
         run = self.query_one("#run", Select).value
-        return SampleRequest(
-            checkpoint=Path(ckpt),
-            use_ema=self.query_one("#weights", Select).value == "ema",
+        any_breed = breed in (NO_BREED, Select.BLANK)
+        options = dict(
+            n=min(number("count", int, 1, "Count"), 64),
             sampler=str(self.query_one("#sampler", Select).value),
             steps=number("steps", int, 1, "Steps"),
             eta=number("eta", float, 0.0, "eta"),
-            count=min(number("count", int, 1, "Count"), 64),
-            seed=number("seed", int, 0, "Seed"),
-            label=None if breed in (NO_BREED, Select.BLANK) else int(breed),
             guidance=number("guidance", float, 0.0, "Guidance"),
-            run_name=str(run) if isinstance(run, str) else Path(ckpt).parent.parent.name,
+            label=None if any_breed else int(breed),
+            unconditional=any_breed,
+            seed=number("seed", int, 0, "Seed"),
+            weights=str(self.query_one("#weights", Select).value),
         )
+        return SampleJob(Path(ckpt), str(run) if isinstance(run, str) else Path(ckpt).parent.parent.name, options)
 
     def action_generate(self) -> None:
         if self._worker is not None and self._worker.state in (WorkerState.PENDING, WorkerState.RUNNING):
@@ -224,67 +230,58 @@ class SampleScreen(StudioScreen):
             self._worker.cancel()
             self.query_one("#sample-status", Static).update("cancelling…")
 
-    def _load(self, req: SampleRequest):
-        from core.checkpoint import build_model_from_checkpoint, load_checkpoint
+    def _load(self, job: SampleJob):
+        from core.sampling import load_for_sampling
 
-        stat = req.checkpoint.stat()
-        key = (str(req.checkpoint), stat.st_mtime, stat.st_size, req.use_ema)
+        stat = job.checkpoint.stat()
+        key = (str(job.checkpoint), stat.st_mtime, stat.st_size, job.options["weights"])
         if self._model_cache is not None and self._model_cache[0] == key:
-            return self._model_cache[1], self._model_cache[2]
-        ckpt = load_checkpoint(req.checkpoint)
-        model, diffusion = build_model_from_checkpoint(ckpt, use_ema=req.use_ema)
-        self._model_cache = (key, model, diffusion)
-        return model, diffusion
+            return self._model_cache[1]
+        loaded = load_for_sampling(job.checkpoint, job.options["weights"])
+        self._model_cache = (key, loaded)
+        return loaded
 
-    def _generate(self, req: SampleRequest) -> None:
+    def _generate(self, job: SampleJob) -> None:
         from core.checkpoint import CheckpointError
-        from core.device import autocast_dtype, resolve_device
         from core.grid import to_uint8_images
-        from core.sampling import iter_ddim, iter_ddpm
+        from core.sampling import SampleRequest, SamplingError, generate
 
         worker = get_current_worker()
         call = self.app.call_from_thread
         try:
-            model, diffusion = self._load(req)
-        except (CheckpointError, OSError) as exc:
-            call(self._failed, f"cannot load {req.checkpoint}: {exc}")
+            job.request = SampleRequest(**job.options)
+        except ValueError as exc:
+            call(self._failed, str(exc))
             return
-        size = model.config.image_size
-        shape = (req.count, model.config.in_channels, size, size)
-        device = resolve_device("auto")
-        # bf16 autocast where the device runs it fast (CUDA, CPUs with AVX512-BF16/AMX)
-        kwargs = dict(seed=req.seed, device=device, autocast=autocast_dtype(device, "auto"))
-        if req.label is not None:
-            kwargs.update(labels=req.label, guidance=req.guidance)
-        model.to(device)
         try:
-            if req.sampler == "ddpm":
-                steps = iter_ddpm(model, diffusion, shape, **kwargs)
-            else:
-                steps = iter_ddim(model, diffusion, shape, steps=min(req.steps, diffusion.T), eta=req.eta, **kwargs)
-            start = time.monotonic()
-            last_draw = 0.0
-            final = None
-            for step in steps:
+            loaded = self._load(job)
+        except (CheckpointError, OSError) as exc:
+            call(self._failed, f"cannot load {job.checkpoint}: {exc}")
+            return
+        start = time.monotonic()
+        last_draw = 0.0
+        parts = []
+        try:
+            for step in generate(loaded, job.request):
                 if worker.is_cancelled:
                     call(self._failed, "cancelled")
                     return
-                final = step
+                if step.images is not None:
+                    parts.append(step.images.numpy())
                 now = time.monotonic()
-                done = step.index + 1
-                if now - last_draw >= PREVIEW_INTERVAL or done == step.total:
+                done = step.batch * step.total + step.index + 1
+                total = step.total * step.batches
+                if now - last_draw >= PREVIEW_INTERVAL or done == total:
                     last_draw = now
                     shown = step.x0_pred if self.preview_x0 else step.x_t
-                    preview = to_uint8_images(shown).numpy()
-                    call(self._progress, done, step.total, preview)
-        except (ValueError, RuntimeError) as exc:
+                    call(self._progress, done, total, to_uint8_images(shown).numpy())
+        except (SamplingError, ValueError, RuntimeError) as exc:
             call(self._failed, f"sampling failed: {exc}")
             return
-        if final is None:
+        if not parts:
             call(self._failed, "the sampler produced no steps")
             return
-        images = to_uint8_images(final.x_t).numpy()
-        call(self._done, SampleResult(req, images, time.monotonic() - start))
+        call(self._done, SampleResult(job, np.concatenate(parts), time.monotonic() - start, loaded.weights_note))
 
     def _grid(self, images: np.ndarray) -> np.ndarray:
         from ddpm_tui.widgets.halfblock import tile_images
@@ -305,8 +302,8 @@ class SampleScreen(StudioScreen):
     def _done(self, result: SampleResult) -> None:
         self._result = result
         self.query_one("#sample-preview", HalfBlockImage).set_image(self._grid(result.images))
-        r = result.request
-        what = f"{r.sampler.upper()} {'EMA' if r.use_ema else 'raw'} seed {r.seed}"
+        r = result.job.request
+        what = f"{r.sampler.upper()} · {result.weights_note} weights · seed {r.seed}"
         if r.label is not None and r.label < len(self._breed_names):
             what += f" · {self._breed_names[r.label]} x{r.guidance:g}"
         self.query_one("#sample-status", Static).update(
@@ -322,10 +319,11 @@ class SampleScreen(StudioScreen):
         if self._saved is not None and self._saved[0] is self._result:
             self.notify(f"already saved in {self._saved[1]}")
             return self._saved[1]
-        r = self._result.request
-        out = sample_output_dir(self.studio.workspace.root, r.run_name) / time.strftime(f"%Y%m%d-%H%M%S-seed{r.seed}")
+        job = self._result.job
+        out = sample_output_dir(self.studio.workspace.root, job.run_name) / time.strftime(
+            f"%Y%m%d-%H%M%S-seed{job.request.seed}")
         try:
-            paths = save_pngs(self._result.images, out, self._grid(self._result.images))
+            paths = save_pngs(self._result.images, out)
         except OSError as exc:
             self.notify(f"could not save to {out}: {exc}", severity="error")
             return None
@@ -365,32 +363,29 @@ class SampleScreen(StudioScreen):
 
 
 def save_upscaled(paths: list[Path], out_dir: Path, factor: int = 4) -> list[Path]:
-    """Lanczos-enlarged copies of PNGs (same names) in out_dir, each via temp file + rename."""
+    """Lanczos-enlarged copies of PNGs (same names) in out_dir, written like every other image."""
+    import torch
     from PIL import Image
+
+    from core.grid import save_uint8_grid
 
     copies = []
     for path in paths:
         with Image.open(path) as im:
             im = im.convert("RGB")
-            big = im.resize((im.width * factor, im.height * factor), Image.Resampling.LANCZOS)
-        copies.append(_write_png(out_dir, path.name, np.asarray(big)))
+            big = np.asarray(im.resize((im.width * factor, im.height * factor), Image.Resampling.LANCZOS))
+        copies.append(save_uint8_grid(torch.from_numpy(big.copy())[None], out_dir / path.name, padding=0))
     return copies
 
 
-def _write_png(out_dir: Path, name: str, arr: np.ndarray) -> Path:
-    import os
+def save_pngs(images: np.ndarray, out_dir: Path) -> list[Path]:
+    """Write each image and a grid of them as PNG with core.grid's writer (atomic, marked as
+    ddpm-tui's, byte-identical to `ddpm-tui sample --individual` for the same images)."""
+    import torch
 
-    from PIL import Image
+    from core.grid import save_uint8_grid
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / name
-    tmp = out_dir / f".{name}.tmp"
-    Image.fromarray(arr).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
-
-
-def save_pngs(images: np.ndarray, out_dir: Path, grid: np.ndarray) -> list[Path]:
-    """Write each image and the grid as PNG, each via temp file + rename (never half-written)."""
-    items = [(f"{i:03d}.png", img) for i, img in enumerate(images)] + [("grid.png", grid)]
-    return [_write_png(out_dir, name, arr) for name, arr in items]
+    batch = torch.from_numpy(np.ascontiguousarray(images))
+    paths = [save_uint8_grid(batch[i : i + 1], out_dir / f"{i:03d}.png", padding=0) for i in range(len(batch))]
+    paths.append(save_uint8_grid(batch, out_dir / "grid.png"))
+    return paths

@@ -99,7 +99,8 @@ def test_round_trip_is_bit_identical_and_resumes_exactly(tmp_path):
     assert (ckpt["step"], ckpt["epoch"]) == (2, 1)
     assert ckpt["extra"] == {"note": "hello", "losses": [0.5, 0.25]}
     assert ckpt["model_config"] == model.config.to_dict()
-    assert ckpt["diffusion_config"] == {"T": 1000, "schedule": "cosine"}
+    assert ckpt["diffusion_config"] == {"T": 1000, "schedule": "cosine", "prediction": "eps",
+                                        "loss_weighting": "uniform", "min_snr_gamma": 5.0, "zero_terminal_snr": False}
     _assert_nested_equal(dict(model.state_dict()), ckpt["model"])
     _assert_nested_equal(ema.state_dict(), ckpt["ema"])
     _assert_nested_equal(opt.state_dict(), ckpt["optimizer"])
@@ -317,3 +318,48 @@ def test_full_disk_keeps_the_old_checkpoint(tmp_path):
         assert [p.name for p in disk.iterdir()] == ["last.pt"]
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_checkpoint_from_before_the_new_diffusion_fields_is_compatible(tmp_path):
+    """A checkpoint whose diffusion config predates prediction/weighting/zero-SNR resumes as eps."""
+    from core.unet import UNet
+
+    model = UNet(get_preset("tiny", image_size=16))
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, model_config=model.config.to_dict(), diffusion_config={"T": 10, "schedule": "linear"},
+                    model_state=model.state_dict())
+    ckpt = load_checkpoint(path)
+    check_compatible(ckpt, diffusion_config=DiffusionConfig(T=10))
+    with pytest.raises(CheckpointError, match="prediction: checkpoint 'eps' vs expected 'v'"):
+        check_compatible(ckpt, diffusion_config=DiffusionConfig(T=10, prediction="v"))
+    _, diffusion = build_model_from_checkpoint(ckpt)
+    assert diffusion.config.prediction == "eps" and diffusion.config.loss_weighting == "uniform"
+
+
+@pytest.mark.parametrize("field,value", [("base_channels", 2**20), ("time_dim", 2**30), ("num_classes", 2**40)])
+def test_crafted_config_that_would_allocate_huge_tensors_is_refused_before_building(tmp_path, field, value):
+    """The config asks for a network of terabytes; the weights in the file are tiny. Building
+    it would exhaust memory: the shapes are checked on a meta model first."""
+    model = UNet(get_preset("tiny", image_size=16))
+    path = tmp_path / "crafted.pt"
+    save_checkpoint(path, model_config={**model.config.to_dict(), field: value}, diffusion_config={"T": 10},
+                    model_state=model.state_dict())
+    with pytest.raises(CheckpointError, match=r"crafted\.pt: (weight|bad config)"):
+        build_model_from_checkpoint(load_checkpoint(path))
+    save_checkpoint(path, model_config=model.config.to_dict(), diffusion_config={"T": 10**12},
+                    model_state=model.state_dict())
+    with pytest.raises(CheckpointError, match="T must be at most 100,000"):
+        build_model_from_checkpoint(load_checkpoint(path))
+
+
+@pytest.mark.parametrize("content,what", [(b"\xff\xd8\xff\xe0" + bytes(200), "JPEG image"),
+                                          (bytes(range(7, 250)) * 20, None)])
+def test_random_bytes_or_an_image_named_pt_is_not_called_code(tmp_path, content, what):
+    path = tmp_path / "photo.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    msg = str(info.value)
+    assert "not a PyTorch checkpoint file" in msg and "run code" not in msg and "weights_only" not in msg
+    if what:
+        assert what in msg

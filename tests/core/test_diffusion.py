@@ -22,11 +22,12 @@ def _ab64(schedule: str, T: int) -> torch.Tensor:
 def test_config_round_trip_and_errors() -> None:
     cfg = DiffusionConfig(T=250, schedule="cosine")
     assert DiffusionConfig.from_dict(cfg.to_dict()) == cfg
-    assert cfg.to_dict() == {"T": 250, "schedule": "cosine"}
+    assert cfg.to_dict() == {"T": 250, "schedule": "cosine", "prediction": "eps", "loss_weighting": "uniform",
+                             "min_snr_gamma": 5.0, "zero_terminal_snr": False}
     with pytest.raises(ValueError, match="unknown diffusion config key.*bogus"):
         DiffusionConfig.from_dict({"T": 10, "bogus": 1})
-    with pytest.raises(ValueError, match="unknown schedule 'sigmoid'.*linear, cosine"):
-        DiffusionConfig(schedule="sigmoid")
+    with pytest.raises(ValueError, match="unknown schedule 'quadratic'.*linear, cosine, sigmoid"):
+        DiffusionConfig(schedule="quadratic")
     with pytest.raises(ValueError, match="positive integer"):
         DiffusionConfig(T=0)
 
@@ -202,3 +203,130 @@ def test_training_loss_rejects_wrong_model_output() -> None:
     d = Diffusion(DiffusionConfig(T=10))
     with pytest.raises(ValueError, match=r"model returned shape \(2, 1, 4, 4\), expected \(2, 3, 4, 4\)"):
         d.training_loss(lambda x, t, labels=None: x[:, :1], torch.zeros(2, 3, 4, 4))
+
+
+# -- targets (eps / x0 / v), weighting, zero terminal SNR -----------------------------------
+
+from core.diffusion import LOSS_WEIGHTINGS, PREDICTIONS  # noqa: E402
+
+TARGET_CONFIGS = [(p, w, z) for p in PREDICTIONS for w in LOSS_WEIGHTINGS for z in (False, True)
+                  if not (z and p == "eps")]
+
+
+def test_old_configs_load_as_before() -> None:
+    cfg = DiffusionConfig.from_dict({"T": 100, "schedule": "linear"})
+    assert (cfg.prediction, cfg.loss_weighting, cfg.zero_terminal_snr) == ("eps", "uniform", False)
+    assert DiffusionConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("prediction", "score", "unknown prediction 'score'; known predictions: eps, x0, v"),
+    ("loss_weighting", "p2", "unknown loss weighting 'p2'; known loss weightings: uniform, min_snr"),
+    ("min_snr_gamma", 0, "min_snr_gamma must be a positive number"),
+    ("min_snr_gamma", float("nan"), "min_snr_gamma must be a positive number"),
+    ("zero_terminal_snr", "yes", "zero_terminal_snr must be true or false"),
+])
+def test_new_fields_are_validated(field: str, value, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        DiffusionConfig(**{field: value})
+
+
+def test_zero_terminal_snr_refuses_eps_prediction() -> None:
+    with pytest.raises(ValueError, match="zero_terminal_snr needs prediction 'v' or 'x0'"):
+        DiffusionConfig(zero_terminal_snr=True)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "sigmoid"])
+def test_zero_terminal_snr_gives_alpha_bar_T_zero(schedule: str) -> None:
+    d = Diffusion(DiffusionConfig(T=100, schedule=schedule, prediction="v", zero_terminal_snr=True))
+    assert d.alpha_bars[-1].item() == 0.0 and d.sqrt_alpha_bars[-1].item() == 0.0
+    assert d.sqrt_one_minus_alpha_bars[-1].item() == 1.0
+    x_t = torch.randn(2, 3, 4, 4)
+    x0 = torch.rand(2, 3, 4, 4)
+    assert torch.equal(d.q_sample(x0, torch.tensor([99, 99]), x_t), x_t)  # pure noise
+    # every conversion the samplers use stays finite at alpha_bar = 0
+    for t in (99, torch.tensor([99, 99])):
+        v = d.v_from_x0_eps(x0, t, x_t)
+        assert torch.equal(v, -x0)
+        assert torch.isfinite(d.predict_eps_from_x0(x_t, t, x0)).all()
+        assert torch.allclose(d.predict_x0_from_v(x_t, t, v), x0) and torch.allclose(d.predict_eps_from_v(x_t, t, v), x_t)
+        mean, var, _ = d.q_posterior(x0, x_t, t)
+        assert torch.isfinite(mean).all()
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "sigmoid"])
+@pytest.mark.parametrize("prediction,zero_snr", [(p, z) for p in PREDICTIONS for z in (False, True)
+                                                 if not (z and p == "eps")])
+def test_conversions_between_targets_round_trip_exactly(schedule: str, zero_snr: bool, prediction: str) -> None:
+    """(x0, eps) -> (x_t, target) -> (x0, eps) to float64 rounding at int timesteps (float64
+    coefficients), and the tensor-timestep path (float32 buffers) agrees with it."""
+    cfg = DiffusionConfig(T=1000, schedule=schedule, prediction=prediction, zero_terminal_snr=zero_snr)
+    d = Diffusion(cfg).double()
+    gen = torch.Generator().manual_seed(3)
+    x0 = torch.rand((8, 3, 4, 4), generator=gen, dtype=torch.float64) * 2 - 1
+    eps = torch.randn((8, 3, 4, 4), generator=gen, dtype=torch.float64)
+    for t in [0, 1, 5, 100, 400, 700, 998, 999]:
+        sab, s1m = d.coef("sqrt_alpha_bars", t, x0), d.coef("sqrt_one_minus_alpha_bars", t, x0)
+        if prediction == "eps" and sab < 1e-3:
+            continue  # x0 from eps divides by sqrt(ab): ill-conditioned at the noisiest steps
+        x_t = d.q_sample(x0, t, eps)
+        out = d.training_target(x0, t, eps)
+        got_x0, got_eps = d.model_x0_eps(x_t, t, out)
+        tol = 1e-13 / min(s1m, sab if prediction == "eps" else 1.0)
+        assert torch.allclose(got_x0, x0, rtol=0, atol=tol), (t, (got_x0 - x0).abs().max())
+        assert torch.allclose(got_eps, eps, rtol=0, atol=tol), (t, (got_eps - eps).abs().max())
+        assert torch.allclose(d.v_from_x0_eps(x0, t, eps), sab * eps - s1m * x0, rtol=0, atol=1e-15)
+        tt = torch.full((8,), t)
+        assert torch.allclose(d.training_target(x0, tt, eps), out, rtol=0, atol=1e-6)
+
+
+def _posterior_var_of_target(prediction: str, ab: torch.Tensor, s: float) -> torch.Tensor:
+    """Var(target | x_t) for data N(mu, s^2): what the ideal predictor cannot remove."""
+    denom = ab * s * s + 1 - ab
+    return {"eps": ab * s * s / denom, "x0": s * s * (1 - ab) / denom, "v": s * s / denom}[prediction]
+
+
+class _IdealPredictor(nn.Module):
+    """E[target | x_t] for data N(mu, s^2) per pixel, in float64."""
+
+    def __init__(self, d: Diffusion, mu: float, s: float) -> None:
+        super().__init__()
+        self.d, self.mu, self.s = d, mu, s
+        self.ab = Diffusion.schedule_float64(d.config)["alpha_bars"]
+
+    def forward(self, x, t, labels=None):
+        ab = self.ab[t].reshape(-1, *([1] * (x.dim() - 1)))
+        x = x.double()
+        denom = ab * self.s**2 + 1 - ab
+        x0 = self.mu + ab.sqrt() * self.s**2 * (x - ab.sqrt() * self.mu) / denom
+        eps = (1 - ab).sqrt() * (x - ab.sqrt() * self.mu) / denom
+        return {"eps": eps, "x0": x0, "v": ab.sqrt() * eps - (1 - ab).sqrt() * x0}[self.d.prediction]
+
+
+@pytest.mark.parametrize("prediction,weighting,zero_snr", TARGET_CONFIGS)
+def test_ideal_predictor_loss_is_the_closed_form(prediction: str, weighting: str, zero_snr: bool) -> None:
+    T, mu, s, n = 20, 0.3, 0.5, 400_000
+    cfg = DiffusionConfig(T=T, schedule="cosine", prediction=prediction, loss_weighting=weighting,
+                          min_snr_gamma=2.0, zero_terminal_snr=zero_snr)
+    d = Diffusion(cfg).double()
+    gen = torch.Generator().manual_seed(17)
+    x0 = mu + s * torch.randn((n, 1, 1, 1), generator=gen, dtype=torch.float64)
+    loss = d.training_loss(_IdealPredictor(d, mu, s), x0, generator=gen).item()
+
+    ab = Diffusion.schedule_float64(cfg)["alpha_bars"]
+    snr = ab / (1 - ab)
+    var = _posterior_var_of_target(prediction, ab, s)
+    x0_var = _posterior_var_of_target("x0", ab, s)
+
+    def expected(weighting: str):
+        if weighting == "uniform":
+            w = torch.ones_like(snr)
+        else:  # Hang et al.: min(snr, gamma) times the x0 error, whatever the target
+            w = snr.clamp(max=2.0) * x0_var / var
+        return (w * var).mean().item(), ((3 * (w * var) ** 2).mean() - (w * var).mean() ** 2).item()
+
+    mean, second = expected(weighting)
+    se = math.sqrt(second / n)
+    assert abs(loss - mean) <= 5 * se, (loss, mean, se)
+    other, _ = expected("min_snr" if weighting == "uniform" else "uniform")
+    assert abs(other - mean) > 10 * se  # the test tells the two weightings apart

@@ -7,8 +7,10 @@ Gaussian and its mean and variance follow from a scalar recursion (``chain_momen
 Each oracle test checks two things:
 
 1. The samples match the recursion's mean/std within 4.5 standard errors (65,536 scalar
-   pixels: about 0.6 % of s for the std, 1.8 % of s for the mean). This is the tight check
-   that the implementation is exactly the intended sampler.
+   pixels: about 1.2 % of s for the std, 1.8 % of s for the mean). This is the tight check
+   that the implementation is exactly the intended sampler. It cannot tell DDPM's "small"
+   from "large" variance (0.3-0.6 % apart): test_ddpm_step_matches_ho_et_al_formula checks
+   both step rules exactly.
 2. The recursion's mean/std match mu and s within a per-sampler allowance. Finite steps
    bias the std downwards, and not because of a bug: a step that uses E[x0 | x_t] drops
    the conditional variance Var(x0 | x_t) the true reverse step would add. For DDIM with
@@ -18,7 +20,10 @@ Each oracle test checks two things:
    small; eta = 1 loses c1^2 Var(x0 | x_t) per step, more for long jumps. For N(-0.5, 0.8^2)
    the recursion gives these std shortfalls (linear / cosine): DDPM-1000 small -0.5 % /
    -0.3 % (large +0.04 % / +0.02 %), DDIM-50 eta 0 -4.1 % / -2.5 %, eta 1 -8.5 % / -4.9 %,
-   DDIM-10 eta 0 -21 % / -13 %, eta 1 -30 % / -20 %. The allowances below sit just above
+   DDIM-10 eta 0 -21 % / -13 %, eta 1 -30 % / -20 %; the deterministic second-order
+   samplers overshoot instead (linear / cosine / sigmoid): DPM-Solver++(2M)-20 +1.5 % /
+   +3.0 % / +2.0 %, -10 +3.6 % / +1.3 % / +2.5 %, Heun-20 +1.3 % / +0.6 % / -0.04 %, Heun-10
+   +6.2 % / +2.0 % / +0.8 %. The allowances below sit just above
    those figures, so a regression in the step rule (e.g. a wrong sigma or direction term)
    fails check 2 even if it also changed the recursion.
    The mean is exact for every sampler except a small offset from starting at N(0, 1)
@@ -36,7 +41,14 @@ from torch import nn
 
 from core.diffusion import Diffusion, DiffusionConfig
 from core.sampling import (
+    HEUN_SIGMA_MAX,
+    SAMPLERS,
     SampleStep,
+    dpmpp2m_sample,
+    heun_sample,
+    iter_dpmpp2m,
+    iter_heun,
+    logsnr_timesteps,
     ddim_sample,
     ddim_timesteps,
     ddpm_sample,
@@ -52,34 +64,55 @@ T = 1000
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-class GaussianOracle(nn.Module):
-    """The ideal eps predictor for data N(mu, s^2) per pixel (float64 math inside)."""
+def _alpha_bars(schedule: str, T: int, zero_snr: bool = False) -> list[float]:
+    ab = torch.cumprod(1 - make_betas(schedule, T, zero_terminal_snr=zero_snr), 0)
+    if zero_snr:
+        ab[-1] = 0.0
+    return ab.tolist()
 
-    def __init__(self, schedule: str, T: int, mu: float, s: float) -> None:
+
+def _oracle_x0(a: float, mu: float, s: float) -> tuple[float, float]:
+    """E[x0 | x_t] = p x_t + q for data N(mu, s^2) at alpha_bar a (defined at a = 0 too)."""
+    den = a * s * s + 1 - a
+    p = math.sqrt(a) * s * s / den
+    return p, mu - p * math.sqrt(a) * mu
+
+
+class GaussianOracle(nn.Module):
+    """The ideal predictor (of eps, x0 or v) for data N(mu, s^2) per pixel (float64 inside)."""
+
+    def __init__(self, schedule: str, T: int, mu: float, s: float, prediction: str = "eps",
+                 zero_snr: bool = False) -> None:
         super().__init__()
-        self.register_buffer("ab", torch.cumprod(1 - make_betas(schedule, T), 0))
-        self.mu, self.s = mu, s
+        self.register_buffer("ab", torch.tensor(_alpha_bars(schedule, T, zero_snr), dtype=torch.float64))
+        self.mu, self.s, self.prediction = mu, s, prediction
         self.calls = 0
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         self.calls += 1
         ab = self.ab[t].reshape(-1, *([1] * (x.dim() - 1)))
-        eps = (1 - ab).sqrt() * (x.double() - ab.sqrt() * self.mu) / (ab * self.s**2 + 1 - ab)
-        return eps.to(x.dtype)
+        x = x.double()
+        den = ab * self.s**2 + 1 - ab
+        x0 = self.mu + ab.sqrt() * self.s**2 * (x - ab.sqrt() * self.mu) / den
+        eps = (1 - ab).sqrt() * (x - ab.sqrt() * self.mu) / den
+        out = {"eps": eps, "x0": x0, "v": ab.sqrt() * eps - (1 - ab).sqrt() * x0}[self.prediction]
+        return out.to(torch.float32)
 
 
 def chain_moments(schedule: str, T: int, mu: float, s: float, sampler: str,
-                  steps: int = T, eta: float = 0.0, variance: str = "small") -> tuple[float, float]:
+                  steps: int = T, eta: float = 0.0, variance: str = "small",
+                  zero_snr: bool = False) -> tuple[float, float]:
     """Exact output mean and std of a sampler driven by the oracle (scalar recursion)."""
-    ab = torch.cumprod(1 - make_betas(schedule, T), 0).tolist()
+    if sampler in ("dpmpp2m", "heun"):
+        return _deterministic_moments(schedule, T, mu, s, sampler, steps, zero_snr)
+    ab = _alpha_bars(schedule, T, zero_snr)
     ts = list(range(T - 1, -1, -1)) if sampler == "ddpm" else ddim_timesteps(T, steps)
     m, v = 0.0, 1.0  # x_T ~ N(0, 1)
     for i, t in enumerate(ts):
         a = ab[t]
-        k = math.sqrt(1 - a) / (a * s * s + 1 - a)
-        # eps = k x - k sqrt(a) mu;  x0 = (x - sqrt(1 - a) eps) / sqrt(a)
-        e_x, e_c = k, -k * math.sqrt(a) * mu
-        x0_x, x0_c = (1 - math.sqrt(1 - a) * e_x) / math.sqrt(a), -math.sqrt(1 - a) * e_c / math.sqrt(a)
+        # x0 = p x + q;  eps = (x - sqrt(a) x0) / sqrt(1 - a)
+        x0_x, x0_c = _oracle_x0(a, mu, s)
+        e_x, e_c = (1 - math.sqrt(a) * x0_x) / math.sqrt(1 - a), -math.sqrt(a) * x0_c / math.sqrt(1 - a)
         if sampler == "ddpm":
             a_prev = ab[t - 1] if t > 0 else 1.0
             beta = 1 - a / a_prev
@@ -100,6 +133,63 @@ def chain_moments(schedule: str, T: int, mu: float, s: float, sampler: str,
     return m, math.sqrt(v)
 
 
+def _deterministic_moments(schedule: str, T: int, mu: float, s: float, sampler: str, steps: int,
+                           zero_snr: bool) -> tuple[float, float]:
+    """DPM-Solver++(2M) and Heun are deterministic: the output is A x_T + B with x_T ~ N(0, 1).
+    Written from the papers' own forms: DPM-Solver++ in lambda with expm1 (Lu et al. Alg. 2),
+    Heun in EDM's y = x / alpha, slope (y - D) / sigma_edm (Karras et al. Alg. 1)."""
+    ab = _alpha_bars(schedule, T, zero_snr)
+    ts = ddim_timesteps(T, steps) if sampler == "heun" else logsnr_timesteps(
+        Diffusion(DiffusionConfig(T=T, schedule=schedule, prediction="v", zero_terminal_snr=zero_snr)), steps)
+    A, B = 1.0, 0.0  # x = A x_T + B
+    prev = None  # previous D as (P, Q), and the previous h
+    h_prev = None
+
+    def den(x_a, x_b, t):  # the oracle's x0 at t, as an affine map of x_T
+        p, q = _oracle_x0(ab[t], mu, s)
+        return p * x_a, p * x_b + q
+
+    for i, t in enumerate(ts):
+        D = den(A, B, t)
+        if i + 1 == len(ts):
+            A, B = D
+            break
+        n = ts[i + 1]
+        al, sg, al_n, sg_n = math.sqrt(ab[t]), math.sqrt(1 - ab[t]), math.sqrt(ab[n]), math.sqrt(1 - ab[n])
+        if sampler == "dpmpp2m":
+            lam = math.log(al / sg) if al > 0 else None
+            lam_n = math.log(al_n / sg_n)
+            if lam is None:  # from pure noise: x_next = sigma_n / sigma * x + alpha_n * D (h = inf)
+                coef_x, coef_d, h = sg_n / sg, al_n, None
+                Dm = D
+            else:
+                h = lam_n - lam
+                coef_x, coef_d = sg_n / sg, -al_n * math.expm1(-h)
+                if prev is None or h_prev is None:
+                    Dm = D
+                else:
+                    r = h_prev / h
+                    Dm = ((1 + 1 / (2 * r)) * D[0] - 1 / (2 * r) * prev[0],
+                          (1 + 1 / (2 * r)) * D[1] - 1 / (2 * r) * prev[1])
+            prev, h_prev = D, h
+            A, B = coef_x * A + coef_d * Dm[0], coef_x * B + coef_d * Dm[1]
+        else:  # heun
+            sig_n = sg_n / al_n
+            if al == 0 or sg / al > HEUN_SIGMA_MAX:  # Euler (= DDIM): x_n = alpha_n D + sigma_n eps
+                e = ((A - al * D[0]) / sg, (B - al * D[1]) / sg)
+                A, B = al_n * D[0] + sg_n * e[0], al_n * D[1] + sg_n * e[1]
+                continue
+            sig = sg / al
+            y = (A / al, B / al)
+            d = ((y[0] - D[0]) / sig, (y[1] - D[1]) / sig)
+            ye = (y[0] + (sig_n - sig) * d[0], y[1] + (sig_n - sig) * d[1])
+            De = den(al_n * ye[0], al_n * ye[1], n)
+            de = ((ye[0] - De[0]) / sig_n, (ye[1] - De[1]) / sig_n)
+            yn = (y[0] + (sig_n - sig) * (d[0] + de[0]) / 2, y[1] + (sig_n - sig) * (d[1] + de[1]) / 2)
+            A, B = al_n * yn[0], al_n * yn[1]
+    return B, abs(A)
+
+
 SHAPE = (4096, 1, 4, 4)  # 65,536 independent scalar pixels
 N = math.prod(SHAPE)
 MU, S = -0.5, 0.8  # mu +- 3s leaves [-1, 1]: x0 clipping is off
@@ -112,25 +202,37 @@ CONFIGS = [
     ("ddim", 50, 1.0, "small", 0.002, 0.10),
     ("ddim", 10, 0.0, "small", 0.005, 0.25),
     ("ddim", 10, 1.0, "small", 0.002, 0.35),
+    ("dpmpp2m", 20, 0.0, "small", 0.005, 0.035),
+    ("dpmpp2m", 10, 0.0, "small", 0.005, 0.04),
+    ("heun", 20, 0.0, "small", 0.005, 0.02),
+    ("heun", 10, 0.0, "small", 0.005, 0.07),
 ]
+SCHEDULE_NAMES = ["linear", "cosine", "sigmoid"]
 
 
 def _sample(sampler: str, model: nn.Module, d: Diffusion, shape, steps: int, eta: float,
             variance: str, seed: int, clip_x0: bool) -> torch.Tensor:
     if sampler == "ddpm":
         return ddpm_sample(model, d, shape, seed=seed, variance=variance, clip_x0=clip_x0)
+    if sampler == "dpmpp2m":
+        return dpmpp2m_sample(model, d, shape, steps=steps, seed=seed, clip_x0=clip_x0)
+    if sampler == "heun":
+        return heun_sample(model, d, shape, steps=steps, seed=seed, clip_x0=clip_x0)
     return ddim_sample(model, d, shape, steps=steps, eta=eta, seed=seed, clip_x0=clip_x0)
 
 
-@pytest.mark.parametrize("schedule", ["linear", "cosine"])
-@pytest.mark.parametrize("sampler,steps,eta,variance,mean_allow,std_allow", CONFIGS)
-def test_oracle_gaussian(schedule, sampler, steps, eta, variance, mean_allow, std_allow) -> None:
-    d = Diffusion(DiffusionConfig(T=T, schedule=schedule))
-    model = GaussianOracle(schedule, T, MU, S)
-    x = _sample(sampler, model, d, SHAPE, steps, eta, variance, seed=1234, clip_x0=False).double()
-    assert model.calls == steps
+def _model_calls(sampler: str, d: Diffusion, steps: int) -> int:
+    if sampler != "heun":
+        return steps
+    ab = d.schedule_table("alpha_bars")
+    corrected = [t for t in ddim_timesteps(d.T, steps)[:-1] if ab[t] > 0 and math.sqrt((1 - ab[t]) / ab[t]) <= HEUN_SIGMA_MAX]
+    assert len(corrected) >= steps - 3  # only the noisiest steps are Euler steps
+    return steps + len(corrected)
+
+
+def _check_oracle_samples(x, schedule, sampler, steps, eta, variance, mean_allow, std_allow, zero_snr=False) -> None:
     mean, std = x.mean().item(), x.std().item()
-    exp_mean, exp_std = chain_moments(schedule, T, MU, S, sampler, steps, eta, variance)
+    exp_mean, exp_std = chain_moments(schedule, T, MU, S, sampler, steps, eta, variance, zero_snr)
     # 1. the implementation is exactly this sampler (4.5 standard errors)
     assert abs(mean - exp_mean) <= 4.5 * exp_std / math.sqrt(N)
     assert abs(std - exp_std) <= 4.5 * exp_std / math.sqrt(2 * (N - 1))
@@ -142,9 +244,54 @@ def test_oracle_gaussian(schedule, sampler, steps, eta, variance, mean_allow, st
     assert x.min().item() < -1.0  # no clamping when clip_x0 is off
 
 
+def test_sampler_names() -> None:
+    assert SAMPLERS == ("ddpm", "ddim", "dpmpp2m", "heun")
+
+
+@pytest.mark.parametrize("schedule", SCHEDULE_NAMES)
+@pytest.mark.parametrize("sampler,steps,eta,variance,mean_allow,std_allow", CONFIGS)
+def test_oracle_gaussian(schedule, sampler, steps, eta, variance, mean_allow, std_allow) -> None:
+    d = Diffusion(DiffusionConfig(T=T, schedule=schedule))
+    model = GaussianOracle(schedule, T, MU, S)
+    x = _sample(sampler, model, d, SHAPE, steps, eta, variance, seed=1234, clip_x0=False).double()
+    assert model.calls == _model_calls(sampler, d, steps)
+    _check_oracle_samples(x, schedule, sampler, steps, eta, variance, mean_allow, std_allow)
+
+
+@pytest.mark.parametrize("prediction", ["v", "x0"])
+@pytest.mark.parametrize("sampler,steps,eta,variance,mean_allow,std_allow",
+                         [c for c in CONFIGS if c[1] != 10 or c[0] == "dpmpp2m"])
+def test_oracle_gaussian_zero_terminal_snr(prediction, sampler, steps, eta, variance, mean_allow, std_allow) -> None:
+    """alpha_bar_T = 0 (the start is exactly the data's noise distribution): every sampler,
+    driven by a v or x0 predictor, still produces the data's distribution."""
+    schedule = "cosine"
+    d = Diffusion(DiffusionConfig(T=T, schedule=schedule, prediction=prediction, zero_terminal_snr=True))
+    assert d.alpha_bars[-1].item() == 0.0
+    model = GaussianOracle(schedule, T, MU, S, prediction=prediction, zero_snr=True)
+    x = _sample(sampler, model, d, SHAPE, steps, eta, variance, seed=77, clip_x0=False).double()
+    assert torch.isfinite(x).all()
+    assert model.calls == _model_calls(sampler, d, steps)
+    _check_oracle_samples(x, schedule, sampler, steps, eta, variance, mean_allow, std_allow, zero_snr=True)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_every_target_gives_the_same_samples(prediction: str, sampler: str) -> None:
+    """The ideal eps, x0 and v predictors are one denoiser: the samples agree to float32 rounding."""
+    steps = T if sampler == "ddpm" else 10
+    d_eps = Diffusion(DiffusionConfig(T=T, schedule="cosine"))
+    ref = _sample(sampler, GaussianOracle("cosine", T, MU, S), d_eps, (64, 1, 2, 2), steps, 0.0, "small", 3, False)
+    d = Diffusion(DiffusionConfig(T=T, schedule="cosine", prediction=prediction))
+    x = _sample(sampler, GaussianOracle("cosine", T, MU, S, prediction), d, (64, 1, 2, 2), steps, 0.0, "small", 3, False)
+    assert torch.allclose(x, ref, atol=2e-3), (x - ref).abs().max()
+    if prediction == "eps":
+        assert torch.equal(x, ref)
+
+
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
 @pytest.mark.parametrize("sampler,steps,eta,variance", [("ddpm", T, 0.0, "small"), ("ddim", 50, 0.0, "small"),
-                                                        ("ddim", 20, 1.0, "small")])
+                                                        ("ddim", 20, 1.0, "small"), ("dpmpp2m", 20, 0.0, "small"),
+                                                        ("heun", 20, 0.0, "small")])
 def test_oracle_with_x0_clipping_inside_unit_range(schedule, sampler, steps, eta, variance) -> None:
     """Data well inside [-1, 1] (mu +- 4.5 s): clipping x0 must not disturb the sampler."""
     mu, s = 0.1, 0.2
@@ -161,7 +308,8 @@ def test_oracle_with_x0_clipping_inside_unit_range(schedule, sampler, steps, eta
 @pytest.mark.parametrize("sampler,steps,eta,variance", [
     ("ddpm", T, 0.0, "small"), ("ddpm", T, 0.0, "large"), ("ddim", 50, 0.0, "small"),
     ("ddim", 50, 1.0, "small"), ("ddim", 10, 0.0, "small"), ("ddim", 10, 1.0, "small"),
-    ("ddim", 1, 0.0, "small"),
+    ("ddim", 1, 0.0, "small"), ("dpmpp2m", 20, 0.0, "small"), ("dpmpp2m", 5, 0.0, "small"),
+    ("heun", 20, 0.0, "small"), ("heun", 5, 0.0, "small"),
 ])
 @pytest.mark.parametrize("point,clip", [(0.6, True), (-1.7, False)])
 def test_oracle_point_mass_lands_on_the_point(schedule, sampler, steps, eta, variance, point, clip) -> None:
@@ -336,11 +484,16 @@ def test_device_argument_as_string() -> None:
 # -- step rules against the papers' formulas (any model, no clipping) -----------------------
 
 
-def test_ddpm_step_matches_ho_et_al_formula() -> None:
-    """x_{t-1} = (x_t - beta_t / sqrt(1 - ab_t) eps) / sqrt(alpha_t) + sigma_t z (Ho et al. 2020, Alg. 2)."""
+@pytest.mark.parametrize("variance", ["small", "large"])
+def test_ddpm_step_matches_ho_et_al_formula(variance: str) -> None:
+    """x_{t-1} = (x_t - beta_t / sqrt(1 - ab_t) eps) / sqrt(alpha_t) + sigma_t z (Ho et al. 2020,
+    Alg. 2), sigma_t^2 = beta~_t ("small") or beta_t ("large")."""
     model, d = _Affine(), Diffusion(DiffusionConfig(T=20, schedule="cosine"))
     shape = (2, 3, 4, 4)
-    steps = list(iter_ddpm(model, d, shape, generator=torch.Generator().manual_seed(4), clip_x0=False))
+    steps = list(iter_ddpm(model, d, shape, generator=torch.Generator().manual_seed(4), clip_x0=False,
+                           variance=variance))
+    var = d.posterior_variance if variance == "small" else d.betas
+    assert (var[1:] - d.posterior_variance[1:]).abs().max() > 1e-3 or variance == "small"
     g = torch.Generator().manual_seed(4)
     x = torch.randn(shape, generator=g)
     with torch.no_grad():
@@ -350,7 +503,7 @@ def test_ddpm_step_matches_ho_et_al_formula() -> None:
             beta, ab = d.betas[t].item(), d.alpha_bars[t].item()
             expected = (x - beta / math.sqrt(1 - ab) * eps) / math.sqrt(1 - beta)
             if t > 0:
-                expected = expected + d.posterior_variance[t].sqrt() * torch.randn(shape, generator=g)
+                expected = expected + var[t].sqrt() * torch.randn(shape, generator=g)
             assert torch.allclose(step.x_t, expected, atol=1e-5)
             x = step.x_t
 
@@ -376,6 +529,100 @@ def test_ddim_step_matches_song_et_al_formula() -> None:
             assert torch.allclose(step.x0_pred, x0, atol=1e-5)
             assert torch.allclose(step.x_t, expected, atol=1e-5)
             x = step.x_t
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_dpmpp2m_step_matches_lu_et_al_formula(prediction: str) -> None:
+    """DPM-Solver++(2M), Lu et al. 2022 Alg. 2: x_i = (sigma_i / sigma_{i-1}) x_{i-1}
+    - alpha_i (e^{-h_i} - 1) D_i, D_i = (1 + 1/(2 r_i)) x0_{i-1} - 1/(2 r_i) x0_{i-2}."""
+    model = _Affine()
+    d = Diffusion(DiffusionConfig(T=40, schedule="linear", prediction=prediction))
+    shape = (2, 3, 4, 4)
+    steps = list(iter_dpmpp2m(model, d, shape, steps=7, generator=torch.Generator().manual_seed(8), clip_x0=False))
+    ts = [s.t for s in steps]
+    assert ts == logsnr_timesteps(d, 7)
+    ab = d.alpha_bars.double()
+    lam = lambda t: 0.5 * torch.log(ab[t] / (1 - ab[t])).item()  # noqa: E731
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(8)).double()
+    x0_prev, h_prev = None, None
+    with torch.no_grad():
+        for i, step in enumerate(steps):
+            t = ts[i]
+            out = model(x.float(), torch.full((2,), t)).double()
+            a, sg = ab[t].sqrt().item(), (1 - ab[t]).sqrt().item()
+            x0 = (x - sg * out) / a if prediction == "eps" else a * x - sg * out
+            assert torch.allclose(step.x0_pred.double(), x0, atol=1e-4)
+            if i + 1 == len(ts):
+                expected = x0
+            else:
+                n = ts[i + 1]
+                h = lam(n) - lam(t)
+                D = x0 if x0_prev is None else (1 + h / (2 * h_prev)) * x0 - h / (2 * h_prev) * x0_prev
+                expected = (1 - ab[n]).sqrt().item() / sg * x - ab[n].sqrt().item() * math.expm1(-h) * D
+                x0_prev, h_prev = x0, h
+            assert torch.allclose(step.x_t.double(), expected, atol=1e-4)
+            x = step.x_t.double()
+
+
+def test_heun_step_matches_karras_et_al_formula() -> None:
+    """EDM Alg. 1 (deterministic) in y = x / alpha, s = sigma / alpha: d = (y - D(y)) / s,
+    y_e = y + (s' - s) d, y' = y + (s' - s)(d + d_e) / 2; the last step outputs D."""
+    model, d = _Affine(), Diffusion(DiffusionConfig(T=30, schedule="cosine"))
+    shape = (2, 3, 4, 4)
+    calls = []
+    model.register_forward_hook(lambda m, i, o: calls.append(int(i[1][0])))
+    steps = list(iter_heun(model, d, shape, steps=6, generator=torch.Generator().manual_seed(8), clip_x0=False))
+    ts = [s.t for s in steps]
+    assert ts == ddim_timesteps(30, 6)
+    ab = d.alpha_bars.double()
+    n_calls = len(calls)
+    calls.clear()
+
+    def denoise(y, t):
+        a = ab[t].sqrt().item()
+        x = a * y
+        eps = model(x.float(), torch.full((2,), t)).double()
+        return (x - (1 - ab[t]).sqrt().item() * eps) / a
+
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(8)).double()
+    with torch.no_grad():
+        for i, step in enumerate(steps):
+            t = ts[i]
+            a = ab[t].sqrt().item()
+            s_t = math.sqrt((1 - ab[t].item()) / ab[t].item())
+            y = x / a
+            D = denoise(y, t)
+            if i + 1 == len(ts):
+                expected = D
+            else:
+                n = ts[i + 1]
+                s_n = math.sqrt((1 - ab[n].item()) / ab[n].item())
+                slope = (y - D) / s_t
+                y_e = y + (s_n - s_t) * slope
+                if s_t <= HEUN_SIGMA_MAX:
+                    slope_e = (y_e - denoise(y_e, n)) / s_n
+                    y_e = y + (s_n - s_t) * (slope + slope_e) / 2
+                expected = ab[n].sqrt().item() * y_e
+            assert torch.allclose(step.x_t.double(), expected, atol=1e-4), (i, (step.x_t - expected).abs().max())
+            x = step.x_t.double()
+    assert n_calls == len(calls)  # the reference made the same model calls
+
+
+@pytest.mark.parametrize("T_,steps", [(1000, 20), (1000, 1000), (1000, 999), (10, 3), (7, 7), (1000, 1), (50, 2)])
+@pytest.mark.parametrize("zero_snr", [False, True])
+def test_logsnr_timesteps_distinct_and_even_in_lambda(T_: int, steps: int, zero_snr: bool) -> None:
+    d = Diffusion(DiffusionConfig(T=T_, schedule="linear", prediction="v", zero_terminal_snr=zero_snr))
+    ts = logsnr_timesteps(d, steps)
+    assert len(ts) == steps and ts[0] == T_ - 1
+    if steps > 1:
+        assert ts[-1] == 0 and all(a > b for a, b in zip(ts, ts[1:]))
+    if T_ == 1000 and steps == 20:  # each timestep is the one nearest its even log-SNR target
+        ab = d.alpha_bars.double()
+        lam = [0.5 * math.log(a / (1 - a)) if a > 0 else -math.inf for a in ab.tolist()]
+        low = lam[-1] if not zero_snr else lam[-2]
+        for i, t in enumerate(ts[1:-1], start=1):
+            target = low + (lam[0] - low) * i / (steps - 1)
+            assert abs(lam[t] - target) <= min(abs(lam[t - 1] - target), abs(lam[t + 1] - target)) + 1e-12
 
 
 # -- a multimodal oracle: the exact denoiser of a 4-image dataset ---------------------------
@@ -404,7 +651,9 @@ class MixtureOracle(nn.Module):
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
-@pytest.mark.parametrize("sampler,steps,eta", [("ddpm", T, 0.0), ("ddim", 50, 0.0), ("ddim", 50, 1.0), ("ddim", 10, 0.0)])
+@pytest.mark.parametrize("sampler,steps,eta", [("ddpm", T, 0.0), ("ddim", 50, 0.0), ("ddim", 50, 1.0), ("ddim", 10, 0.0),
+                                               ("dpmpp2m", 20, 0.0), ("dpmpp2m", 10, 0.0), ("heun", 20, 0.0),
+                                               ("heun", 10, 0.0)])
 def test_mixture_oracle_samples_land_on_the_images(schedule: str, sampler: str, steps: int, eta: float) -> None:
     g = torch.Generator().manual_seed(0)
     images = (torch.rand((4, 3, 4, 4), generator=g) * 2 - 1).sign() * 0.8  # 4 random +-0.8 patterns

@@ -11,7 +11,7 @@ from core.schedules import SCHEDULES, make_betas
 
 
 def test_known_names() -> None:
-    assert SCHEDULES == ("linear", "cosine")
+    assert SCHEDULES == ("linear", "cosine", "sigmoid")
     for name in SCHEDULES:
         betas = make_betas(name, 1000)
         assert betas.dtype == torch.float64
@@ -81,3 +81,45 @@ def test_unknown_name_lists_known() -> None:
 def test_bad_T(T: object) -> None:
     with pytest.raises(ValueError, match="positive integer"):
         make_betas("linear", T)  # type: ignore[arg-type]
+
+
+# -- sigmoid (Jabri et al. 2023, lucidrains' start -3, end 3, tau 1) ---------------------------
+
+
+def _sigmoid_ab(t: float, T: int) -> float:
+    sig = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
+    return (sig(3) - sig(t / T * 6 - 3)) / (sig(3) - sig(-3))
+
+
+@pytest.mark.parametrize("T", [10, 100, 1000])
+def test_sigmoid_alpha_bar_matches_closed_form_where_unclipped(T: int) -> None:
+    betas = make_betas("sigmoid", T)
+    assert betas.dtype == torch.float64 and betas.shape == (T,)
+    alpha_bars = torch.cumprod(1 - betas, 0)
+    # alpha_bar(T) = 0 exactly in closed form: only the last beta is capped (at 0.999)
+    for t in range(T - 1):
+        assert alpha_bars[t].item() == pytest.approx(_sigmoid_ab(t + 1, T), rel=1e-10, abs=1e-15)
+    assert betas[-1].item() == pytest.approx(0.999)
+    assert betas[:-1].max().item() < 0.999
+    for t in (0, T // 2, T - 2):
+        assert betas[t].item() == pytest.approx(1 - _sigmoid_ab(t + 1, T) / _sigmoid_ab(t, T), rel=1e-10)
+
+
+# -- zero terminal SNR (Lin et al. 2024) -----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+@pytest.mark.parametrize("T", [2, 10, 1000])
+def test_zero_terminal_snr_ends_at_zero_and_keeps_the_shape(name: str, T: int) -> None:
+    plain = torch.cumprod(1 - make_betas(name, T), 0).sqrt()
+    betas = make_betas(name, T, zero_terminal_snr=True)
+    assert betas.dtype == torch.float64 and betas.shape == (T,)
+    assert betas[-1].item() == 1.0 and torch.all(betas[:-1] < 1) and torch.all(betas > 0)
+    sab = torch.cumprod(1 - betas, 0).sqrt()
+    assert sab[-1].item() == 0.0  # alpha_bar_T = 0: the last step is pure noise
+    assert sab[0].item() == pytest.approx(plain[0].item(), rel=1e-12)  # the first step is unchanged
+    # Lin et al. Alg. 1: sqrt(ab) is shifted by its last value and scaled to keep its first one
+    first, last = plain[0].item(), plain[-1].item()
+    expected = (plain - last) * first / (first - last)
+    assert torch.allclose(sab, expected, rtol=1e-9, atol=1e-12)
+    assert torch.equal(make_betas(name, T), make_betas(name, T, zero_terminal_snr=False))

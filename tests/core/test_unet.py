@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,17 @@ def test_seed_preset_keys_and_shapes_are_the_seeds():
     assert ours == theirs
     # The seed's own total includes its unused 64x64 attention block.
     assert sum(math.prod(s) for s in _seed_tsv().values()) == 93_417_859
+
+
+def test_seed_baseline_is_an_independent_reference_with_the_seeds_shapes():
+    """bench/seed_baseline.py imports nothing from the product, and its state_dict is exactly
+    the seed's model_state.pth layout (tests/core/seed_state_dict_keys.tsv, from the seed)."""
+    source = (HERE.parents[1] / "bench" / "seed_baseline.py").read_text()
+    assert not re.search(r"^\s*(from|import)\s+(core|ddpm_tui|bench)\b", source, re.MULTILINE)
+    with torch.device("meta"):
+        reference = _load_seed_baseline().SeedBaselineUNet()
+    shapes = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    assert list(shapes) == list(_seed_tsv()) and shapes == _seed_tsv()
 
 
 @pytest.fixture(scope="module")

@@ -260,18 +260,13 @@ def test_ddp_gloo_two_processes_one_run_same_weights(ws: Path):
 # -- the seed's checkpoints ----------------------------------------------------------------
 
 
-SEED_KEYS = REPO.parent / "shared" / "seed" / "state_dict_keys.tsv"
+SEED_KEYS = REPO / "tests" / "core" / "seed_state_dict_keys.tsv"  # from the seed's model_state.pth
 
 
 def _seed_state_dict() -> dict[str, torch.Tensor]:
-    """Random weights shaped like the seed's model_state.pth (its key list when available)."""
-    from core.unet import seed_parameter_shapes
-
-    if SEED_KEYS.is_file():
-        rows = [line.split("\t") for line in SEED_KEYS.read_text().splitlines()[1:] if line.strip()]
-        shapes = {key: tuple(int(s) for s in shape.split("x")) if shape else () for key, shape in rows}
-    else:
-        shapes = seed_parameter_shapes()
+    """Random weights shaped like the seed's model_state.pth (its real key list)."""
+    rows = [line.split("\t") for line in SEED_KEYS.read_text().splitlines()[1:] if line.strip()]
+    shapes = {key: tuple(int(s) for s in shape.split("x")) if shape else () for key, shape in rows}
     gen = torch.Generator().manual_seed(0)
     return {key: torch.randn(shape, generator=gen) * 0.02 for key, shape in shapes.items()}
 
