@@ -28,7 +28,7 @@ from core import eval_log, metrics
 from core.features import (FEATURES, FeatureError, FeatureNet, dataset_feature_net, inception_available,
                            load_inception)
 
-SAMPLERS = ("ddim", "ddpm")
+from core.options import SAMPLER_NAMES as SAMPLERS
 AUTO_FEATURES = "auto"  # inception when its weights are on disk, else dataset
 KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
@@ -80,36 +80,21 @@ class EvalResult:
 
 
 def generate_images(model: nn.Module, diffusion, n: int, settings: EvalSettings, *,
-                    labels: Sequence[int] | None = None, device: torch.device | str = "cpu",
-                    autocast: Any = None, batch_size: int = 100,
+                    device: torch.device | str = "cpu", amp: str = "auto", batch_size: int = 100,
                     progress: Progress | None = None) -> torch.Tensor:
-    """n samples (n, C, S, S) float32 in [-1, 1] on the CPU, in batches of ``batch_size``.
+    """n samples as uint8 (n, C, H, W) on the CPU, like the dataset's images, drawn through core.sampling.generate (the
+    one sampling path): a conditional model draws its classes in turn, every class equally often."""
+    from core.sampling import SampleRequest, generate
 
-    The one place evaluation calls a sampler (to be switched to core.sampling.generate).
-    """
-    from core.sampling import ddim_sample, ddpm_sample
-
-    cfg = model.config
+    request = SampleRequest(n=n, sampler=settings.sampler, steps=settings.steps, eta=settings.eta,
+                            guidance=settings.guidance, seed=settings.seed, weights=settings.weights,
+                            amp=amp, batch_size=batch_size)
     out = []
-    total_steps = diffusion.config.T if settings.sampler == "ddpm" else min(settings.steps, diffusion.config.T)
-    batches = max(1, -(-n // batch_size))
-    for b, lo in enumerate(range(0, n, batch_size)):
-        size = min(batch_size, n - lo)
-        shape = (size, cfg.in_channels, cfg.image_size, cfg.image_size)
-        lab = list(labels[lo:lo + size]) if labels is not None else None
-        done = b * total_steps
-
-        def tick(step, done=done):
-            if progress is not None:
-                progress(done + step.index + 1, batches * total_steps, "sampling")
-
-        kw = dict(seed=settings.seed + b, labels=lab, guidance=settings.guidance if lab is not None else 1.0,
-                  device=device, autocast=autocast, callback=tick)
-        if settings.sampler == "ddim":
-            x = ddim_sample(model, diffusion, shape, steps=total_steps, eta=settings.eta, **kw)
-        else:
-            x = ddpm_sample(model, diffusion, shape, **kw)
-        out.append(x.float().clamp(-1, 1).cpu())
+    for step in generate((model, diffusion), request, device=device):
+        if progress is not None:
+            progress(step.batch * step.total + step.index + 1, step.batches * step.total, "sampling")
+        if step.images is not None:
+            out.append(step.images.permute(0, 3, 1, 2).contiguous().cpu())
     return torch.cat(out)
 
 
@@ -216,7 +201,7 @@ class Evaluator:
 
     def evaluate(self, model: nn.Module, diffusion, settings: EvalSettings, *, step: int,
                  identity: dict | None = None, run_dir: str | os.PathLike | None = None,
-                 autocast: Any = None, batch_size: int = 100, progress: Progress | None = None) -> EvalResult:
+                 amp: str = "auto", batch_size: int = 100, progress: Progress | None = None) -> EvalResult:
         """Sample ``settings.n`` images from ``model`` (already holding the weights to judge),
         score them and, with ``run_dir``, append the result to eval.jsonl. An evaluation
         already there with the same identity and settings is returned instead."""
@@ -235,8 +220,8 @@ class Evaluator:
             if self.net.classes is not None and len(self.net.classes) != num_classes:
                 raise EvalError(f"the model knows {num_classes} classes but the dataset has {len(self.net.classes)}")
         device = _model_device(model)
-        samples = generate_images(model, diffusion, settings.n, settings, labels=labels, device=device,
-                                  autocast=autocast, batch_size=batch_size, progress=progress)
+        samples = generate_images(model, diffusion, settings.n, settings, device=device, amp=amp,
+                                  batch_size=batch_size, progress=progress)
         values = self.score(samples, labels if self.net.classes is not None else None, progress)
         seconds = time.perf_counter() - t0
         records = _records(values, step=step, settings=settings, features=self.features, eid=eid,
@@ -298,7 +283,7 @@ def evaluate_checkpoint(ckpt_path: str | os.PathLike, *, run_dir: str | os.PathL
                         settings: EvalSettings, data_dir: str | os.PathLike | None = None,
                         features: str = AUTO_FEATURES, fid_weights: str | os.PathLike | None = None,
                         cache_dir: str | os.PathLike | None = None, device: torch.device | str = "cpu",
-                        autocast: Any = None, batch_size: int = 100,
+                        amp: str = "auto", batch_size: int = 100,
                         progress: Progress | None = None) -> EvalResult:
     """Load a checkpoint, evaluate it against its run's dataset (or ``data_dir``) and append
     the result to ``run_dir``/eval.jsonl (reused when already there)."""
@@ -333,4 +318,4 @@ def evaluate_checkpoint(ckpt_path: str | os.PathLike, *, run_dir: str | os.PathL
     model, diffusion = model.to(device), diffusion.to(device)
     return evaluator.evaluate(model, diffusion, settings, step=step,
                               identity=checkpoint_identity(ckpt_path, step), run_dir=run_dir,
-                              autocast=autocast, batch_size=batch_size, progress=progress)
+                              amp=amp, batch_size=batch_size, progress=progress)

@@ -34,6 +34,9 @@ RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 RUN_NAME_RULE = "use letters, digits, '.', '_' or '-' (at most 64, not starting with . _ -)"
 GROUPS = ("run and data", "model and diffusion", "optimisation", "saving and samples", "hardware")
 MAX_SEED = 2**63 - 1
+# Sampling vocabulary (core.sampling implements these; `sample`/`eval` --help stay torch-free).
+SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp2m", "heun")
+WEIGHT_NAMES = ("ema", "raw")
 
 
 @dataclass(frozen=True)
@@ -207,9 +210,12 @@ OPTIONS: tuple[Option, ...] = (
     _opt("sample_guidance", float, 3.0, _SAVE, "Sample guidance", "guidance for the grids of conditional runs",
          low=0.0, metavar="W"),
     _opt("log_every", int, 10, _SAVE, "Log every N steps", "steps per metrics line", low=1, metavar="N"),
-    _opt("eval_every", int, 0, _SAVE, "Eval every N steps", "evaluate (FID etc.) every N steps (0 = off)",
+    _opt("eval_every", int, 0, _SAVE, "Eval every N steps",
+         "evaluate the EMA weights (FID, KID, precision/recall into eval.jsonl) every N steps (0 = off)",
          low=0, metavar="N"),
-    _opt("eval_n", int, 1000, _SAVE, "Eval images", "images generated per evaluation", low=1, metavar="N"),
+    _opt("eval_n", int, 1000, _SAVE, "Eval images",
+         "images generated per evaluation (with --sample-steps DDIM steps); small n is quick but noisy",
+         low=2, metavar="N"),
     # -- hardware
     _opt("device", str, "auto", _HW, "Device", "auto (CUDA, then MPS, then CPU), cuda, cuda:1, mps or cpu",
          basic=True),

@@ -47,9 +47,10 @@ import torch
 from torch import nn
 
 from core.diffusion import Diffusion
+from core.options import MAX_SEED, SAMPLER_NAMES, WEIGHT_NAMES
 
 VARIANCES: tuple[str, ...] = ("small", "large")
-SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmpp2m", "heun")
+SAMPLERS: tuple[str, ...] = SAMPLER_NAMES
 
 
 @dataclass
@@ -451,9 +452,8 @@ def _run(steps: Iterator[SampleStep]) -> torch.Tensor:
 
 # -- the one sampling path ------------------------------------------------------------------
 
-WEIGHTS: tuple[str, ...] = ("ema", "raw")
+WEIGHTS: tuple[str, ...] = WEIGHT_NAMES
 DEFAULT_BATCH_SIZE = 32  # images a forward pass (2x that with guidance); fixed, so a seed gives the same images everywhere
-MAX_SEED = 2**63 - 1
 
 
 class SamplingError(Exception):

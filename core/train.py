@@ -51,8 +51,8 @@ from core.checkpoint import (
 from core.device import autocast_context, autocast_dtype, resolve_device
 from core.diffusion import Diffusion, DiffusionConfig
 from core.ema import EMA
-from core.grid import save_grid
-from core.sampling import ddim_sample
+from core.grid import save_grid, save_uint8_grid
+from core.sampling import SampleRequest, generate_images
 from core.schedules import SCHEDULES
 from core.unet import PRESETS, UNet, UNetConfig, count_parameters, get_preset
 
@@ -526,6 +526,7 @@ class _Trainer:
         self.window: _Window | None = None
         self.epoch_len = 1
         self.bad_in_row = 0
+        self.evaluator = None  # core.evaluate.Evaluator, built at the first --eval-every
 
     # -- pre-flight, done by rank 0 and shared, so every rank fails or starts together ---
 
@@ -837,6 +838,11 @@ class _Trainer:
                 if config.save_every_steps and s.step % config.save_every_steps == 0:
                     self._save(parts, samples=False, milestone=False)
                     window.start = time.monotonic()
+                if config.eval_every and s.step % config.eval_every == 0:
+                    if world.is_main:
+                        self._evaluate(parts)
+                    world.barrier()
+                    window.start = time.monotonic()
                 if stop:
                     stop_reason = self._stop_reason()
                     break
@@ -1032,7 +1038,7 @@ class _Trainer:
             if samples and config.samples > 0:
                 self.emit({"event": "sampling", "step": s.step})
                 try:
-                    for path in self._sample_grids(parts.model, parts.ema, parts.diffusion):
+                    for path in self._sample_grids(parts):
                         self.log.info("wrote %s", path)
                         self.emit({"event": "wrote", "path": str(path)})
                 except OSError as exc:
@@ -1083,22 +1089,46 @@ class _Trainer:
                 old.unlink()  # a milestone this trainer made, beyond the number asked to keep
                 self.log.info("removed old milestone %s", old.name)
 
-    def _sample_grids(self, model: nn.Module, ema: EMA, diffusion: Diffusion) -> list[Path]:
-        """Grids from the raw and the EMA weights, same noise (fixed seed) for both."""
-        config, s = self.config, self.state
+    def _sample_grids(self, parts: _Parts) -> list[Path]:
+        """Grids from the raw and the EMA weights, same seed for both, drawn through the one
+        sampling path (core.sampling.generate)."""
+        config, s, model = self.config, self.state, parts.model
         num_classes = model.config.num_classes
-        n = config.samples
-        labels = (torch.arange(n) % num_classes).tolist() if num_classes else None
-        shape = (n, model.config.in_channels, model.config.image_size, model.config.image_size)
         tag = f"epoch_{s.epoch:04d}" if s.pos == 0 else f"step_{s.step:07d}"
         out = runs.samples_dir(self.run_dir)
-        nrow = min(n, num_classes) if num_classes and num_classes <= 10 else None
-        amp = autocast_dtype(self.device, config.amp)
+        nrow = min(config.samples, num_classes) if num_classes and num_classes <= 10 else None
         written = []
-        for prefix, net in (("", model), ("ema_", ema.make_ema_model(model))):
-            images = ddim_sample(net, diffusion, shape, steps=min(config.sample_steps, diffusion.T),
-                                 seed=derive_seed("samples", config.seed), labels=labels,
-                                 guidance=config.sample_guidance if labels else 1.0,
-                                 device=self.device, autocast=amp)
-            written.append(save_grid(images, out / f"{prefix}{tag}.png", nrow=nrow))
+        for prefix, weights in (("", "raw"), ("ema_", "ema")):
+            request = SampleRequest(n=config.samples, steps=config.sample_steps, guidance=config.sample_guidance,
+                                    seed=derive_seed("samples", config.seed), weights=weights, amp=config.amp)
+            with parts.ema.applied(model) if weights == "ema" else contextlib.nullcontext():
+                images, _ = generate_images((model, parts.diffusion), request, device=self.device)
+            written.append(save_uint8_grid(images, out / f"{prefix}{tag}.png", nrow=nrow))
         return written
+
+    def _evaluate(self, parts: _Parts) -> None:
+        """FID, KID, precision/recall of the EMA weights into eval.jsonl (rank 0). The real
+        side (feature net, real features) is built once; a failure is logged and training
+        goes on."""
+        from core.evaluate import EvalError, EvalSettings, Evaluator
+
+        config, s = self.config, self.state
+        self.emit({"event": "evaluating", "step": s.step})
+        try:
+            if self.evaluator is None:
+                self.evaluator = Evaluator(config.data, image_size=config.image_size, resize=config.resize,
+                                           classes=parts.classes if config.conditional else None,
+                                           cache_dir=config.cache_dir or None, device=self.device)
+            settings = EvalSettings(n=config.eval_n, steps=config.sample_steps,
+                                    guidance=config.sample_guidance if config.conditional else 1.0)
+            with parts.ema.applied(parts.model):
+                result = self.evaluator.evaluate(parts.model, parts.diffusion, settings, step=s.step,
+                                                 run_dir=self.run_dir, amp=config.amp)
+        except (EvalError, OSError, ValueError) as exc:
+            self.log.error("evaluation at step %d failed: %s", s.step, exc)
+            return
+        finally:
+            parts.model.train()
+        values = ", ".join(f"{k} {v:.4g}" for k, v in result.values.items())
+        self.log.info("evaluation at step %d (%d images, %.1f s): %s", s.step, config.eval_n, result.seconds, values)
+        self.emit({"event": "eval", "step": s.step, **result.values})

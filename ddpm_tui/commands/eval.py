@@ -11,6 +11,7 @@ import argparse
 import json
 from dataclasses import asdict
 
+from core.options import AMP_MODES, SAMPLER_NAMES
 from ddpm_tui.commands._common import CLIError, add_workspace_arg
 from ddpm_tui.commands.train import bounded
 
@@ -33,8 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_workspace_arg(p)
     p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="a run name in the workspace or a checkpoint .pt path")
     p.add_argument("--n", type=int, default=1000, help="number of generated images (default: 1000)")
-    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="ddim (default) or ddpm (all T steps)")
-    p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (default: 50; ddpm uses T)")
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim",
+                   help=f"{', '.join(SAMPLER_NAMES)} (default: ddim; ddpm runs all T steps)")
+    p.add_argument("--steps", type=_positive_int, default=50, help="sampler steps (default: 50; ddpm uses T)")
     p.add_argument("--eta", type=_eta, default=0.0, help="DDIM eta (default: 0)")
     p.add_argument("--guidance", type=_guidance, default=1.0,
                    help="classifier-free guidance for conditional runs (default: 1 = plain conditional)")
@@ -46,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fid-weights", metavar="PATH", help="InceptionV3 weights file (default: torch's hub cache)")
     p.add_argument("--data", metavar="DIR", help="real images to compare with (default: the run's dataset)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
-    p.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto", help="bf16 autocast (default: auto)")
+    p.add_argument("--amp", choices=AMP_MODES, default="auto", help="autocast (default: auto = bf16 where the device has it)")
     p.add_argument("--batch-size", type=_positive_int, default=100, help="images per sampling batch (default: 100)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
@@ -66,7 +68,7 @@ def _progress_bar():
 
 
 def run(args: argparse.Namespace, workspace) -> int:
-    from core.device import autocast_dtype, resolve_device
+    from core.device import resolve_device
     from core.evaluate import EvalError, EvalSettings, evaluate_checkpoint
     from ddpm_tui.commands.sample import resolve_source
 
@@ -83,7 +85,7 @@ def run(args: argparse.Namespace, workspace) -> int:
         raise CLIError(str(exc)) from None
     kwargs = dict(run_dir=run_dir, settings=settings, data_dir=args.data, features=args.features,
                   fid_weights=args.fid_weights, cache_dir=workspace.cache_dir, device=device,
-                  autocast=autocast_dtype(device, args.amp), batch_size=args.batch_size)
+                  amp=args.amp, batch_size=args.batch_size)
     try:
         if args.json:
             result = evaluate_checkpoint(ckpt_path, **kwargs)

@@ -12,6 +12,7 @@ import re
 import secrets
 from pathlib import Path
 
+from core.options import AMP_MODES, MAX_SEED, SAMPLER_NAMES
 from ddpm_tui.commands._common import CLIError, add_workspace_arg
 from ddpm_tui.commands.train import bounded
 
@@ -22,8 +23,6 @@ _guidance = bounded(float, low=0.0, high=100.0)
 GRID_LIMIT = 1024  # images kept for the grid PNG; --individual writes every image as it is drawn
 # Never written over, with or without --force: what a run or a dataset cannot lose.
 PROTECTED_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".json", ".jsonl", ".log", ".sqlite")
-SAMPLERS = ("ddpm", "ddim", "dpmpp2m", "heun")  # core.sampling.SAMPLERS; kept torch-free for --help
-MAX_SEED = 2**63 - 1  # core.sampling.MAX_SEED
 
 
 def _seed(text: str) -> int:
@@ -46,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_workspace_arg(p)
     p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="a run name in the workspace or a checkpoint .pt path")
     p.add_argument("--raw", action="store_true", help="use the trained weights instead of the EMA weights")
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddim",
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim",
                    help="ddim (default), dpmpp2m (DPM-Solver++(2M), good in 10-20 steps), heun (2 model "
                         "calls a step), or ddpm (all T steps, as the seed)")
     p.add_argument("--steps", type=_positive_int, default=50,
@@ -60,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance", type=_guidance, default=3.0,
                    help="classifier-free guidance scale for conditional runs (default: 3; 1 = plain conditional)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
-    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
+    p.add_argument("--amp", choices=AMP_MODES, default="auto",
                    help="autocast: bf16 where the device does it fast (default: auto)")
     p.add_argument("--out", metavar="PATH", help="grid PNG to write (default: the run's samples/ folder)")
     p.add_argument("--individual", action="store_true", help="also write one PNG per image")

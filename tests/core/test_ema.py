@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from core.ema import EMA, make_ema_model
+from core.ema import EMA
 
 
 class Net(nn.Module):
@@ -93,18 +93,23 @@ def test_state_dict_round_trip_and_mismatch():
         ema.update(nn.Linear(4, 4))
 
 
-def test_make_ema_model_is_an_eval_copy_with_ema_weights():
+def test_applied_swaps_the_averaged_weights_in_and_back_out():
     model = Net()
     _set_params(model, 0.0)
     ema = EMA(model, decay=0.5)
     _set_params(model, 1.0)
     ema.update(model)
-    copy = make_ema_model(model, ema)
-    assert copy is not model and not copy.training
-    assert all(not p.requires_grad for p in copy.parameters())
-    torch.testing.assert_close(copy.lin.weight, torch.full((2, 3), 0.5))
-    assert torch.equal(model.lin.weight, torch.full((2, 3), 1.0))  # the live model untouched
-    assert ema.make_ema_model(model).lin.bias.tolist() == [0.5, 0.5]
+    weight = model.lin.weight
+    with ema.applied(model) as same:
+        assert same is model and model.lin.weight is weight  # the same parameters, other storage
+        torch.testing.assert_close(model.lin.weight, torch.full((2, 3), 0.5))
+        assert model.lin.bias.tolist() == [0.5, 0.5]
+    assert torch.equal(model.lin.weight, torch.full((2, 3), 1.0))  # its own weights again
+    with pytest.raises(RuntimeError, match="boom"):
+        with ema.applied(model):
+            raise RuntimeError("boom")
+    assert torch.equal(model.lin.weight, torch.full((2, 3), 1.0))  # restored on an error too
+    torch.testing.assert_close(ema.shadow["lin.weight"], torch.full((2, 3), 0.5))
 
 
 def test_bad_arguments():

@@ -119,7 +119,8 @@ def test_tiny_unet_overfits_four_images(one_thread: None) -> None:
         optimizer.step()
         schedule.step()
         ema.update(model)
-    ema_model = ema.make_ema_model(model)
+    ema.copy_to(model)  # judge the averaged weights
+    ema_model = model.eval()
     loss_after = eval_loss(ema_model)
 
     # memorised: from a noisy training image (up to alpha_bar ~ 0.48) the predicted x0 is that image

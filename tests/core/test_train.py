@@ -398,3 +398,17 @@ def test_nan_steps_are_counted_at_the_metrics_line(tmp_path: Path, data: Path, m
     assert [(r["step"], r["skipped"]) for r in records] == [(4, 1), (8, 1)]  # a line per epoch end
     # The skipped steps did not move the optimizer: its step count is the trained steps.
     assert {float(state["step"]) for state in ckpt["optimizer"]["state"].values()} == {6.0}
+
+
+def test_eval_every_scores_the_ema_weights_into_eval_jsonl(data, tmp_path):
+    from core import eval_log
+
+    run_dir = tmp_path / "runs" / "ev"
+    final = train(tiny(data, eval_every=4, eval_n=6, cache_dir=str(tmp_path / "cache")), run_dir)
+    assert final["state"] == "finished"
+    records, _ = eval_log.read_eval(run_dir)
+    fid_steps = sorted(r["step"] for r in records if r["metric"] == "fid")
+    assert fid_steps == [4, 8]  # 16 images, batch 4: 4 steps an epoch, 2 epochs
+    assert {r["n"] for r in records} == {6} and all(np.isfinite(r["value"]) for r in records)
+    log = (run_dir / "train.log").read_text()
+    assert "evaluation at step 4" in log and "evaluation at step 8" in log
