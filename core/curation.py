@@ -51,7 +51,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -60,17 +60,10 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from core.dataset_stats import (  # noqa: F401  (re-exported: the studio imports them from here)
-    BreedStats,
-    DatasetFile,
-    DatasetFolderError,
-    DatasetStats,
-    dataset_stats,
-    list_dataset,
-    read_json,
-    write_json_atomic,
-)
-from core.images import ImageLoadError, load_rgb
+from core.dataset_stats import BreedStats, DatasetStats, dataset_stats  # noqa: F401  (the scan's callers show stats too)
+from core.files import DatasetFile, DatasetFolderError, FileCache, list_dataset  # noqa: F401
+from core.images import ImageLoadError, load_rgb, worker_pool
+from core.jsonio import read_json, write_json
 
 Progress = Callable[[int, int, str], None]
 
@@ -161,10 +154,6 @@ class ScanReport:
         for f in self.flags:
             out.setdefault(f.reason, []).append(f)
         return out
-
-    def flagged_paths(self, reasons: set[str] | None = None) -> list[str]:
-        """Relative paths with at least one flag (of ``reasons`` when given), sorted."""
-        return sorted({f.rel for f in self.flags if reasons is None or f.reason in reasons})
 
     def to_dict(self) -> dict:
         return {
@@ -420,32 +409,33 @@ def _cache_path_for(report_path: Path) -> Path:
     return report_path.with_name(report_path.stem + ".features.json")
 
 
-def _load_feature_cache(path: Path, data_dir: Path) -> dict[str, dict]:
-    data = read_json(path)
-    if (
-        not isinstance(data, dict)
-        or data.get("version") != FEATURE_VERSION
-        or data.get("data_dir") != str(data_dir)
-        or not isinstance(data.get("files"), dict)
-    ):
-        return {}
-    return data["files"]
-
-
-def _save_feature_cache(path: Path, data_dir: Path, files: dict[str, dict]) -> None:
+def _analyse_all(todo: list[DatasetFile], cache: FileCache, options: ScanOptions, progress: Progress | None,
+                 done: int, total: int) -> None:
+    """Measure ``todo`` (in a worker pool when there is more than one) into ``cache``. A
+    long first scan saves what it has every 30 s and on Ctrl-C, so it resumes."""
+    every = max(1, len(todo) // 200)
+    last_save = time.monotonic()
+    executor = worker_pool(options.pool, options.workers, "scan") if options.workers > 1 and len(todo) > 1 else None
     try:
-        write_json_atomic(path, {"version": FEATURE_VERSION, "data_dir": str(data_dir), "files": files})
-    except OSError:
-        pass  # only costs a re-decode next time
-
-
-def _make_executor(options: ScanOptions) -> Executor:
-    if options.pool == "process":
-        import multiprocessing
-
-        # spawn, not fork: the caller may be a threaded app (the studio).
-        return ProcessPoolExecutor(max_workers=options.workers, mp_context=multiprocessing.get_context("spawn"))
-    return ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="scan")
+        if executor is None:
+            results = ((f, analyse_image(f.abspath)) for f in todo)
+        else:
+            futs = {executor.submit(analyse_image, f.abspath): f for f in todo}
+            results = ((futs[fut], fut.result()) for fut in as_completed(futs))
+        for i, (f, feat) in enumerate(results, 1):
+            cache.put(f, feat)
+            if progress is not None and (i % every == 0 or i == len(todo)):
+                progress(done + i, total, "analysing images")
+            if time.monotonic() - last_save > 30:
+                cache.save()
+                last_save = time.monotonic()
+    except BaseException:
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+        cache.save()
+        raise
+    if executor is not None:
+        executor.shutdown()
 
 
 def scan_dataset(
@@ -463,50 +453,16 @@ def scan_dataset(
     start = time.perf_counter()
     data_dir = Path(data_dir).resolve()
     report_path = Path(report_path)
-    cache_file = Path(cache_path) if cache_path is not None else _cache_path_for(report_path)
+    cache = FileCache(cache_path if cache_path is not None else _cache_path_for(report_path),
+                      version=FEATURE_VERSION, data_dir=data_dir)
     _breeds, files = list_dataset(data_dir)
-    cache = _load_feature_cache(cache_file, data_dir)
-    features: dict[str, dict] = {}
-    todo: list[DatasetFile] = []
-    for f in files:
-        hit = cache.get(f.rel)
-        if hit and hit.get("size") == f.size and hit.get("mtime_ns") == f.mtime_ns:
-            features[f.rel] = hit
-        else:
-            todo.append(f)
-    total = len(files)
-    done = total - len(todo)
+    todo = [f for f in files if cache.get(f) is None]
     if progress is not None:
-        progress(done, total, "analysing images")
+        progress(len(files) - len(todo), len(files), "analysing images")
     if todo:
-        every = max(1, len(todo) // 200)
-        last_save = time.monotonic()
-        executor = _make_executor(options) if options.workers > 1 and len(todo) > 1 else None
-        try:
-            if executor is None:
-                results = ((f, analyse_image(f.abspath)) for f in todo)
-            else:
-                futs = {executor.submit(analyse_image, str(f.path)): f for f in todo}
-                results = ((futs[fut], fut.result()) for fut in as_completed(futs))
-            for i, (f, feat) in enumerate(results, 1):
-                feat.update(size=f.size, mtime_ns=f.mtime_ns)
-                features[f.rel] = feat
-                done += 1
-                if progress is not None and (i % every == 0 or i == len(todo)):
-                    progress(done, total, "analysing images")
-                if time.monotonic() - last_save > 30:  # long first scans survive Ctrl-C
-                    _save_feature_cache(cache_file, data_dir, {**cache, **features})
-                    last_save = time.monotonic()
-        except BaseException:
-            if executor is not None:
-                executor.shutdown(wait=False, cancel_futures=True)
-            _save_feature_cache(cache_file, data_dir, {**cache, **features})
-            raise
-        if executor is not None:
-            executor.shutdown()
-    if todo or len(cache) != len(files):  # new, changed or deleted files: refresh the cache
-        _save_feature_cache(cache_file, data_dir, {f.rel: features[f.rel] for f in files})
-
+        _analyse_all(todo, cache, options, progress, len(files) - len(todo), len(files))
+    cache.save(files)
+    features = {f.rel: cache.get(f) for f in files}
     flags, groups = flag_files(files, features, options, data_dir)
     report = ScanReport(
         data_dir=data_dir,
@@ -523,11 +479,11 @@ def scan_dataset(
         },
         flags=flags,
         groups=groups,
-        total=total,
+        total=len(files),
         analysed=len(todo),
         elapsed_s=time.perf_counter() - start,
     )
-    write_json_atomic(report_path, report.to_dict())
+    write_json(report_path, report.to_dict())
     return report
 
 
@@ -564,6 +520,30 @@ def flag_files(
     def add(f: DatasetFile, reason: str, value: float | None, threshold: float | None, detail: str, **kw: Any) -> None:
         flags.append(Flag(f.path, f.breed, reason, value, threshold=threshold, detail=detail, rel=f.rel, **kw))
 
+    ok, tiny = _content_flags(files, features, options, add)
+    # Keep, in each duplicate group, a file with no other problem (so quarantining the
+    # collages, say, cannot take the only copy left), then the most pixels, then the oldest.
+    problem = {fl.rel for fl in flags}
+
+    def priority(f: DatasetFile) -> tuple:
+        ft = features[f.rel]
+        return (f.rel in problem, -ft["width"] * ft["height"], f.mtime_ns, f.rel)
+
+    groups: list[dict] = []
+    losers = _exact_groups(ok, features, priority, groups, add)
+    if options.near_phash >= 0:
+        # Flat images and thumbnails have meaningless perceptual hashes (exact duplicates
+        # above still cover them).
+        cand = [f for f in ok if f.rel not in losers and f.rel not in tiny
+                and features[f.rel]["entropy"] >= options.min_entropy]
+        _near_groups(sorted(cand, key=priority), features, options, groups, add)
+    flags.sort(key=lambda fl: (fl.rel, fl.reason))
+    return flags, groups
+
+
+def _content_flags(files: list[DatasetFile], features: dict[str, dict], options: ScanOptions,
+                   add: Callable[..., None]) -> tuple[list[DatasetFile], set[str]]:
+    """Per-file rules; the decodable files and the rel paths of the thumbnails."""
     ok: list[DatasetFile] = []
     tiny: set[str] = set()
     for f in files:
@@ -588,17 +568,13 @@ def flag_files(
             add(f, "grayscale", ft["chroma"], options.max_gray_chroma, "mean channel spread (0-255)")
         if ft["collage"] >= options.collage_threshold:
             add(f, "collage", ft["collage"], options.collage_threshold, "seams/gutters on a grid")
+    return ok, tiny
 
-    # Keep, in each duplicate group, a file with no other problem (so quarantining the
-    # collages, say, cannot take the only copy left), then the most pixels, then the oldest.
-    problem = {fl.rel for fl in flags}
 
-    def priority(f: DatasetFile) -> tuple:
-        ft = features[f.rel]
-        return (f.rel in problem, -ft["width"] * ft["height"], f.mtime_ns, f.rel)
-
-    groups: list[dict] = []
-    # Exact duplicates: same decoded pixels.
+def _exact_groups(ok: list[DatasetFile], features: dict[str, dict], priority: Callable, groups: list[dict],
+                  add: Callable[..., None]) -> set[str]:
+    """Groups of identical decoded pixels (the first by ``priority`` kept); the flagged rels.
+    The file layer lists each real file once, so a member is never its own keeper."""
     by_hash: dict[str, list[DatasetFile]] = {}
     for f in ok:
         by_hash.setdefault(features[f.rel]["pixel_hash"], []).append(f)
@@ -613,38 +589,35 @@ def flag_files(
         for m in members[1:]:
             losers.add(m.rel)
             add(m, "duplicate", 0.0, 0.0, f"same pixels as {keep.rel}", group=gid, keep=keep.path)
+    return losers
 
-    # Near duplicates among the rest (flat images and thumbnails have meaningless
-    # perceptual hashes; exact duplicates above still cover them).
-    if options.near_phash >= 0:
-        cand = [f for f in ok if f.rel not in losers and f.rel not in tiny
-                and features[f.rel]["entropy"] >= options.min_entropy]
-        cand.sort(key=priority)
-        if len(cand) > 1:
-            ph = np.array([_hash_int(features[f.rel]["phash"]) for f in cand], dtype=np.uint64)
-            dh = np.array([_hash_int(features[f.rel]["dhash"]) for f in cand], dtype=np.uint64)
-            neighbours: dict[int, list[tuple[int, int]]] = {}
-            for i, j, dist in near_pairs(ph, dh, options.near_phash, options.near_dhash):
-                neighbours.setdefault(j, []).append((dist, i))  # i < j: i has priority
-            # Greedy: in priority order, an image joins the closest earlier keeper within the
-            # threshold; otherwise it is a keeper. No chains: every flagged image is itself
-            # within the threshold of the image kept instead of it.
-            keeper_group: dict[int, dict] = {}
-            for j in range(len(cand)):
-                near = sorted((d, i) for d, i in neighbours.get(j, []) if i in keeper_group)
-                if not near:
-                    keeper_group[j] = {}
-                    continue
-                dist, i = near[0]
-                g = keeper_group[i]
-                if not g:
-                    g.update(id=f"near-{len(groups) + 1}", kind="near_duplicate", keep=cand[i].rel, members=[cand[i].rel])
-                    groups.append(g)
-                g["members"].append(cand[j].rel)
-                add(cand[j], "near_duplicate", float(dist), float(options.near_phash),
-                    f"pHash distance {dist} to {cand[i].rel}", group=g["id"], keep=cand[i].path)
-    flags.sort(key=lambda fl: (fl.rel, fl.reason))
-    return flags, groups
+
+def _near_groups(cand: list[DatasetFile], features: dict[str, dict], options: ScanOptions, groups: list[dict],
+                 add: Callable[..., None]) -> None:
+    """Greedy: in priority order, an image joins the closest earlier keeper within the
+    limits; otherwise it is a keeper. No chains: every flagged image is itself within the
+    limits of the image kept instead of it."""
+    if len(cand) < 2:
+        return
+    ph = np.array([_hash_int(features[f.rel]["phash"]) for f in cand], dtype=np.uint64)
+    dh = np.array([_hash_int(features[f.rel]["dhash"]) for f in cand], dtype=np.uint64)
+    neighbours: dict[int, list[tuple[int, int]]] = {}
+    for i, j, dist in near_pairs(ph, dh, options.near_phash, options.near_dhash):
+        neighbours.setdefault(j, []).append((dist, i))  # i < j: i has priority
+    keeper_group: dict[int, dict] = {}
+    for j in range(len(cand)):
+        near = sorted((d, i) for d, i in neighbours.get(j, []) if i in keeper_group)
+        if not near:
+            keeper_group[j] = {}
+            continue
+        dist, i = near[0]
+        g = keeper_group[i]
+        if not g:
+            g.update(id=f"near-{len(groups) + 1}", kind="near_duplicate", keep=cand[i].rel, members=[cand[i].rel])
+            groups.append(g)
+        g["members"].append(cand[j].rel)
+        add(cand[j], "near_duplicate", float(dist), float(options.near_phash),
+            f"pHash distance {dist} to {cand[i].rel}", group=g["id"], keep=cand[i].path)
 
 
 # ---------------------------------------------------------------------------- re-exports
