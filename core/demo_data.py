@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import random
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from core.atomic import atomic_write_bytes
+from core.atomic import atomic_write_bytes, fsync_dir
 
 Progress = Callable[[int, int, str], None]
 
@@ -225,8 +228,13 @@ def make_demo_dataset(
     progress: Progress | None = None,
 ) -> dict[str, int]:
     """Write ``per_class`` JPEGs for each class into ``out_dir/<class>/``; returns the
-    number written per class. Files of the same name are replaced (atomically); other
-    files in the folder are left alone. An identical existing file is not rewritten."""
+    number written per class.
+
+    A new (missing or empty) ``out_dir`` is built whole in a hidden temp folder beside it
+    and renamed into place, so a failure (a full disk, Ctrl-C) leaves no partial dataset
+    behind and the next run starts clean. Into an existing folder, files of the same name
+    are replaced (atomically), other files are left alone, and an identical existing file
+    is not rewritten."""
     if per_class < 1:
         raise ValueError(f"per_class must be >= 1, got {per_class}")
     if size < 16:
@@ -234,6 +242,23 @@ def make_demo_dataset(
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     out_dir = Path(out_dir)
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        return _write_classes(out_dir, per_class, size, seed, progress)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    try:
+        counts = _write_classes(tmp, per_class, size, seed, progress)
+        if out_dir.is_dir():
+            out_dir.rmdir()  # empty (checked above); fails, keeping both, if it filled up meanwhile
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # ours, and partial
+        raise
+    fsync_dir(out_dir.parent)
+    return counts
+
+
+def _write_classes(out_dir: Path, per_class: int, size: int, seed: int, progress: Progress | None) -> dict[str, int]:
     total = per_class * len(CLASSES)
     done = 0
     counts: dict[str, int] = {}
