@@ -374,10 +374,11 @@ def collage_score(rgb: np.ndarray) -> float:
     reprints these figures.
 
     Images over ANALYSIS_MAX_SIDE are scored on ``_seam_views`` too (the larger score
-    counts). Measured (/tmp exploration, textured tiles, JPEG q88, 486 grids 2x3/3x2/3x3,
+    counts). Measured (textured tiles as in tests/core/test_curation.py, JPEG q88, 486 grids 2x3/3x2/3x3,
     300-1200 px, gutters 1-4 px white/light grey/black, half shrunk to 200 px): every grid
-    whose gutters are still >= 0.9 px wide after all resizing scored >= 0.5 (before: 84
-    missed, e.g. 3x2 300x200 1 px: 0.97 full size, 0.0 at 256 px); sub-pixel gutters
+    whose gutters are still >= 0.9 px wide after all resizing scored >= 0.5 (the 256 px
+    score missed 84 of a similar 324; issue 12's 3x2 300x200 grid: 0.97 full size, 0.0 at
+    256 px); sub-pixel gutters
     (0.17-0.67 px) are missed; 360 textured photos 300-1000 px: max < 0.3. A mid-grey
     gutter on tiles of the same mean grey is missed (chroma subsampling tints it)."""
     x = np.asarray(rgb)
