@@ -114,43 +114,103 @@ def _test_generators():
     return module
 
 
+def held_out_photo(seed: int, w: int, h: int):
+    """A photo-like image from a generator the tests never use (so thresholds tuned on
+    the tests' images are checked on images they were not tuned on): a multi-octave
+    value-noise colour field, a soft subject blob, a random texture strength, blur and
+    sensor noise."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    rng = np.random.default_rng(seed + 880_000)
+    field = np.zeros((h, w, 3), np.float32)
+    for octave, weight in ((3, 1.0), (7, 0.5), (17, 0.25), (41, 0.12 * rng.uniform(0, 3))):
+        cells = rng.uniform(0, 255, (octave, octave, 3)).astype(np.uint8)
+        layer = np.asarray(Image.fromarray(cells).resize((w, h), Image.Resampling.BICUBIC), np.float32)
+        field += weight * (layer - 128)
+    field = field / 1.6 + rng.uniform(60, 190, 3)
+    im = Image.fromarray(np.clip(field, 0, 255).astype(np.uint8))
+    d = ImageDraw.Draw(im)
+    cx, cy, r = w * rng.uniform(0.3, 0.7), h * rng.uniform(0.3, 0.7), min(w, h) * rng.uniform(0.15, 0.35)
+    d.ellipse([cx - r * rng.uniform(0.8, 1.6), cy - r, cx + r * rng.uniform(0.8, 1.6), cy + r],
+              fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+    im = im.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 2.0)))
+    arr = np.asarray(im, np.float32) + rng.normal(0, rng.uniform(2, 12), (h, w, 3))
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def _jpeg(im, q: int):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=q)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
 def bench_thresholds(args: argparse.Namespace) -> None:
-    import imagehash
-    from PIL import Image, ImageEnhance
-
+    """The threshold figures on two corpora: the tests' generated images (what the
+    thresholds were tuned on) and the held-out generator above."""
     g = _test_generators()
-    rng = np.random.default_rng(0)
+    corpora = {
+        "tests' images": lambda i, w, h: (g.natural_image if i % 2 else g.dog_image)(1000 + i, w, h),
+        "held-out images": held_out_photo,
+    }
+    for name, photo in corpora.items():
+        print(f"\n== {name} ==")
+        _thresholds_on(photo, g.collage, args.samples, np.random.default_rng(0))
+    big_p = np.random.default_rng(1).integers(0, 2**63, 14000, dtype=np.int64).astype(np.uint64)
+    big_d = np.random.default_rng(2).integers(0, 2**63, 14000, dtype=np.int64).astype(np.uint64)
+    start = time.perf_counter()
+    near_pairs(big_p, big_d, 10, 16)
+    print(f"\nnear-duplicate search over 14000 hashes (all pairs, numpy popcount): {fmt_seconds(time.perf_counter() - start)}")
 
-    def jpeg(im: Image.Image, q: int) -> Image.Image:
-        buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=q)
-        return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
 
-    n = args.samples
+def _thresholds_on(photo, collage, n: int, rng: np.random.Generator) -> None:
+    from PIL import Image
+
     clean = []
     for i in range(n):
         w, h = int(rng.integers(120, 400)), int(rng.integers(100, 400))
-        clean.append(jpeg((g.natural_image if i % 2 else g.dog_image)(1000 + i, w, h), int(rng.integers(60, 95))))
-    cs = np.array([collage_score(np.asarray(analysis_view(im))) for im in clean])
+        clean.append(_jpeg(photo(i, w, h), int(rng.integers(60, 95))))
     thr = ScanOptions().collage_threshold
+    cs = np.array([collage_score(np.asarray(im)) for im in clean])  # as the scan scores it: full size
     print(f"collage score, {n} photo-like images (120-400 px, JPEG q60-95): median {np.median(cs):.2f}, "
           f"p95 {np.quantile(cs, .95):.2f}, max {cs.max():.2f}; flagged at {thr}: {(cs >= thr).sum()}")
-    # Entropy and grey thresholds: clean photos vs flat images vs grey photos stored as RGB.
+    _entropy_and_grey(clean, n, rng)
+    layouts = [(2, 2), (3, 3), (1, 2), (2, 1), (2, 3)]
+    scores: dict[str, list[float]] = {"grid": [], "single split": []}
+    for i in range(n):
+        rows, cols = layouts[i % len(layouts)]
+        tiles = [photo(5000 + i * 20 + k, 150, 130) for k in range(rows * cols)]
+        im = collage(tiles, rows, cols, tile=int(rng.integers(60, 160)), gutter=int(rng.choice([0, 0, 2, 5, 10])))
+        if i % 3 == 0:
+            f = rng.uniform(0.5, 1.0)
+            im = im.resize((max(64, int(im.width * f)), max(64, int(im.height * f))), Image.Resampling.LANCZOS)
+        scores["single split" if 1 in (rows, cols) else "grid"].append(collage_score(np.asarray(_jpeg(im, 80))))
+    for kind, vals in scores.items():
+        v = np.array(vals)
+        print(f"collage score, {len(v)} {kind} collages (tiles 60-160 px, gutters 0-10, 1/3 resized): "
+              f"min {v.min():.2f}, p05 {np.quantile(v, .05):.2f}, median {np.median(v):.2f}; flagged {(v >= thr).sum()}/{len(v)}")
+    _near_duplicates(clean, rng)
+
+
+def _entropy_and_grey(clean: list, n: int, rng: np.random.Generator) -> None:
+    from PIL import Image
+
     from core.curation import _entropy_bits
 
-    def ent_chroma(im: Image.Image) -> tuple[float, float]:
+    def ent_chroma(im) -> tuple[float, float]:
         arr = np.asarray(analysis_view(im))
         chroma = float((arr.max(axis=2).astype(np.int16) - arr.min(axis=2)).mean())
         return _entropy_bits(np.asarray(analysis_view(im).convert("L"))), chroma
 
     photo = np.array([ent_chroma(im) for im in clean])
     flat = []
-    for i in range(n):
+    for _ in range(n):
         level = rng.uniform(20, 235, 3)
         arr = np.clip(level + rng.normal(0, rng.uniform(0.5, 4.0), (128, 128, 3)), 0, 255).astype(np.uint8)
-        flat.append(ent_chroma(jpeg(Image.fromarray(arr), int(rng.integers(60, 95))))[0])
-    grey = np.array([ent_chroma(jpeg(im.convert("L").convert("RGB"), int(rng.integers(60, 95))))[1] for im in clean])
-    muted = np.array([ent_chroma(jpeg(Image.blend(im.convert("L").convert("RGB"), im, 0.1), 90))[1] for im in clean])
+        flat.append(ent_chroma(_jpeg(Image.fromarray(arr), int(rng.integers(60, 95))))[0])
+    grey = np.array([ent_chroma(_jpeg(im.convert("L").convert("RGB"), int(rng.integers(60, 95))))[1] for im in clean])
+    muted = np.array([ent_chroma(_jpeg(Image.blend(im.convert("L").convert("RGB"), im, 0.1), 90))[1] for im in clean])
     print(f"entropy (bits), photo-like images: min {photo[:, 0].min():.2f}, median {np.median(photo[:, 0]):.2f}; "
           f"flat colour + noise (sigma 0.5-4, JPEG): max {max(flat):.2f}, median {np.median(flat):.2f}  "
           f"(threshold {ScanOptions().min_entropy})")
@@ -158,23 +218,13 @@ def bench_thresholds(args: argparse.Namespace) -> None:
           f"photos at 10% saturation: min {muted.min():.1f}, median {np.median(muted):.1f}  "
           f"(threshold {ScanOptions().max_gray_chroma})")
 
-    layouts = [(2, 2), (3, 3), (1, 2), (2, 1), (2, 3)]
-    scores: dict[str, list[float]] = {"grid": [], "single split": []}
-    for i in range(n):
-        rows, cols = layouts[i % len(layouts)]
-        tiles = [(g.natural_image if k % 2 else g.dog_image)(5000 + i * 20 + k, 150, 130) for k in range(rows * cols)]
-        im = g.collage(tiles, rows, cols, tile=int(rng.integers(60, 160)), gutter=int(rng.choice([0, 0, 2, 5, 10])))
-        if i % 3 == 0:
-            f = rng.uniform(0.5, 1.0)
-            im = im.resize((max(64, int(im.width * f)), max(64, int(im.height * f))), Image.Resampling.LANCZOS)
-        scores["single split" if 1 in (rows, cols) else "grid"].append(collage_score(np.asarray(analysis_view(jpeg(im, 80)))))
-    for kind, vals in scores.items():
-        v = np.array(vals)
-        print(f"collage score, {len(v)} {kind} collages (tiles 60-160 px, gutters 0-10, 1/3 resized): "
-              f"min {v.min():.2f}, p05 {np.quantile(v, .05):.2f}, median {np.median(v):.2f}; flagged {(v >= thr).sum()}/{len(v)}")
 
-    def hashes(im: Image.Image) -> tuple[int, int]:
-        gray = im.convert("L")
+def _near_duplicates(clean: list, rng: np.random.Generator) -> None:
+    import imagehash
+    from PIL import Image, ImageEnhance
+
+    def hashes(im) -> tuple[int, int]:
+        gray = analysis_view(im).convert("L")  # as the scan hashes it
         return int(str(imagehash.phash(gray)), 16), int(str(imagehash.dhash(gray)), 16)
 
     H = np.array([hashes(im) for im in clean], dtype=np.uint64)
@@ -186,7 +236,7 @@ def bench_thresholds(args: argparse.Namespace) -> None:
         w, h = im.size
         c, s = rng.uniform(0.0, 0.06), rng.uniform(0.5, 1.0)
         t = im.crop((int(w * c), int(h * c), w - int(w * c), h - int(h * c)))
-        t = jpeg(t.resize((max(32, int(w * s)), max(32, int(h * s))), Image.Resampling.BILINEAR), int(rng.integers(40, 90)))
+        t = _jpeg(t.resize((max(32, int(w * s)), max(32, int(h * s))), Image.Resampling.BILINEAR), int(rng.integers(40, 90)))
         if rng.random() < 0.25:
             t = ImageEnhance.Brightness(t).enhance(rng.uniform(0.85, 1.15))
         a, b = hashes(im), hashes(t)
@@ -201,11 +251,6 @@ def bench_thresholds(args: argparse.Namespace) -> None:
     for P in (8, 10, 12, 14):
         row = "  ".join(f"D{D}: {((dp <= P) & (dd <= D)).sum()}/{((np_ <= P) & (nd_ <= D)).sum()}" for D in (12, 16, 20))
         print(f"  P{P:2d}  {row}")
-    big_p = rng.integers(0, 2**63, 14000, dtype=np.int64).astype(np.uint64)
-    big_d = rng.integers(0, 2**63, 14000, dtype=np.int64).astype(np.uint64)
-    start = time.perf_counter()
-    near_pairs(big_p, big_d, 10, 16)
-    print(f"near-duplicate search over 14000 hashes (all pairs, numpy popcount): {fmt_seconds(time.perf_counter() - start)}")
 
 
 def main() -> None:

@@ -32,7 +32,9 @@ near_duplicate     perceptual-hash Hamming distance to a kept image <= ``near_ph
                    median 6, 128-129/150 caught (12/16 would catch 137-142, but also flags
                    4% of the demo set's look-alike drawings vs 2% at 10/16).
 collage            collage score >= ``collage_threshold`` (0.5): straight seams or gutters that
-                   split the image into a grid (see ``collage_score``)
+                   split the image into a grid (see ``collage_score``); measured at full
+                   resolution across the seams (up to 1024 px), not at the analysis size,
+                   where 1-2 px gutters blur away
 =================  ==========================================================================
 
 Duplicates are grouped within and across breeds; in each group the image with the most
@@ -51,7 +53,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -60,17 +62,10 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from core.dataset_stats import (  # noqa: F401  (re-exported: the studio imports them from here)
-    BreedStats,
-    DatasetFile,
-    DatasetFolderError,
-    DatasetStats,
-    dataset_stats,
-    list_dataset,
-    read_json,
-    write_json_atomic,
-)
-from core.images import ImageLoadError, load_rgb
+from core.dataset_stats import BreedStats, DatasetStats, dataset_stats  # noqa: F401  (the scan's callers show stats too)
+from core.files import DatasetFile, DatasetFolderError, FileCache, list_dataset  # noqa: F401
+from core.images import ImageLoadError, load_rgb, worker_pool
+from core.jsonio import read_json, write_json
 
 Progress = Callable[[int, int, str], None]
 
@@ -92,8 +87,9 @@ GROUP_REASONS = ("duplicate", "near_duplicate")
 REASONS = DECODE_REASONS + CONTENT_REASONS + GROUP_REASONS
 
 REPORT_VERSION = 1
-FEATURE_VERSION = 1  # bump when analyse_image changes what it measures
+FEATURE_VERSION = 2  # bump when analyse_image changes what it measures (2: collage at seam views)
 ANALYSIS_MAX_SIDE = 256  # features other than the pixel hash are measured at this size (speed)
+COLLAGE_MAX_SIDE = 1024  # seams are looked for at up to this many px across them (see _seam_views)
 
 
 class CurationError(Exception):
@@ -161,10 +157,6 @@ class ScanReport:
         for f in self.flags:
             out.setdefault(f.reason, []).append(f)
         return out
-
-    def flagged_paths(self, reasons: set[str] | None = None) -> list[str]:
-        """Relative paths with at least one flag (of ``reasons`` when given), sorted."""
-        return sorted({f.rel for f in self.flags if reasons is None or f.reason in reasons})
 
     def to_dict(self) -> dict:
         return {
@@ -285,6 +277,13 @@ def _seam_profile(x: np.ndarray) -> np.ndarray:
     # Rows 4-5 away: far enough that both edges of a thin gutter (or a seam smeared by
     # resizing) do not hide each other, near enough to be the same tile's texture.
     around = np.maximum.reduce([dp[0:n], dp[1 : n + 1], dp[9 : n + 9], dp[10 : n + 10]])
+    if n >= 120:
+        # ... unless those rows are the far edge of a gutter 3-5 px wide: then rows 7-8
+        # away. Not in small images (the 64 px demo pictures), where 8 rows is another
+        # part of the picture: measured, 29 instead of 6 of the demo set's 1,500 flagged.
+        dq = np.pad(d, ((8, 8), (0, 0)), mode="edge")
+        farther = np.maximum.reduce([dq[0:n], dq[1 : n + 1], dq[15 : n + 15], dq[16 : n + 16]])
+        around = np.minimum(around, farther)
     step = (d >= 10.0) & (d >= 2.0 * around + 3.0)
     # A seam smeared over up to three rows, or a gutter's two edges, count once per column.
     near = step.copy()
@@ -339,6 +338,21 @@ def _axis_score(prof: np.ndarray, L: int) -> tuple[float, float]:
     return float(grid), free
 
 
+def _seam_views(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two float views of an (H, W, 3) image, each shrunk only *along* the seams it is
+    for: horizontal seams are looked for at full height (up to COLLAGE_MAX_SIDE) with rows
+    averaged down to ANALYSIS_MAX_SIDE columns, vertical seams the other way round. A box
+    filter along a seam keeps a 1-px gutter a uniform 1-px line (and averages texture
+    away), where shrinking across it would blend the gutter into the tiles (a 300x200
+    grid with 1-2 px gutters scored 0.97 at full size and 0.0 at 256x171)."""
+    H, W = x.shape[:2]
+    im = Image.fromarray(np.clip(x, 0, 255).astype(np.uint8)) if x.dtype != np.uint8 else Image.fromarray(x)
+    across_h, across_w = min(H, COLLAGE_MAX_SIDE), min(W, COLLAGE_MAX_SIDE)
+    rows = im.resize((min(W, ANALYSIS_MAX_SIDE), across_h), Image.Resampling.BOX)
+    cols = im.resize((across_w, min(H, ANALYSIS_MAX_SIDE)), Image.Resampling.BOX)
+    return np.asarray(rows, dtype=np.float32), np.asarray(cols, dtype=np.float32)
+
+
 def collage_score(rgb: np.ndarray) -> float:
     """0..1: how much an (H, W, 3) uint8/float image looks like photos tiled in a grid.
 
@@ -355,14 +369,37 @@ def collage_score(rgb: np.ndarray) -> float:
     Measured on 150 generated photo-like images (sizes 120-400 px, JPEG q60-95) vs 150
     collages (2x2/3x3/1x2/2x1/2x3, tiles 60-160 px, gutters 0-10 px, a third resized):
     photos max 0.29 (none flagged); collages flagged at 0.5: 56-58/60 single splits,
-    87-89/90 grids (two random draws); the demo set's 64 px clip-art pictures: 6/1500.
-    ``python -m bench.stats --thresholds`` reprints these figures."""
-    x = np.asarray(rgb, dtype=np.float32)
+    87-89/90 grids (two random draws); the demo set's 64 px clip-art pictures: 6/1500
+    (0 since the demo generator redraws them). ``python -m bench.stats --thresholds``
+    reprints these figures.
+
+    Images over ANALYSIS_MAX_SIDE are scored on ``_seam_views`` too (the larger score
+    counts). Measured (textured tiles as in tests/core/test_curation.py, JPEG q88, 486 grids 2x3/3x2/3x3,
+    300-1200 px, gutters 1-4 px white/light grey/black, half shrunk to 200 px): every grid
+    whose gutters are still >= 0.9 px wide after all resizing scored >= 0.5 (the 256 px
+    score missed 84 of a similar 324; issue 12's 3x2 300x200 grid: 0.97 full size, 0.0 at
+    256 px); sub-pixel gutters
+    (0.17-0.67 px) are missed; 360 textured photos 300-1000 px: max < 0.3. A mid-grey
+    gutter on tiles of the same mean grey is missed (chroma subsampling tints it)."""
+    x = np.asarray(rgb)
     H, W = x.shape[:2]
     if min(H, W) < 48:
         return 0.0
-    gy, fy = _axis_score(_seam_profile(x), H)  # horizontal seams (split rows)
-    gx, fx = _axis_score(_seam_profile(np.ascontiguousarray(x.transpose(1, 0, 2))), W)  # vertical seams
+    if max(H, W) <= ANALYSIS_MAX_SIDE:
+        return _grid_score(x.astype(np.float32), x.astype(np.float32))
+    small = np.asarray(analysis_view(Image.fromarray(np.clip(x, 0, 255).astype(np.uint8))), dtype=np.float32)
+    if min(small.shape[:2]) < 48:
+        return 0.0  # a banner: odd_aspect already says it; its short side has no room for tiles
+    # Gutters of 1-2 px survive only in the views shrunk along the seams; wider ones are
+    # found as well at the analysis size (as before): the larger of the two.
+    return max(_grid_score(*_seam_views(x)), _grid_score(small, small))
+
+
+def _grid_score(rows_view: np.ndarray, cols_view: np.ndarray) -> float:
+    """collage_score's formula on a view for horizontal seams and one for vertical seams."""
+    gy, fy = _axis_score(_seam_profile(rows_view), rows_view.shape[0])  # horizontal seams (split rows)
+    cols_t = np.ascontiguousarray(cols_view.transpose(1, 0, 2))
+    gx, fx = _axis_score(_seam_profile(cols_t), cols_t.shape[0])  # vertical seams
     two_axis = (min(max(gy, 0.8 * fy), max(gx, 0.8 * fx)) - 0.3) / 0.7
     one_axis = (max(gy, gx) - 0.5) / 0.5
     return round(float(np.clip(max(two_axis, one_axis), 0.0, 1.0)), 4)
@@ -391,9 +428,14 @@ def analyse_image(path: str) -> dict:
 
 
 def _analyse(path: str) -> dict:
+    return image_features(load_rgb(path))
+
+
+def image_features(im: Image.Image) -> dict:
+    """What the rules measure on one decoded RGB image (also used by core.demo_data to
+    draw a set that its own scan passes)."""
     import imagehash  # heavy import (scipy); only the scan needs it
 
-    im = load_rgb(path)
     w, h = im.size
     pixels = np.asarray(im)
     # Exact duplicates: the decoded pixels, so a re-save with other metadata still matches.
@@ -410,7 +452,7 @@ def _analyse(path: str) -> dict:
         "dhash": str(imagehash.dhash(gray)),
         "entropy": round(_entropy_bits(np.asarray(gray)), 4),
         "chroma": round(chroma, 4),
-        "collage": collage_score(arr),
+        "collage": collage_score(pixels),  # its own views: gutters do not survive analysis_view
     }
 
 
@@ -420,32 +462,33 @@ def _cache_path_for(report_path: Path) -> Path:
     return report_path.with_name(report_path.stem + ".features.json")
 
 
-def _load_feature_cache(path: Path, data_dir: Path) -> dict[str, dict]:
-    data = read_json(path)
-    if (
-        not isinstance(data, dict)
-        or data.get("version") != FEATURE_VERSION
-        or data.get("data_dir") != str(data_dir)
-        or not isinstance(data.get("files"), dict)
-    ):
-        return {}
-    return data["files"]
-
-
-def _save_feature_cache(path: Path, data_dir: Path, files: dict[str, dict]) -> None:
+def _analyse_all(todo: list[DatasetFile], cache: FileCache, options: ScanOptions, progress: Progress | None,
+                 done: int, total: int) -> None:
+    """Measure ``todo`` (in a worker pool when there is more than one) into ``cache``. A
+    long first scan saves what it has every 30 s and on Ctrl-C, so it resumes."""
+    every = max(1, len(todo) // 200)
+    last_save = time.monotonic()
+    executor = worker_pool(options.pool, options.workers, "scan") if options.workers > 1 and len(todo) > 1 else None
     try:
-        write_json_atomic(path, {"version": FEATURE_VERSION, "data_dir": str(data_dir), "files": files})
-    except OSError:
-        pass  # only costs a re-decode next time
-
-
-def _make_executor(options: ScanOptions) -> Executor:
-    if options.pool == "process":
-        import multiprocessing
-
-        # spawn, not fork: the caller may be a threaded app (the studio).
-        return ProcessPoolExecutor(max_workers=options.workers, mp_context=multiprocessing.get_context("spawn"))
-    return ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="scan")
+        if executor is None:
+            results = ((f, analyse_image(f.abspath)) for f in todo)
+        else:
+            futs = {executor.submit(analyse_image, f.abspath): f for f in todo}
+            results = ((futs[fut], fut.result()) for fut in as_completed(futs))
+        for i, (f, feat) in enumerate(results, 1):
+            cache.put(f, feat)
+            if progress is not None and (i % every == 0 or i == len(todo)):
+                progress(done + i, total, "analysing images")
+            if time.monotonic() - last_save > 30:
+                cache.save()
+                last_save = time.monotonic()
+    except BaseException:
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+        cache.save()
+        raise
+    if executor is not None:
+        executor.shutdown()
 
 
 def scan_dataset(
@@ -463,50 +506,16 @@ def scan_dataset(
     start = time.perf_counter()
     data_dir = Path(data_dir).resolve()
     report_path = Path(report_path)
-    cache_file = Path(cache_path) if cache_path is not None else _cache_path_for(report_path)
+    cache = FileCache(cache_path if cache_path is not None else _cache_path_for(report_path),
+                      version=FEATURE_VERSION, data_dir=data_dir)
     _breeds, files = list_dataset(data_dir)
-    cache = _load_feature_cache(cache_file, data_dir)
-    features: dict[str, dict] = {}
-    todo: list[DatasetFile] = []
-    for f in files:
-        hit = cache.get(f.rel)
-        if hit and hit.get("size") == f.size and hit.get("mtime_ns") == f.mtime_ns:
-            features[f.rel] = hit
-        else:
-            todo.append(f)
-    total = len(files)
-    done = total - len(todo)
+    todo = [f for f in files if cache.get(f) is None]
     if progress is not None:
-        progress(done, total, "analysing images")
+        progress(len(files) - len(todo), len(files), "analysing images")
     if todo:
-        every = max(1, len(todo) // 200)
-        last_save = time.monotonic()
-        executor = _make_executor(options) if options.workers > 1 and len(todo) > 1 else None
-        try:
-            if executor is None:
-                results = ((f, analyse_image(f.abspath)) for f in todo)
-            else:
-                futs = {executor.submit(analyse_image, str(f.path)): f for f in todo}
-                results = ((futs[fut], fut.result()) for fut in as_completed(futs))
-            for i, (f, feat) in enumerate(results, 1):
-                feat.update(size=f.size, mtime_ns=f.mtime_ns)
-                features[f.rel] = feat
-                done += 1
-                if progress is not None and (i % every == 0 or i == len(todo)):
-                    progress(done, total, "analysing images")
-                if time.monotonic() - last_save > 30:  # long first scans survive Ctrl-C
-                    _save_feature_cache(cache_file, data_dir, {**cache, **features})
-                    last_save = time.monotonic()
-        except BaseException:
-            if executor is not None:
-                executor.shutdown(wait=False, cancel_futures=True)
-            _save_feature_cache(cache_file, data_dir, {**cache, **features})
-            raise
-        if executor is not None:
-            executor.shutdown()
-    if todo or len(cache) != len(files):  # new, changed or deleted files: refresh the cache
-        _save_feature_cache(cache_file, data_dir, {f.rel: features[f.rel] for f in files})
-
+        _analyse_all(todo, cache, options, progress, len(files) - len(todo), len(files))
+    cache.save(files)
+    features = {f.rel: cache.get(f) for f in files}
     flags, groups = flag_files(files, features, options, data_dir)
     report = ScanReport(
         data_dir=data_dir,
@@ -523,11 +532,11 @@ def scan_dataset(
         },
         flags=flags,
         groups=groups,
-        total=total,
+        total=len(files),
         analysed=len(todo),
         elapsed_s=time.perf_counter() - start,
     )
-    write_json_atomic(report_path, report.to_dict())
+    write_json(report_path, report.to_dict())
     return report
 
 
@@ -564,6 +573,30 @@ def flag_files(
     def add(f: DatasetFile, reason: str, value: float | None, threshold: float | None, detail: str, **kw: Any) -> None:
         flags.append(Flag(f.path, f.breed, reason, value, threshold=threshold, detail=detail, rel=f.rel, **kw))
 
+    ok, tiny = _content_flags(files, features, options, add)
+    # Keep, in each duplicate group, a file with no other problem (so quarantining the
+    # collages, say, cannot take the only copy left), then the most pixels, then the oldest.
+    problem = {fl.rel for fl in flags}
+
+    def priority(f: DatasetFile) -> tuple:
+        ft = features[f.rel]
+        return (f.rel in problem, -ft["width"] * ft["height"], f.mtime_ns, f.rel)
+
+    groups: list[dict] = []
+    losers = _exact_groups(ok, features, priority, groups, add)
+    if options.near_phash >= 0:
+        # Flat images and thumbnails have meaningless perceptual hashes (exact duplicates
+        # above still cover them).
+        cand = [f for f in ok if f.rel not in losers and f.rel not in tiny
+                and features[f.rel]["entropy"] >= options.min_entropy]
+        _near_groups(sorted(cand, key=priority), features, options, groups, add)
+    flags.sort(key=lambda fl: (fl.rel, fl.reason))
+    return flags, groups
+
+
+def _content_flags(files: list[DatasetFile], features: dict[str, dict], options: ScanOptions,
+                   add: Callable[..., None]) -> tuple[list[DatasetFile], set[str]]:
+    """Per-file rules; the decodable files and the rel paths of the thumbnails."""
     ok: list[DatasetFile] = []
     tiny: set[str] = set()
     for f in files:
@@ -588,17 +621,13 @@ def flag_files(
             add(f, "grayscale", ft["chroma"], options.max_gray_chroma, "mean channel spread (0-255)")
         if ft["collage"] >= options.collage_threshold:
             add(f, "collage", ft["collage"], options.collage_threshold, "seams/gutters on a grid")
+    return ok, tiny
 
-    # Keep, in each duplicate group, a file with no other problem (so quarantining the
-    # collages, say, cannot take the only copy left), then the most pixels, then the oldest.
-    problem = {fl.rel for fl in flags}
 
-    def priority(f: DatasetFile) -> tuple:
-        ft = features[f.rel]
-        return (f.rel in problem, -ft["width"] * ft["height"], f.mtime_ns, f.rel)
-
-    groups: list[dict] = []
-    # Exact duplicates: same decoded pixels.
+def _exact_groups(ok: list[DatasetFile], features: dict[str, dict], priority: Callable, groups: list[dict],
+                  add: Callable[..., None]) -> set[str]:
+    """Groups of identical decoded pixels (the first by ``priority`` kept); the flagged rels.
+    The file layer lists each real file once, so a member is never its own keeper."""
     by_hash: dict[str, list[DatasetFile]] = {}
     for f in ok:
         by_hash.setdefault(features[f.rel]["pixel_hash"], []).append(f)
@@ -613,38 +642,35 @@ def flag_files(
         for m in members[1:]:
             losers.add(m.rel)
             add(m, "duplicate", 0.0, 0.0, f"same pixels as {keep.rel}", group=gid, keep=keep.path)
+    return losers
 
-    # Near duplicates among the rest (flat images and thumbnails have meaningless
-    # perceptual hashes; exact duplicates above still cover them).
-    if options.near_phash >= 0:
-        cand = [f for f in ok if f.rel not in losers and f.rel not in tiny
-                and features[f.rel]["entropy"] >= options.min_entropy]
-        cand.sort(key=priority)
-        if len(cand) > 1:
-            ph = np.array([_hash_int(features[f.rel]["phash"]) for f in cand], dtype=np.uint64)
-            dh = np.array([_hash_int(features[f.rel]["dhash"]) for f in cand], dtype=np.uint64)
-            neighbours: dict[int, list[tuple[int, int]]] = {}
-            for i, j, dist in near_pairs(ph, dh, options.near_phash, options.near_dhash):
-                neighbours.setdefault(j, []).append((dist, i))  # i < j: i has priority
-            # Greedy: in priority order, an image joins the closest earlier keeper within the
-            # threshold; otherwise it is a keeper. No chains: every flagged image is itself
-            # within the threshold of the image kept instead of it.
-            keeper_group: dict[int, dict] = {}
-            for j in range(len(cand)):
-                near = sorted((d, i) for d, i in neighbours.get(j, []) if i in keeper_group)
-                if not near:
-                    keeper_group[j] = {}
-                    continue
-                dist, i = near[0]
-                g = keeper_group[i]
-                if not g:
-                    g.update(id=f"near-{len(groups) + 1}", kind="near_duplicate", keep=cand[i].rel, members=[cand[i].rel])
-                    groups.append(g)
-                g["members"].append(cand[j].rel)
-                add(cand[j], "near_duplicate", float(dist), float(options.near_phash),
-                    f"pHash distance {dist} to {cand[i].rel}", group=g["id"], keep=cand[i].path)
-    flags.sort(key=lambda fl: (fl.rel, fl.reason))
-    return flags, groups
+
+def _near_groups(cand: list[DatasetFile], features: dict[str, dict], options: ScanOptions, groups: list[dict],
+                 add: Callable[..., None]) -> None:
+    """Greedy: in priority order, an image joins the closest earlier keeper within the
+    limits; otherwise it is a keeper. No chains: every flagged image is itself within the
+    limits of the image kept instead of it."""
+    if len(cand) < 2:
+        return
+    ph = np.array([_hash_int(features[f.rel]["phash"]) for f in cand], dtype=np.uint64)
+    dh = np.array([_hash_int(features[f.rel]["dhash"]) for f in cand], dtype=np.uint64)
+    neighbours: dict[int, list[tuple[int, int]]] = {}
+    for i, j, dist in near_pairs(ph, dh, options.near_phash, options.near_dhash):
+        neighbours.setdefault(j, []).append((dist, i))  # i < j: i has priority
+    keeper_group: dict[int, dict] = {}
+    for j in range(len(cand)):
+        near = sorted((d, i) for d, i in neighbours.get(j, []) if i in keeper_group)
+        if not near:
+            keeper_group[j] = {}
+            continue
+        dist, i = near[0]
+        g = keeper_group[i]
+        if not g:
+            g.update(id=f"near-{len(groups) + 1}", kind="near_duplicate", keep=cand[i].rel, members=[cand[i].rel])
+            groups.append(g)
+        g["members"].append(cand[j].rel)
+        add(cand[j], "near_duplicate", float(dist), float(options.near_phash),
+            f"pHash distance {dist} to {cand[i].rel}", group=g["id"], keep=cand[i].path)
 
 
 # ---------------------------------------------------------------------------- re-exports

@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import random
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from core.atomic import atomic_write_bytes
+from core.atomic import atomic_write_bytes, fsync_dir
 
 Progress = Callable[[int, int, str], None]
 
@@ -202,16 +205,18 @@ CLASSES: dict[str, Callable[[random.Random, int], Image.Image]] = {
 # ---------------------------------------------------------------------------- writing
 
 
-def render(class_name: str, index: int, *, size: int = DEFAULT_SIZE, seed: int = 0) -> Image.Image:
-    """One picture of ``class_name``; a pure function of (class, index, size, seed)."""
+def render(class_name: str, index: int, *, size: int = DEFAULT_SIZE, seed: int = 0, attempt: int = 0) -> Image.Image:
+    """One picture of ``class_name``; a pure function of (class, index, size, seed,
+    attempt). ``attempt`` > 0 draws another picture for the same slot (see _Judge)."""
     painter = CLASSES[class_name]
-    rng = random.Random(f"ddpm-demo:{seed}:{class_name}:{index}")  # str seeds are stable across runs
+    key = f"ddpm-demo:{seed}:{class_name}:{index}" + (f":{attempt}" if attempt else "")
+    rng = random.Random(key)  # str seeds are stable across runs
     S = size * SUPERSAMPLE
     im = painter(rng, S)
     if rng.random() < 0.5:
         im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     im = im.reduce(SUPERSAMPLE)  # box filter over each 2x2 block: cheap anti-aliasing
-    noise_rng = np.random.default_rng([seed, sorted(CLASSES).index(class_name), index])
+    noise_rng = np.random.default_rng([seed, sorted(CLASSES).index(class_name), index, attempt])
     arr = np.asarray(im, dtype=np.float32) + noise_rng.normal(0.0, 3.0, (size, size, 3))
     return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8))
 
@@ -225,8 +230,13 @@ def make_demo_dataset(
     progress: Progress | None = None,
 ) -> dict[str, int]:
     """Write ``per_class`` JPEGs for each class into ``out_dir/<class>/``; returns the
-    number written per class. Files of the same name are replaced (atomically); other
-    files in the folder are left alone. An identical existing file is not rewritten."""
+    number written per class.
+
+    A new (missing or empty) ``out_dir`` is built whole in a hidden temp folder beside it
+    and renamed into place, so a failure (a full disk, Ctrl-C) leaves no partial dataset
+    behind and the next run starts clean. Into an existing folder, files of the same name
+    are replaced (atomically), other files are left alone, and an identical existing file
+    is not rewritten."""
     if per_class < 1:
         raise ValueError(f"per_class must be >= 1, got {per_class}")
     if size < 16:
@@ -234,17 +244,80 @@ def make_demo_dataset(
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     out_dir = Path(out_dir)
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        return _write_classes(out_dir, per_class, size, seed, progress)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    try:
+        counts = _write_classes(tmp, per_class, size, seed, progress)
+        if out_dir.is_dir():
+            out_dir.rmdir()  # empty (checked above); fails, keeping both, if it filled up meanwhile
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # ours, and partial
+        raise
+    fsync_dir(out_dir.parent)
+    return counts
+
+
+class _Judge:
+    """Would the scan flag this picture? The set is meant to pass ``data scan`` with the
+    default rules, so a picture that reads as a collage, or as a near duplicate of an
+    earlier picture of its class, is drawn again (next ``attempt``). Judged on the
+    decoded JPEG, the bytes the scan will read, with a margin below each limit. Only
+    earlier pictures of the same class count: image i depends on images < i, so asking
+    for more per class keeps the first ones."""
+
+    MAX_ATTEMPTS = 50
+
+    def __init__(self) -> None:
+        from core import curation
+
+        self.c = curation
+        d = curation.ScanOptions()
+        self.collage = d.collage_threshold - 0.15
+        self.near_p, self.near_d = d.near_phash + 2, d.near_dhash + 2
+        self.ph: list[int] = []
+        self.dh: list[int] = []
+
+    def new_class(self) -> None:
+        self.ph, self.dh = [], []
+
+    def accept(self, jpeg: bytes) -> bool:
+        ft = self.c.image_features(Image.open(io.BytesIO(jpeg)).convert("RGB"))
+        p, d = int(ft["phash"], 16), int(ft["dhash"], 16)
+        if ft["collage"] >= self.collage:
+            return False
+        if any((p ^ q).bit_count() <= self.near_p and (d ^ e).bit_count() <= self.near_d
+               for q, e in zip(self.ph, self.dh)):
+            return False
+        self.ph.append(p)
+        self.dh.append(d)
+        return True
+
+
+def draw_jpeg(judge: _Judge, name: str, index: int, size: int, seed: int) -> bytes:
+    """The JPEG of slot ``index``: the first attempt the judge accepts."""
+    for attempt in range(_Judge.MAX_ATTEMPTS):
+        buf = io.BytesIO()
+        render(name, index, size=size, seed=seed, attempt=attempt).save(buf, "JPEG", quality=JPEG_QUALITY)
+        if judge.accept(buf.getvalue()):
+            break
+    return buf.getvalue()  # never seen: 50 rejections in a row; keep the last one
+
+
+def _write_classes(out_dir: Path, per_class: int, size: int, seed: int, progress: Progress | None) -> dict[str, int]:
     total = per_class * len(CLASSES)
     done = 0
     counts: dict[str, int] = {}
     every = max(1, total // 100)
+    judge = _Judge()
     for name in sorted(CLASSES):
         folder = out_dir / name
         folder.mkdir(parents=True, exist_ok=True)
+        judge.new_class()
         for i in range(per_class):
-            buf = io.BytesIO()
-            render(name, i, size=size, seed=seed).save(buf, "JPEG", quality=JPEG_QUALITY)
-            data = buf.getvalue()
+            data = draw_jpeg(judge, name, i, size, seed)
             path = folder / f"{name}_{i:04d}.jpg"
             try:
                 same = path.stat().st_size == len(data) and path.read_bytes() == data

@@ -1,18 +1,23 @@
 """Opening user images safely: one place that turns any file Pillow understands into a
 plain RGB image, or a one-line reason why it cannot.
 
-Shared by the training dataset (``core.data``) and dataset curation (``core.curation``).
+Shared by the training dataset (``core.data``) and dataset curation (``core.curation``),
+with the one builder of their worker pools.
 """
 
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-# Extensions treated as images in a breed folder (lower-case, with dot).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+from core.files import IMAGE_EXTENSIONS, is_image_name  # noqa: F401  (the folder rule owns extensions)
+
+POOLS = ("thread", "process")
+RESIZE_MODES = ("squash", "crop")
 
 # Pillow's own bomb guard warns at MAX_IMAGE_PIXELS and raises at twice that; we refuse
 # anything over this many pixels outright (≈ 8k x 8k), which no dog photo needs.
@@ -30,7 +35,20 @@ class ImageLoadError(Exception):
 
 
 def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+    return is_image_name(Path(path).name)
+
+
+def worker_pool(kind: str, workers: int, name: str) -> Executor:
+    """The pool that decodes images in parallel. "thread" (the default everywhere: Pillow
+    and numpy release the GIL; measured in bench/data.py and bench/stats.py) or "process"
+    (spawned, not forked: the caller may be a threaded app such as the studio)."""
+    if kind == "thread":
+        return ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+    if kind == "process":
+        import multiprocessing
+
+        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    raise ValueError(f"unknown pool {kind!r}; expected one of {', '.join(repr(p) for p in POOLS)}")
 
 
 def read_size(path: Path | str) -> tuple[int, int]:
@@ -84,8 +102,7 @@ def load_rgb(path: Path | str) -> Image.Image:
     """Decode a whole image as RGB with EXIF orientation applied (first frame of an
     animation). Raises ImageLoadError with a reason for anything unusable."""
     path = Path(path)
-    w, h = read_size(path)
-    del w, h
+    read_size(path)  # header checks (empty, not an image, bomb) before any pixel is decoded
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -104,3 +121,47 @@ def load_rgb(path: Path | str) -> Image.Image:
         if "decompressed data too large" in msg.lower():
             reason = "decompression_bomb"
         raise ImageLoadError(path, reason, msg) from exc
+
+
+# ---------------------------------------------------------------------------- decode + resize
+
+
+def resize_image(im: Image.Image, size: int, mode: str = "squash") -> Image.Image:
+    """``squash``: resize to size x size ignoring the aspect ratio (what the seed's
+    transforms.Resize((64, 64)) does); ``crop``: the centred largest square, resized —
+    the same pixels as resizing the shorter side then centre-cropping, in one resample."""
+    w, h = im.size
+    if mode == "squash":
+        box = None
+    elif mode == "crop":
+        s = min(w, h)
+        left, top = (w - s) / 2, (h - s) / 2
+        box = (left, top, left + s, top + s)
+    else:
+        raise ValueError(f"unknown resize mode {mode!r}; expected one of {', '.join(RESIZE_MODES)}")
+    if (w, h) == (size, size):
+        return im
+    return im.resize((size, size), Image.Resampling.BILINEAR, box=box)
+
+
+def decode_image(path: Path | str, image_size: int, resize: str) -> np.ndarray:
+    """One file -> uint8 array (S, S, 3). Raises ImageLoadError."""
+    im = load_rgb(path)
+    arr = np.array(resize_image(im, image_size, resize), dtype=np.uint8)  # a writable copy
+    if arr.shape != (image_size, image_size, 3):  # load_rgb guarantees RGB; be loud if not
+        raise ImageLoadError(path, "unreadable", f"decoded to shape {arr.shape}")
+    return arr
+
+
+def decode_or_error(path: str, image_size: int, resize: str) -> tuple[np.ndarray | None, str, str]:
+    """Pool task: (pixels, "", "") or (None, reason, detail). Never raises for bad images,
+    so a process pool does not need to pickle exceptions (and, torch-free, a spawned
+    worker starts without importing torch)."""
+    try:
+        return decode_image(path, image_size, resize), "", ""
+    except ImageLoadError as exc:
+        return None, exc.reason, exc.detail
+    except MemoryError:
+        return None, "unreadable", "out of memory while decoding"
+    except Exception as exc:  # a Pillow plugin bug must not stop a 14,000-image build
+        return None, "unreadable", f"{type(exc).__name__}: {str(exc)[:200]}"

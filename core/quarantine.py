@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from core.atomic import fsync_dir
+from core.files import unchanged
+from core.jsonio import append_jsonl, read_jsonl
 
 Progress = Callable[[int, int, str], None]
 
@@ -130,35 +131,12 @@ def safe_move(src: Path | str, dst: Path | str) -> None:
 
 def _append_log(quarantine_dir: Path, entry: dict) -> None:
     quarantine_dir.mkdir(parents=True, exist_ok=True)
-    with open(quarantine_dir / LOG_NAME, "ab") as fh:
-        line = (json.dumps(entry) + "\n").encode()
-        if fh.tell() > 0:
-            # A crash (or a full disk) may have left half a line: start on a fresh one.
-            with open(quarantine_dir / LOG_NAME, "rb") as rd:
-                rd.seek(-1, os.SEEK_END)
-                if rd.read(1) != b"\n":
-                    line = b"\n" + line
-        fh.write(line)
-        fh.flush()
-        os.fsync(fh.fileno())
+    append_jsonl(quarantine_dir / LOG_NAME, entry)  # fsynced; never glued to a crash's half line
 
 
 def read_log(quarantine_dir: Path | str) -> list[dict]:
     """Every log entry in order; a garbled line (a crash mid-write) is skipped."""
-    path = Path(quarantine_dir) / LOG_NAME
-    out: list[dict] = []
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    entry = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(entry, dict) and "original" in entry and "quarantined" in entry:
-                    out.append(entry)
-    except FileNotFoundError:
-        pass
-    return out
+    return [e for e in read_jsonl(Path(quarantine_dir) / LOG_NAME) if "original" in e and "quarantined" in e]
 
 
 def quarantined_files(quarantine_dir: Path | str) -> list[dict]:
@@ -197,11 +175,50 @@ def _try_move(move: Move, src: Path, dst: Path, *, taken: str) -> bool:
     return not move.error
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 # ---------------------------------------------------------------------------- quarantine / restore
+
+def _flagged_files(report: Any, wanted: set[str] | None) -> tuple[dict[str, list[str]], dict[str, list[Path]]]:
+    """rel -> its reasons (of ``wanted``), and rel -> the kept copies of its duplicate flags."""
+    per_file: dict[str, list[str]] = {}
+    keeps: dict[str, list[Path]] = {}  # for duplicate flags: the copy that must stay
+    for flag in report.flags:
+        if wanted is None or flag.reason in wanted:
+            per_file.setdefault(flag.rel, []).append(flag.reason)
+            if flag.keep is not None:
+                keeps.setdefault(flag.rel, []).append(Path(flag.keep))
+    return per_file, keeps
+
+
+def _check_still_flagged(move: Move, rec: dict, keeps: list[Path]) -> os.stat_result | None:
+    """The source's stat when it is still the file the scan flagged and moving it loses
+    nothing; otherwise None, with the reason in ``move.error``."""
+    src = move.source
+    try:
+        st = src.stat()
+    except OSError:
+        move.error = "no longer in the dataset"
+        return None
+    if not unchanged(rec, st.st_size, st.st_mtime_ns):
+        move.error = "changed since the scan; run `data scan` again"
+    elif any(_same_file(src, k) for k in keeps):
+        # A report from before symlinks were resolved: its "kept copy" is this very file.
+        move.error = "its kept copy is the same file (a symlink or hard link); run `data scan` again"
+    elif keeps and len(keeps) == len(move.reasons) and not any(k.exists() for k in keeps):
+        # Only flagged as a copy, and the copy it duplicates is gone: it may be the last one.
+        move.error = f"its kept copy {keeps[0]} is no longer in the dataset; run `data scan` again"
+    return None if move.error else st
+
 
 def quarantine_flagged(
     report: Any,
@@ -226,13 +243,7 @@ def quarantine_flagged(
         unknown = sorted(wanted - set(REASONS))
         if unknown:
             raise ValueError(f"unknown reason {', '.join(unknown)}; known: {', '.join(REASONS)}")
-    per_file: dict[str, list[str]] = {}
-    keeps: dict[str, list[Path]] = {}  # for duplicate flags: the copy that must stay
-    for flag in report.flags:
-        if wanted is None or flag.reason in wanted:
-            per_file.setdefault(flag.rel, []).append(flag.reason)
-            if flag.keep is not None:
-                keeps.setdefault(flag.rel, []).append(Path(flag.keep))
+    per_file, keeps = _flagged_files(report, wanted)
     moves: list[Move] = []
     items = sorted(per_file.items())
     for i, (rel, why) in enumerate(items, 1):
@@ -240,17 +251,7 @@ def quarantine_flagged(
         dst = _free_name(quarantine_dir / rel)
         move = Move(src, dst, sorted(set(why)), dry_run=dry_run)
         moves.append(move)
-        rec = report.files.get(rel, {})
-        try:
-            st = src.stat()
-        except OSError:
-            move.error = "no longer in the dataset"
-        else:
-            if st.st_size != rec.get("size") or st.st_mtime_ns != rec.get("mtime_ns"):
-                move.error = "changed since the scan; run `data scan` again"
-            elif keeps.get(rel) and len(keeps[rel]) == len(move.reasons) and not any(k.exists() for k in keeps[rel]):
-                # Only flagged as a copy, and the copy it duplicates is gone: it may be the last one.
-                move.error = f"its kept copy {keeps[rel][0]} is no longer in the dataset; run `data scan` again"
+        st = _check_still_flagged(move, report.files.get(rel, {}), keeps.get(rel, []))
         if not move.error and not dry_run:
             # Log first, then move: an entry whose file never arrived is ignored (restore
             # only sees quarantined paths that exist), while a moved file that missed its

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from core.atomic import atomic_write_text
+from core.jsonio import read_json, read_jsonl_tail
 
 RUN_STATES = ("running", "stopped", "finished", "failed")
 # What effective_state() can return on top of RUN_STATES.
@@ -83,18 +84,7 @@ def atomic_write_json(path: Path | str, obj: Any) -> None:
 
 def _read_json_dict(path: Path) -> dict | None:
     """A JSON object from ``path``; None when missing, unreadable, garbled or not an object."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        return None
-    except (OSError, UnicodeDecodeError) as exc:
-        log.warning("cannot read %s: %s", path, exc)
-        return None
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        log.warning("ignoring garbled %s: %s", path, exc)
-        return None
+    obj = read_json(path, logger=log)
     return obj if isinstance(obj, dict) else None
 
 
@@ -281,21 +271,6 @@ class MetricsWriter:
         self.close()
 
 
-def _parse_lines(chunk: bytes) -> list[dict]:
-    records = []
-    for raw in chunk.split(b"\n"):
-        raw = raw.strip()
-        if not raw:
-            continue
-        try:
-            obj = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue  # the fragment a killed writer left behind
-        if isinstance(obj, dict):
-            records.append(obj)
-    return records
-
-
 def read_metrics(run_dir: Path | str, offset: int = 0, filename: str = METRICS_FILE) -> tuple[list[dict], int]:
     """Records appended since ``offset`` and the offset to pass next time (from
     metrics.jsonl, or another JSON-lines file of the run such as eval.jsonl).
@@ -304,39 +279,18 @@ def read_metrics(run_dir: Path | str, offset: int = 0, filename: str = METRICS_F
     newline arrives. If the file is shorter than ``offset`` (it was replaced), reading
     starts again from the beginning.
     """
-    path = Path(run_dir) / filename
-    try:
-        with open(path, "rb") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            if offset > size:
-                offset = 0
-            fh.seek(offset)
-            chunk = fh.read(size - offset)
-    except (FileNotFoundError, NotADirectoryError):
-        return [], offset
-    except OSError as exc:
-        log.warning("cannot read %s: %s", path, exc)
-        return [], offset
-    end = chunk.rfind(b"\n")
-    if end < 0:
-        return [], offset
-    return _parse_lines(chunk[: end + 1]), offset + end + 1
+    return read_jsonl_tail(Path(run_dir) / filename, offset, logger=log)
 
 
 def last_metrics(run_dir: Path | str, key: str | None = "loss") -> dict | None:
     """The last complete metrics record (having ``key`` if given), reading only the tail."""
     path = Path(run_dir) / METRICS_FILE
     try:
-        with open(path, "rb") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, size - _TAIL_BYTES))
-            chunk = fh.read()
+        size = path.stat().st_size
     except OSError:
         return None
-    end = chunk.rfind(b"\n")
-    if end < 0:
-        return None
-    for record in reversed(_parse_lines(chunk[: end + 1])):
+    # The first line of the tail may be cut: parse_jsonl skips it as garbled.
+    for record in reversed(read_jsonl_tail(path, max(0, size - _TAIL_BYTES))[0]):
         if key is None or record.get(key) is not None:
             return record
     return None

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.jsonio import read_jsonl_tail
 from ddpm_tui.workspace import Workspace
 
 TRAIN_LOG = "console.log"  # the trainer's stdout/stderr; it writes its own train.log too
@@ -216,23 +217,4 @@ def current_scrape(workspace: Workspace) -> ScrapeJob | None:
 
 def read_jsonl(path: Path, offset: int) -> tuple[list[dict], int]:
     """New complete JSON lines from `offset`; a half-written last line waits for next time."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            data = f.read()
-    except FileNotFoundError:
-        return [], offset
-    out = []
-    end = data.rfind(b"\n")
-    if end < 0:
-        return [], offset
-    for line in data[: end + 1].splitlines():
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue  # a garbled line is skipped, the stream goes on
-        if isinstance(obj, dict):
-            out.append(obj)
-    return out, offset + end + 1
+    return read_jsonl_tail(path, offset)

@@ -3,7 +3,9 @@
 The work is done by ``core.curation`` (scan, statistics, quarantine) and ``core.demo_data``;
 this module parses flags, shows Rich progress bars on stderr and prints the results.
 Files live in the workspace: the scan report in ``reports/``, caches in ``cache/``,
-quarantined images in ``quarantine/<breed>/``.
+quarantined images in ``quarantine/<breed>/``. Every name from disk is printed through
+``core.safe_text`` (``shown`` for plain lines, ``_m`` = shown + Rich markup escape for
+Rich output), so a file name cannot move the cursor, retitle or clear the terminal.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+from core.safe_text import shown, shown_markup as _m
 from ddpm_tui.commands._common import CLIError, add_workspace_arg
 from ddpm_tui.workspace import DEFAULT_DATASET, Workspace
 
@@ -83,6 +86,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--dry-run", action="store_true", help="show what would move; move nothing")
     s.set_defaults(func=run_quarantine)
 
+    _register_restore_and_demo(sub)
+
+
+def _register_restore_and_demo(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("restore", help="put quarantined files back where they came from",
                        description="Move quarantined files back to their original paths (never overwriting a file "
                        "there). With no arguments, lists what is in quarantine.")
@@ -122,9 +129,9 @@ def _dataset_dir(args: argparse.Namespace, workspace: Workspace) -> Path:
     if not path.exists():
         hint = ("make the offline demo set with `ddpm-tui data demo` and use --dataset demo, "
                 "scrape with `ddpm-tui scrape`, or pass --data DIR")
-        raise CLIError(f"dataset folder {path} does not exist ({hint})")
+        raise CLIError(f"dataset folder {shown(path)} does not exist ({hint})")
     if not path.is_dir():
-        raise CLIError(f"{path} is not a folder (expected {path}/<breed>/*.jpg)")
+        raise CLIError(f"{shown(path)} is not a folder (expected {shown(path)}/<breed>/*.jpg)")
     return path
 
 
@@ -181,14 +188,15 @@ def _rel(path: Path, base: Path) -> str:
 
 
 def _err(message: str) -> None:
-    print(f"ddpm-tui: {message}", file=sys.stderr)
+    print(f"ddpm-tui: {shown(message)}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------- stats
 
 
 def run_stats(args: argparse.Namespace, workspace: Workspace) -> int:
-    from core.curation import DatasetFolderError, dataset_stats, load_report
+    from core.curation import load_report
+    from core.dataset_stats import DatasetFolderError, dataset_stats
 
     data_dir = _dataset_dir(args, workspace)
     report = load_report(_report_path(workspace, data_dir))
@@ -197,9 +205,9 @@ def run_stats(args: argparse.Namespace, workspace: Workspace) -> int:
             st = dataset_stats(data_dir, cache_path=_cache_path(workspace, data_dir, "stats"), report=report,
                                progress=progress)
     except DatasetFolderError as exc:
-        raise CLIError(str(exc)) from exc
+        raise CLIError(shown(exc)) from exc
     if args.json:
-        print(json.dumps(st.to_dict(), indent=2))
+        print(json.dumps(st.to_dict(), indent=2))  # json.dumps escapes control characters itself
         return 0
     _print_stats(st, report is not None)
     return 0
@@ -213,7 +221,7 @@ def _print_stats(st, have_report: bool) -> None:
     from rich.table import Table
 
     console = _console()
-    table = Table(title=f"{st.data_dir}", title_justify="left")
+    table = Table(title=_m(st.data_dir), title_justify="left")
     table.add_column("breed")
     table.add_column("images", justify="right")
     table.add_column("share", justify="right")
@@ -221,7 +229,7 @@ def _print_stats(st, have_report: bool) -> None:
     table.add_column("flagged", justify="right")
     table.add_column("by reason")
     for b in st.breeds:
-        table.add_row(b.name, str(b.count), f"{b.share:.1%}", _size(b.median_width, b.median_height),
+        table.add_row(_m(b.name), str(b.count), f"{b.share:.1%}", _size(b.median_width, b.median_height),
                       str(b.flagged_files) if b.flagged_files else "", ", ".join(f"{r} {n}" for r, n in b.flagged.items()))
     table.add_section()
     table.add_row("total", str(st.total), "100%" if st.total else "-", _size(st.median_width, st.median_height),
@@ -232,14 +240,15 @@ def _print_stats(st, have_report: bool) -> None:
     if st.imbalance is not None and non_empty:
         big = max(non_empty, key=lambda b: b.count)
         small = min(non_empty, key=lambda b: b.count)
-        console.print(f"imbalance {st.imbalance:.2f} (largest {big.name} {big.count} / smallest {small.name} {small.count})")
+        console.print(f"imbalance {st.imbalance:.2f} (largest {_m(big.name)} {big.count} / "
+                      f"smallest {_m(small.name)} {small.count})")
     if st.empty_breeds:
-        console.print(f"[yellow]empty breed folders:[/] {', '.join(st.empty_breeds)}")
+        console.print(f"[yellow]empty breed folders:[/] {', '.join(_m(b) for b in st.empty_breeds)}")
     if not have_report:
         console.print("no scan yet: only header problems are counted; `ddpm-tui data scan` finds duplicates, "
                       "collages, tiny and grey images")
     else:
-        note = f"flags from the scan of {st.report_created}"
+        note = f"flags from the scan of {_m(st.report_created)}"
         if st.unscanned:
             note += f"; {st.unscanned} files new or changed since (run `ddpm-tui data scan`)"
         console.print(note)
@@ -262,9 +271,9 @@ def run_scan(args: argparse.Namespace, workspace: Workspace) -> int:
             report = scan_dataset(data_dir, report_path=report_path, options=options, progress=progress,
                                   cache_path=_cache_path(workspace, data_dir, "features"))
     except DatasetFolderError as exc:
-        raise CLIError(str(exc)) from exc
+        raise CLIError(shown(exc)) from exc
     except OSError as exc:
-        raise CLIError(f"cannot write the report {report_path}: {exc.strerror or exc}") from exc
+        raise CLIError(f"cannot write the report {shown(report_path)}: {shown(exc.strerror or exc)}") from exc
     if args.json:
         d = report.to_dict()
         d.pop("files")
@@ -279,7 +288,7 @@ def _print_scan(report, report_path: Path, limit: int) -> None:
 
     console = _console()
     flagged_files = len({f.rel for f in report.flags})
-    console.print(f"scanned {report.total} images in {report.data_dir} ({report.analysed} decoded, "
+    console.print(f"scanned {report.total} images in {_m(report.data_dir)} ({report.analysed} decoded, "
                   f"{report.total - report.analysed} unchanged) in {report.elapsed_s:.1f} s: "
                   f"{flagged_files} flagged")
     by_reason = report.flags_by_reason()
@@ -303,9 +312,9 @@ def _print_scan(report, report_path: Path, limit: int) -> None:
         table.add_column("detail", overflow="fold")
         for f in shown:
             value = "" if f.value is None else f"{f.value:g}"
-            table.add_row(f.rel, f.reason, value, f.detail)
+            table.add_row(_m(f.rel), f.reason, value, _m(f.detail))
         console.print(table)
-    console.print(f"report: {report_path}")
+    console.print(f"report: {_m(report_path)}")
     if report.flags:
         console.print("next: `ddpm-tui data quarantine --dry-run` (then without --dry-run; `--reason R` to pick)")
 
@@ -336,22 +345,22 @@ def run_quarantine(args: argparse.Namespace, workspace: Workspace) -> int:
     try:
         report = load_report(report_path, strict=True)
     except CurationError as exc:
-        raise CLIError(str(exc)) from exc
+        raise CLIError(shown(exc)) from exc
     if report is None:
-        raise CLIError(f"no scan report for {data_dir}; run `ddpm-tui data scan` first")
+        raise CLIError(f"no scan report for {shown(data_dir)}; run `ddpm-tui data scan` first")
     try:
         with _progress("quarantining") as progress:
             moves = quarantine_flagged(report, data_dir, workspace.quarantine_dir, reasons=args.reason,
                                        dry_run=args.dry_run, progress=progress)
     except (CurationError, ValueError) as exc:
-        raise CLIError(str(exc)) from exc
+        raise CLIError(shown(exc)) from exc
     verb = "would move" if args.dry_run else "moved"
     ok = _print_moves(moves, lambda m: f"{verb} {_rel(m.source, data_dir)} -> {_rel(m.dest, workspace.root)}"
                       f"  ({', '.join(m.reasons)})")
     if not moves:
         print("nothing flagged" + (f" for {', '.join(args.reason)}" if args.reason else ""))
     else:
-        print(f"{verb} {len(ok)} of {len(moves)} flagged files to {workspace.quarantine_dir}"
+        print(f"{verb} {len(ok)} of {len(moves)} flagged files to {shown(workspace.quarantine_dir)}"
               + ("" if args.dry_run or not ok else "; undo with `ddpm-tui data restore --all`"))
     return 0 if len(ok) == len(moves) else 1
 
@@ -360,7 +369,7 @@ def _print_moves(moves: list, line: Callable) -> list:
     """One stdout line per done move, one stderr error line per failed one; the done ones."""
     ok = [m for m in moves if m.ok]
     for m in ok:
-        print(line(m))
+        print(shown(line(m)))
     for m in moves:
         if not m.ok:
             _err(f"{m.source}: {m.error}")
@@ -376,10 +385,11 @@ def run_restore(args: argparse.Namespace, workspace: Workspace) -> int:
     if not args.all and not args.paths:
         present = quarantined_files(qdir)
         if not present:
-            print(f"quarantine is empty ({qdir})")
+            print(f"quarantine is empty ({shown(qdir)})")
             return 0
         for e in present:
-            print(f"{_rel(Path(e['quarantined']), workspace.root)}  <- {e['original']}  ({', '.join(e.get('reasons', []))})")
+            print(shown(f"{_rel(Path(e['quarantined']), workspace.root)}  <- {e['original']}  "
+                        f"({', '.join(e.get('reasons', []))})"))
         print(f"{len(present)} files in quarantine; `ddpm-tui data restore --all` or `... restore PATH` puts them back")
         return 0
     with _progress("restoring") as progress:
@@ -401,18 +411,21 @@ def run_demo(args: argparse.Namespace, workspace: Workspace) -> int:
     if args.seed < 0:
         raise CLIError(f"--seed must be 0 or more, got {args.seed}")
     if not args.name or "/" in args.name or args.name.startswith("."):
-        raise CLIError(f"--name must be a plain folder name, got {args.name!r}")
+        raise CLIError(f"--name must be a plain folder name, got {shown(repr(args.name))}")
     out = workspace.dataset_dir(args.name)
-    if out.exists() and any(out.iterdir()) and not args.force:
-        raise CLIError(f"{out} already has files; pass --force to rewrite its demo images (other files are kept)")
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"{shown(out)} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        raise CLIError(f"{shown(out)} already has files; pass --force to rewrite its demo images (other files are kept)")
     try:
+        # A new folder is built in a temp folder and renamed: a failure leaves nothing behind.
         with _progress("drawing") as progress:
             counts = make_demo_dataset(out, per_class=args.per_class, seed=args.seed, progress=progress)
     except OSError as exc:
-        raise CLIError(f"cannot write {out}: {exc.strerror or exc}") from exc
+        raise CLIError(f"cannot write {shown(out)}: {shown(exc.strerror or exc)}") from exc
     total = sum(counts.values())
-    print(f"wrote {total} images ({', '.join(f'{k} {v}' for k, v in counts.items())}) to {out}")
+    print(f"wrote {total} images ({', '.join(f'{k} {v}' for k, v in counts.items())}) to {shown(out)}")
     print(f"next: ddpm-tui data stats --dataset {args.name}")
-    print(f"      ddpm-tui train --run {args.name} --data {out} --preset tiny --image-size 32 --conditional --max-time 15m")
+    print(f"      ddpm-tui train --run {args.name} --data {shown(out)} --preset tiny --image-size 32 --conditional --max-time 15m")
     print(f"      ddpm-tui sample {args.name} --breed {sorted(counts)[0]}")
     return 0

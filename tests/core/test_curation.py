@@ -324,6 +324,70 @@ def test_collage_score_separates_grids_from_photos() -> None:
         assert collage_score(np.asarray(im)) >= 0.5, (rows, cols, gutter)
 
 
+def textured_image(seed: int, w: int = 200, h: int = 160, amp: float = 30.0) -> Image.Image:
+    """natural_image with fur/grass-like texture: fine noise plus a coarser pattern. On
+    such tiles a thin gutter is no longer the only sharp thing in the picture."""
+    rng = np.random.default_rng(seed + 7000)
+    base = np.asarray(natural_image(seed, w, h)).astype(np.float32)
+    fine = rng.normal(0, amp, (h, w, 1)) * rng.uniform(0.6, 1.0, 3)
+    coarse = rng.normal(128, 60, (h // 3, w // 3)).clip(0, 255).astype(np.uint8)
+    coarse = np.asarray(Image.fromarray(coarse).resize((w, h), Image.Resampling.BICUBIC), np.float32)[..., None] - 128
+    return Image.fromarray(np.clip(base + fine + 0.6 * coarse, 0, 255).astype(np.uint8))
+
+
+def gutter_grid(tiles: list[Image.Image], rows: int, cols: int, size: tuple[int, int], gutter: int,
+                colour: tuple[int, int, int]) -> Image.Image:
+    """Photos tiled into exactly ``size`` px with ``gutter`` px lines of ``colour`` between."""
+    W, H = size
+    out = Image.new("RGB", size, colour)
+    tw, th = (W - (cols - 1) * gutter) / cols, (H - (rows - 1) * gutter) / rows
+    for k in range(rows * cols):
+        r, c = divmod(k, cols)
+        x0, y0 = round(c * (tw + gutter)), round(r * (th + gutter))
+        x1, y1 = round(c * (tw + gutter) + tw), round(r * (th + gutter) + th)
+        out.paste(tiles[k].resize((x1 - x0, y1 - y0), Image.Resampling.LANCZOS), (x0, y0))
+    return out
+
+
+def jpeg_roundtrip(im: Image.Image, quality: int = 88) -> Image.Image:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+@pytest.mark.parametrize("rows, cols, size, gutter, colour, shrink_to", [
+    (3, 2, (300, 200), 1, (245, 245, 245), None),  # issue 12's case: 0.0 at the 256 px analysis size
+    (2, 3, (300, 200), 2, (230, 230, 225), None),
+    (3, 3, (300, 200), 1, (250, 250, 250), None),
+    (3, 3, (450, 300), 4, (220, 220, 215), None),  # a gutter as wide as the seam look-around
+    (2, 3, (600, 400), 1, (20, 20, 20), None),  # dark gutters
+    (3, 2, (1200, 800), 2, (250, 250, 250), None),
+    (3, 3, (900, 600), 3, (100, 90, 80), None),  # (a mid-grey gutter on mid-grey texture: missed, see README)
+    (3, 3, (600, 400), 6, (250, 250, 250), (240, 160)),  # downscaled below 256 px: gutters ~2.4 px
+    (2, 3, (450, 300), 4, (220, 220, 215), (200, 133)),  # ~1.8 px
+    (3, 2, (300, 200), 2, (250, 250, 250), (210, 140)),  # ~1.4 px
+])
+def test_collage_score_survives_the_downscale(rows, cols, size, gutter, colour, shrink_to) -> None:
+    seed = rows * 1000 + size[0] + gutter
+    tiles = [textured_image(seed + k, amp=25 + 10 * (k % 2)) for k in range(rows * cols)]
+    im = gutter_grid(tiles, rows, cols, size, gutter, colour)
+    if shrink_to is not None:
+        im = im.resize(shrink_to, Image.Resampling.LANCZOS)
+    score = collage_score(np.asarray(jpeg_roundtrip(im)))
+    assert score >= ScanOptions().collage_threshold, (rows, cols, size, gutter, colour, shrink_to, score)
+
+
+def test_collage_score_leaves_photos_and_the_demo_set_alone() -> None:
+    from core.demo_data import CLASSES, render
+
+    threshold = ScanOptions().collage_threshold
+    photos = [textured_image(500 + i, *wh, amp=amp) for i, (wh, amp) in enumerate(
+        [((300, 220), 10), ((640, 480), 25), ((1000, 750), 45), ((400, 300), 0), ((260, 260), 35), ((800, 450), 20)])]
+    photos += [dog_image(600 + i, 480, 360) for i in range(3)] + [render(c, 7, size=128) for c in sorted(CLASSES)]
+    scores = [collage_score(np.asarray(jpeg_roundtrip(im))) for im in photos]
+    assert max(scores) < threshold, scores
+
+
 def test_threshold_options_are_applied(corpus, tmp_path) -> None:
     root, _ = corpus
     # near_phash < 0 turns near duplicates off; a collage threshold above 1 turns collages off

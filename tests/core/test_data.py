@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-import core.data as data
+import core.images as images
 from core.data import DataOptions, DatasetError, ImageFolderDataset, decode_files, decode_image, scan_image_folder
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
@@ -341,13 +341,13 @@ def test_process_pool_decodes_the_same_pixels(tmp_path):
 @pytest.fixture
 def count_decodes(monkeypatch):
     calls: list[str] = []
-    real = data.load_rgb
+    real = images.load_rgb  # decode_image lives in core.images (torch-free pool workers)
 
     def counting(path):
         calls.append(Path(path).name)
         return real(path)
 
-    monkeypatch.setattr(data, "load_rgb", counting)
+    monkeypatch.setattr(images, "load_rgb", counting)
     return calls
 
 

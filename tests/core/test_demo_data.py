@@ -84,10 +84,10 @@ def test_classes_are_told_apart_by_colour_alone() -> None:
 
 
 def test_demo_set_passes_the_curation_scan(tmp_path: Path) -> None:
-    make_demo_dataset(tmp_path / "demo", per_class=30)
+    """Clean under the default rules: no flag at all (the drawing loop redraws what its
+    own scan would call a collage or a near duplicate). Measured on the default 1,500:
+    0 flagged (37 before the redraw rule)."""
+    make_demo_dataset(tmp_path / "demo", per_class=60)
     report = scan_dataset(tmp_path / "demo", report_path=tmp_path / "r.json")
-    reasons = {f.reason for f in report.flags}
-    assert not reasons & {"empty", "not_an_image", "truncated", "unreadable", "decompression_bomb",
-                          "too_small", "odd_aspect", "low_information", "grayscale", "duplicate"}
-    # Perceptual near duplicates / collage lookalikes are rare in the drawn set (measured: 2.5%).
-    assert len({f.rel for f in report.flags}) <= 0.08 * report.total
+    assert report.total == 300
+    assert [(f.rel, f.reason, f.value) for f in report.flags] == []

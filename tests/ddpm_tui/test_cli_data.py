@@ -143,3 +143,93 @@ def test_quarantine_needs_a_scan_and_valid_reason(capsys, ws: Path, tmp_path: Pa
     assert "invalid choice" in capsys.readouterr().err
     code, _, err = run(capsys, "data", "restore", "--workspace", str(ws), "--all", "x.jpg")
     assert code == 2 and "not both" in err
+
+
+# ---------------------------------------------------------------------------- hostile names, symlinks, full disk
+
+HOSTILE = ("\x1b]0;pwned\x07title.png", "clear\x1b[2J.png", "two\nlines.png")
+
+
+def test_names_from_disk_are_printed_escaped(capsys, ws: Path, tmp_path: Path) -> None:
+    """A file or breed name cannot retitle or clear the terminal, or forge an output line."""
+    from core.demo_data import render
+
+    data = tmp_path / "d"
+    breed = data / "pug\x1b[31m"
+    breed.mkdir(parents=True)
+    render("ladybug", 0, size=96).save(breed / "orig.png")
+    for name in HOSTILE:  # exact copies: each flagged as a duplicate of orig.png
+        render("ladybug", 0, size=96).save(breed / name)
+    st = (breed / "orig.png").stat()
+    for name in HOSTILE:
+        os.utime(breed / name, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    outputs = []
+    for argv in (["scan", "--list", "-1"], ["stats"], ["quarantine"], ["restore"], ["restore", "--all"]):
+        extra = [] if argv[0] == "restore" else ["--data", str(data)]
+        code, out, err = run(capsys, "data", *argv, "--workspace", str(ws), *extra)
+        assert code == 0, err
+        outputs.append(out + err)
+    text = "".join(outputs)
+    for bad in ("\x1b", "\x07", "\x9b"):
+        assert bad not in text
+    assert "\\e]0;pwned\\x07title.png" in text and "clear\\e[2J.png" in text and "two\\nlines.png" in text
+    assert not any(line.startswith("lines.png") for line in text.splitlines())  # no forged line
+    assert "moved 3 of 3" in outputs[2] and "restored 3 of 3" in outputs[4]
+    assert sorted(p.name for p in breed.iterdir()) == sorted(["orig.png", *HOSTILE])
+
+
+def test_symlinked_breed_folder_is_not_a_class_and_quarantine_keeps_its_files(capsys, ws: Path, tmp_path: Path) -> None:
+    """labrador -> labrador_retrievers_dog_pictures: no self-duplicates, nothing to move."""
+    from core.demo_data import render
+
+    data = tmp_path / "dogs"
+    real = data / "labrador_retrievers_dog_pictures"
+    real.mkdir(parents=True)
+    for i in range(3):
+        render("goldfish", i, size=96).save(real / f"{i}.jpg", quality=90)
+    os.symlink(real.name, data / "labrador")
+    before = _snapshot(real)
+    code, out, _ = run(capsys, "data", "scan", "--workspace", str(ws), "--data", str(data), "--json")
+    rep = json.loads(out)
+    assert code == 0 and rep["total"] == 3 and rep["flags"] == []
+    code, out, _ = run(capsys, "data", "stats", "--workspace", str(ws), "--data", str(data), "--json")
+    assert [b["name"] for b in json.loads(out)["breeds"]] == ["labrador_retrievers_dog_pictures"]
+    code, out, _ = run(capsys, "data", "quarantine", "--workspace", str(ws), "--data", str(data))
+    assert code == 0 and "nothing flagged" in out
+    assert _snapshot(real) == before and len(list((data / "labrador").iterdir())) == 3
+
+
+def test_quarantine_refuses_a_kept_copy_that_is_the_same_file(capsys, ws: Path, tmp_path: Path) -> None:
+    """A report written before symlinks were resolved (each file its own 'duplicate'):
+    quarantine moves nothing, so both names keep the file."""
+    from core.curation import Flag, ScanReport, ScanOptions, report_path_for
+
+    data = tmp_path / "dogs"
+    real = data / "labrador_retrievers_dog_pictures"
+    real.mkdir(parents=True)
+    Image.new("RGB", (80, 80), (200, 30, 30)).save(real / "0.jpg")
+    os.symlink(real.name, data / "labrador")
+    st = (real / "0.jpg").stat()
+    rec = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "width": 80, "height": 80}
+    flags = [Flag(data / "labrador" / "0.jpg", "labrador", "duplicate", 0.0, group="dup-1",
+                  keep=real / "0.jpg", rel="labrador/0.jpg"),
+             Flag(real / "0.jpg", real.name, "duplicate", 0.0, group="dup-1", keep=data / "labrador" / "0.jpg",
+                  rel=f"{real.name}/0.jpg")]
+    report = ScanReport(data.resolve(), "2026-01-01T00:00:00+00:00", ScanOptions(),
+                        {"labrador/0.jpg": rec, f"{real.name}/0.jpg": rec}, flags, total=2)
+    path = report_path_for(ws, data.resolve())
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(report.to_dict()))
+    code, out, err = run(capsys, "data", "quarantine", "--workspace", str(ws), "--data", str(data))
+    assert code == 1 and "moved 0 of 2" in out and err.count("same file") == 2
+    assert (real / "0.jpg").exists()
+
+
+def test_demo_on_a_full_disk_leaves_nothing_and_the_next_run_works(capsys, small_disk) -> None:
+    ws = small_disk("256k")
+    code, out, err = run(capsys, "data", "demo", "--workspace", str(ws), "--per-class", "300")
+    assert code == 2 and err.count("\n") == 1 and "No space left on device" in err
+    assert not (ws / "data" / "demo").exists()
+    assert [p.name for p in (ws / "data").iterdir()] == []  # the partial temp folder is gone too
+    code, out, err = run(capsys, "data", "demo", "--workspace", str(ws), "--per-class", "2")
+    assert code == 0 and "wrote 10 images" in out, err
