@@ -119,17 +119,18 @@ class Scorer:
 
 
 def _train_config(arm: Arm, data: Path, args) -> dict[str, Any]:
-    from core.train import TrainConfig
-
     cfg: dict[str, Any] = {"data": str(data), "run": arm.name, "preset": arm.preset, "image_size": args.image_size,
                            "flip": False, "device": "cpu", "max_time": args.minutes * 60, "seed": args.seed}
-    if "recipe" in {f.name for f in dataclasses.fields(TrainConfig)}:
-        cfg["recipe"] = arm.recipe
-    elif arm.recipe != "seed":  # without recipes, today's defaults are the seed recipe
-        raise BenchError(f"arm {arm.name!r}: this checkout's trainer has no --recipe option")
     if args.smoke:
         cfg.update(max_steps=args.smoke_steps, batch_size=4, samples=0, log_every=1)
-    return cfg
+    try:
+        from core.options import resolve
+    except ImportError:  # before recipes existed, the defaults were the seed recipe
+        if arm.recipe != "seed":
+            raise BenchError(f"arm {arm.name!r}: this checkout's trainer has no --recipe option") from None
+        return cfg
+    # As `ddpm-tui train --recipe R` does: the recipe's values, then the explicit ones.
+    return resolve({**cfg, "recipe": arm.recipe})
 
 
 def train_ours(arm: Arm, data: Path, run_dir: Path, args) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -25,9 +24,7 @@ def _load_bench():
 
 
 def _has_recipes() -> bool:
-    from core.train import TrainConfig
-
-    return "recipe" in {f.name for f in dataclasses.fields(TrainConfig)}
+    return importlib.util.find_spec("core.options") is not None
 
 
 def _has_metrics() -> bool:

@@ -484,3 +484,10 @@ def test_resnet_channels_last_matches_contiguous():
     ref = model(x, t, labels)
     out_cl = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last), t, labels)
     torch.testing.assert_close(out_cl, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_training_options_offer_every_preset():
+    """core/options.py is torch-free, so it names the presets itself: keep the two in step."""
+    options = pytest.importorskip("core.options")
+    assert set(options.PRESET_NAMES) == set(PRESETS)
+    assert {n: options.PRESET_IMAGE_SIZE[n] for n in PRESETS} == {n: c.image_size for n, c in PRESETS.items()}
