@@ -1,6 +1,7 @@
 """Training-step speed of the UNet: ours against the seed's computational choices, same run.
 
     python -m bench.unet [--preset seed] [--batch 16] [--size 64] [--steps 3] [--profile]
+    python -m bench.unet --compare small,res-small,res-tiny,peer [--batch 32] [--size 32] [--steps 5]
 
 One step = forward + MSE loss + backward + Adam step.
 - baseline: the seed's choices: fp32, contiguous NCHW, ``nn.MultiheadAttention`` returning
@@ -10,6 +11,11 @@ One step = forward + MSE loss + backward + Adam step.
 Both start from the same weights; steps are interleaved so machine noise hits both alike.
 Also printed: the step's FLOPs (torch.utils.flop_counter) and the fraction of a bf16 matmul
 peak (a large bf16 matmul timed in the same run) that ours achieves.
+
+``--compare``: images/s of a training step of several networks, all run our way (autocast,
+channels_last, fused Adam), interleaved, medians, ratios against the first one. Names are
+presets, or ``peer`` / ``peer-fp32``: denoising-diffusion-pytorch's ``Unet(dim=32,
+dim_mults=(1, 2, 4))`` under the same autocast / in fp32 (needs the ``bench`` extra).
 """
 
 from __future__ import annotations
@@ -76,6 +82,56 @@ def profile_step(step, rows: int = 15) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
+PEERS = ("peer", "peer-fp32")
+
+
+def build_network(name: str, size: int):
+    """(model, description) of a preset or of the peer network."""
+    if name in PEERS:
+        try:
+            from denoising_diffusion_pytorch import Unet
+        except ImportError:
+            raise SystemExit("the peer needs the bench extra: pip install -e '.[bench]'") from None
+
+        class Peer(torch.nn.Module):  # our call signature: (x, t) -> prediction
+            def __init__(self):
+                super().__init__()
+                self.net = Unet(dim=32, dim_mults=(1, 2, 4))
+
+            def forward(self, x, t):
+                return self.net(x, t)
+
+        return Peer(), "denoising-diffusion-pytorch Unet(dim=32, dim_mults=(1, 2, 4))"
+    config = get_preset(name, image_size=size)
+    return UNet(config), f"preset {name} ({config.block} design)"
+
+
+def compare(names: list[str], *, batch: int, size: int, steps: int, warmup: int, dtype, channels_last: bool) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, size, size, generator=g)
+    noise = torch.randn(x.shape, generator=g)
+    t = torch.randint(0, 1000, (batch,), generator=g)
+    runs = {}
+    print(f"training step, batch {batch}, {size}x{size}, autocast {dtype or 'off'} (peer-fp32: off), "
+          f"{'channels_last' if channels_last else 'NCHW'}, fused Adam, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for name in names:
+        torch.manual_seed(0)
+        model, what = build_network(name, size)
+        step_dtype = None if name == "peer-fp32" else dtype
+        runs[name] = make_step(model, x=x, t=t, noise=noise, dtype=step_dtype, channels_last=channels_last, fused_adam=True)
+        time_repeats(runs[name], repeats=0, warmup=warmup)
+        print(f"  {name:>10}: {what}, {count_parameters(model):,} parameters")
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(steps):  # interleaved: noise from other processes hits all alike
+        for name, fn in runs.items():
+            times[name] += time_repeats(fn, repeats=1, warmup=0)
+    ref = median(times[names[0]])
+    print(f"{'network':>12} {'step (median)':>14} {'images/s':>9} {'vs ' + names[0]:>12}")
+    for name in names:
+        med = median(times[name])
+        print(f"{name:>12} {fmt_seconds(med):>14} {batch / med:9.1f} {ref / med:11.2f}x")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.unet", description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="seed", choices=sorted(PRESETS))
@@ -86,11 +142,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto", help="autocast for ours")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--profile", action="store_true", help="print the top ops of one step of each variant")
+    p.add_argument("--layout", choices=("nchw", "channels_last"), default="nchw",
+                   help="memory layout for --compare (default: nchw, the trainer's default)")
+    p.add_argument("--compare", default="", metavar="NAMES",
+                   help=f"comma-separated presets and/or {', '.join(PEERS)}: images/s of each, ratios to the first")
     args = p.parse_args(argv)
     if args.batch < 1 or args.steps < 1 or args.warmup < 0:
         p.error("--batch and --steps must be >= 1, --warmup >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.compare:
+        names = [n.strip() for n in args.compare.split(",") if n.strip()]
+        unknown = [n for n in names if n not in PRESETS and n not in PEERS]
+        if unknown:
+            p.error(f"unknown network(s) {', '.join(unknown)}; known: {', '.join([*PRESETS, *PEERS])}")
+        compare(names, batch=args.batch, size=args.size or 32, steps=args.steps, warmup=args.warmup,
+                dtype=autocast_dtype("cpu", args.dtype), channels_last=args.layout == "channels_last")
+        return 0
 
     try:
         config = get_preset(args.preset, **({"image_size": args.size} if args.size else {}))

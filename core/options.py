@@ -22,8 +22,8 @@ from typing import Any, Iterable
 
 # Names the trainer checks again against core.unet / core.schedules / core.diffusion (which
 # need torch); kept here so `train --help` and the studio's form never import torch.
-PRESET_NAMES = ("seed", "small", "tiny")
-PRESET_IMAGE_SIZE = {"seed": 64, "small": 64, "tiny": 32}  # the size a preset is made for
+PRESET_NAMES = ("seed", "small", "tiny", "res-small", "res-tiny")
+PRESET_IMAGE_SIZE = {"seed": 64, "small": 64, "tiny": 32, "res-small": 32, "res-tiny": 32}  # the size a preset is made for
 SCHEDULE_NAMES = ("linear", "cosine", "sigmoid")
 PREDICTION_NAMES = ("eps", "x0", "v")
 LOSS_WEIGHTING_NAMES = ("uniform", "min_snr")
@@ -158,7 +158,7 @@ OPTIONS: tuple[Option, ...] = (
          "schedule, min-SNR, AdamW with warm-up, grad clip, EMA 0.999, batch 32); explicit options override it",
          choices=("seed", "fast"), basic=True),
     _opt("preset", str, "seed", _MODEL, "Preset",
-         "network size: seed (the seed's 93M UNet), small, tiny", choices=PRESET_NAMES, resumable=False, basic=True),
+         "network: seed (the seed's 93M UNet), small, tiny (the seed's design, smaller); res-small, res-tiny (ResNet blocks, attention at 16 px and below: more quality per CPU minute)", choices=PRESET_NAMES, resumable=False, basic=True),
     _opt("T", int, 1000, _MODEL, "Noise steps T", "diffusion steps for training and sampling", low=1,
          metavar="STEPS", resumable=False),
     _opt("schedule", str, "linear", _MODEL, "Schedule", "beta schedule", choices=SCHEDULE_NAMES, resumable=False),

@@ -1,10 +1,17 @@
-"""The noise-prediction network: a UNet with time (and optional class) conditioning.
+"""The denoising network: a UNet with time (and optional class) conditioning.
 
-The ``seed`` preset is the seed project's network module for module (same names, same
-shapes, same function), so a ``model_state.pth`` written by the seed's ``train.py`` loads
-with :func:`from_seed_state_dict`. Smaller presets exist for CPUs.
+Two block designs, recorded in ``UNetConfig.block`` so a checkpoint rebuilds its own network:
+- ``"seed"`` (the default, so configs written before the field existed rebuild unchanged):
+  the seed project's network module for module (same names, same shapes, same function), so
+  a ``model_state.pth`` written by the seed's ``train.py`` loads with
+  :func:`from_seed_state_dict`. The ``seed``, ``small`` and ``tiny`` presets use it.
+- ``"resnet"``: the design of improved-diffusion / lucidrains, chosen for quality per CPU
+  minute: ResNet blocks (GroupNorm, SiLU, 3x3 convs) with the time embedding (an MLP over the
+  sinusoid) applied as a scale and shift in every block, attention only where the feature
+  map is small, strided-conv down-sampling, nearest + conv up-sampling, zero-initialised
+  residual branches. The ``res-small`` and ``res-tiny`` presets use it.
 
-What differs from the seed, none of it changing the function computed:
+What the ``seed`` design changes from the seed, none of it changing the function computed:
 - attention runs through ``F.scaled_dot_product_attention`` (no attention-weight matrix is
   materialised or returned), while keeping ``nn.MultiheadAttention``'s parameter names;
 - the time embedding is broadcast over H and W instead of ``repeat``-ed;
@@ -32,10 +39,18 @@ _SEED_IGNORED_PREFIXES = ("sa8.",)
 class UNetConfig:
     """Everything needed to rebuild a UNet. Stored in checkpoints as a plain dict.
 
-    Channel widths per level are ``[base_channels] + [base_channels * m for m in channel_mults]``;
-    the middle runs at ``mid_mult * widths[-1]``. ``attn_down[i]`` puts self-attention after
-    down block i+1, ``attn_up[i]`` after up block i+1 (the seed: after every down block and
-    after every up block except the last, full-resolution one).
+    ``block="seed"``: channel widths per level are ``[base_channels] + [base_channels * m
+    for m in channel_mults]`` (one down-sampling per entry of ``channel_mults``); the middle
+    runs at ``mid_mult * widths[-1]``. ``attn_down[i]`` puts self-attention after down block
+    i+1, ``attn_up[i]`` after up block i+1 (the seed: after every down block and after every
+    up block except the last, full-resolution one).
+
+    ``block="resnet"``: one stage per entry of ``channel_mults`` at width ``base_channels * m``,
+    full resolution first, halved between stages; ``res_blocks`` ResNet blocks per stage on
+    the way down (one more on the way up); ``attn_down[i]`` adds attention after each block of
+    down stage i (i = 0 at full resolution), ``attn_up[i]`` after each block of up stage i
+    (i = 0 at the lowest resolution); the middle (block, attention, block) runs at
+    ``mid_mult * widths[-1]``.
     """
 
     preset: str = "custom"
@@ -49,6 +64,10 @@ class UNetConfig:
     num_heads: int = 4
     time_dim: int = 256
     num_classes: int = 0
+    # Added after the first checkpoints were written: the defaults are the seed design, and
+    # to_dict leaves them out at their defaults, so such configs serialise as before.
+    block: str = "seed"
+    res_blocks: int = 2
 
     def __post_init__(self) -> None:
         # Coerce lists (from JSON / checkpoints) to tuples so configs compare and hash equal.
@@ -62,10 +81,18 @@ class UNetConfig:
         return len(self.channel_mults)
 
     @property
+    def downsamplings(self) -> int:
+        return self.levels if self.block == "seed" else self.levels - 1
+
+    @property
     def widths(self) -> list[int]:
-        return [self.base_channels] + [self.base_channels * m for m in self.channel_mults]
+        if self.block == "seed":
+            return [self.base_channels] + [self.base_channels * m for m in self.channel_mults]
+        return [self.base_channels * m for m in self.channel_mults]
 
     def validate(self) -> None:
+        if self.block not in BLOCKS:
+            raise ValueError(f"UNetConfig: unknown block design {self.block!r}; known: {', '.join(BLOCKS)}")
         levels = len(self.channel_mults)
         if levels < 1:
             raise ValueError("UNetConfig: channel_mults must have at least one level")
@@ -74,7 +101,7 @@ class UNetConfig:
                 f"UNetConfig: attn_down/attn_up need {levels} entries (one per level), "
                 f"got {len(self.attn_down)}/{len(self.attn_up)}"
             )
-        for name in ("image_size", "in_channels", "base_channels", "mid_mult", "num_heads", "time_dim"):
+        for name in ("image_size", "in_channels", "base_channels", "mid_mult", "num_heads", "time_dim", "res_blocks"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"UNetConfig: {name} must be positive, got {getattr(self, name)}")
         if any(m <= 0 for m in self.channel_mults):
@@ -83,12 +110,16 @@ class UNetConfig:
             raise ValueError(f"UNetConfig: num_classes must be >= 0, got {self.num_classes}")
         if self.time_dim % 2:
             raise ValueError(f"UNetConfig: time_dim must be even, got {self.time_dim}")
-        factor = 2**levels
+        factor = 2**self.downsamplings
         if self.image_size % factor:
             raise ValueError(
                 f"UNetConfig: image_size {self.image_size} must be divisible by {factor} "
-                f"({levels} down-sampling levels)"
+                f"({self.downsamplings} down-sampling levels)"
             )
+        if self.block == "resnet":
+            for width in set(self.widths) | {self.widths[-1] * self.mid_mult}:
+                if width % 4:  # GroupNorm groups of at least 4 channels
+                    raise ValueError(f"UNetConfig: resnet widths must be multiples of 4, got {width}")
         for width in _attention_widths(self):
             if width % self.num_heads:
                 raise ValueError(
@@ -100,6 +131,12 @@ class UNetConfig:
         d = asdict(self)
         for key in ("channel_mults", "attn_down", "attn_up"):
             d[key] = list(d[key])
+        # Fields added later are left out at their defaults: a seed-design config keeps
+        # the exact dict it had (checkpoint comparisons, older readers).
+        defaults = {f.name: f.default for f in fields(self)}
+        for key in _ADDED_FIELDS:
+            if d[key] == defaults[key]:
+                del d[key]
         return d
 
     @classmethod
@@ -111,9 +148,17 @@ class UNetConfig:
         return cls(**dict(data))
 
 
+BLOCKS = ("seed", "resnet")
+_ADDED_FIELDS = ("block", "res_blocks")
+
+
 def _attention_widths(cfg: UNetConfig) -> list[int]:
     w = cfg.widths
     L = cfg.levels
+    if cfg.block == "resnet":
+        out = [w[i] for i in range(L) if cfg.attn_down[i]]
+        out += [w[L - 1 - i] for i in range(L) if cfg.attn_up[i]]
+        return out + [w[-1] * cfg.mid_mult]
     out = [w[i + 1] for i in range(L) if cfg.attn_down[i]]
     out += [w[max(L - 2 - i, 0)] for i in range(L) if cfg.attn_up[i]]
     return out
@@ -141,6 +186,34 @@ PRESETS: dict[str, UNetConfig] = {
         attn_down=(False, False, True, True),
         attn_up=(True, False, False, False),
         time_dim=32,
+    ),
+    # The resnet design, sized for a CPU by `python -m bench.unet --compare`: stages at
+    # 32/16/8/4 px for 32x32 images. ~4.8M parameters, attention at 16x16 and below; a
+    # training step ~1.5x the peer's speed (lucidrains' Unet(dim=32, dim_mults=(1, 2, 4))).
+    "res-small": UNetConfig(
+        preset="res-small",
+        image_size=32,
+        block="resnet",
+        base_channels=32,
+        channel_mults=(1, 2, 4, 4),
+        mid_mult=1,
+        attn_down=(False, True, True, True),
+        attn_up=(True, True, True, False),
+        time_dim=128,
+        res_blocks=1,
+    ),
+    # ~1.7M parameters, attention at 8x8 and below: faster per step than `small`.
+    "res-tiny": UNetConfig(
+        preset="res-tiny",
+        image_size=32,
+        block="resnet",
+        base_channels=32,
+        channel_mults=(1, 2, 2, 2),
+        mid_mult=1,
+        attn_down=(False, False, True, True),
+        attn_up=(True, True, False, False),
+        time_dim=128,
+        res_blocks=1,
     ),
 }
 
@@ -286,6 +359,143 @@ class SelfAttention(nn.Module):
         return h.transpose(1, 2).reshape(B, C, H, W)
 
 
+# --- the resnet design ----------------------------------------------------------------------
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with up to 32 groups of at least 4 channels (improved-diffusion uses 32)."""
+    groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0 and channels // g >= 4)
+    return nn.GroupNorm(groups, channels)
+
+
+class ResBlock(nn.Module):
+    """norm-SiLU-conv, time scale/shift on the second norm, SiLU-conv (zero-initialised), + skip."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int):
+        super().__init__()
+        self.norm1 = _norm(in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False)
+        self.emb = nn.Linear(emb_dim, 2 * out_ch)
+        self.norm2 = _norm(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
+        # The block starts as the identity (plus skip): deep stacks train from the first step.
+        nn.init.zeros_(self.conv2.weight)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1, bias=False) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """``emb``: the conditioning embedding, already through SiLU (done once per forward)."""
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(F.silu(h))
+        return h + self.skip(x)
+
+
+class ResAttention(nn.Module):
+    """GroupNorm - multi-head self-attention over positions - residual (output zero-initialised)."""
+
+    def __init__(self, channels: int, num_heads: int):
+        super().__init__()
+        self.norm = _norm(channels)
+        self.attention = Attention(channels, num_heads)
+        nn.init.zeros_(self.attention.out_proj.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        h = self.attention(self.norm(x).flatten(2).transpose(1, 2))
+        return x + h.transpose(1, 2).reshape(B, C, H, W)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class _Stage(nn.Module):
+    """The blocks of one resolution: ResBlocks, each followed by attention when asked."""
+
+    def __init__(self, in_chs: list[int], out_ch: int, emb_dim: int, attention: bool, num_heads: int):
+        super().__init__()
+        self.blocks = nn.ModuleList(ResBlock(c, out_ch, emb_dim) for c in in_chs)
+        self.attns = nn.ModuleList(ResAttention(out_ch, num_heads) for _ in in_chs) if attention else None
+
+
+def _build_resnet(model: nn.Module, c: UNetConfig) -> None:
+    # Convolutions have no bias: a norm or the time shift follows each, and on a CPU a conv
+    # bias makes the channels_last backward pass several times slower (bench/unet.py).
+    w = c.widths
+    L = c.levels
+    emb = c.time_dim
+    model.time_mlp = nn.Sequential(nn.Linear(emb, emb), nn.SiLU(), nn.Linear(emb, emb))
+    model.conv_in = nn.Conv2d(c.in_channels, w[0], 3, padding=1, bias=False)
+    skip_chs = [w[0]]  # channels of every tensor the down path hands to the up path
+    ch = w[0]
+    model.down = nn.ModuleList()
+    model.downsample = nn.ModuleList()
+    for i in range(L):
+        model.down.append(_Stage([ch] + [w[i]] * (c.res_blocks - 1), w[i], emb, c.attn_down[i], c.num_heads))
+        ch = w[i]
+        skip_chs += [ch] * c.res_blocks
+        if i < L - 1:
+            model.downsample.append(Downsample(ch))
+            skip_chs.append(ch)
+    mid = ch * c.mid_mult
+    model.mid1 = ResBlock(ch, mid, emb)
+    model.mid_attn = ResAttention(mid, c.num_heads)
+    model.mid2 = ResBlock(mid, ch, emb)
+    model.up = nn.ModuleList()
+    model.upsample = nn.ModuleList()
+    for j in range(L):  # j = 0: the lowest resolution
+        i = L - 1 - j
+        in_chs = []
+        for _ in range(c.res_blocks + 1):
+            in_chs.append(ch + skip_chs.pop())
+            ch = w[i]
+        model.up.append(_Stage(in_chs, w[i], emb, c.attn_up[j], c.num_heads))
+        if i > 0:
+            model.upsample.append(Upsample(ch))
+    model.norm_out = _norm(ch)
+    model.conv_out = nn.Conv2d(ch, c.in_channels, 3, padding=1, bias=False)
+    nn.init.zeros_(model.conv_out.weight)
+
+
+def _forward_resnet(model: nn.Module, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    emb = F.silu(emb)  # every block's projection starts with SiLU: do it once
+    h = model.conv_in(x)
+    skips = [h]
+    for i, stage in enumerate(model.down):
+        for k, block in enumerate(stage.blocks):
+            h = block(h, emb)
+            if stage.attns is not None:
+                h = stage.attns[k](h)
+            skips.append(h)
+        if i < len(model.downsample):
+            h = model.downsample[i](h)
+            skips.append(h)
+    h = model.mid2(model.mid_attn(model.mid1(h, emb)), emb)
+    for j, stage in enumerate(model.up):
+        for k, block in enumerate(stage.blocks):
+            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+            if stage.attns is not None:
+                h = stage.attns[k](h)
+        if j < len(model.upsample):
+            h = model.upsample[j](h)
+    return model.conv_out(F.silu(model.norm_out(h)))
+
+
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     """The seed's sin/cos embedding: [sin(t*f_i) ..., cos(t*f_i) ...], f_i = 10000^(-2i/dim).
 
@@ -304,10 +514,20 @@ class UNet(nn.Module):
         super().__init__()
         self.config = config
         c = config
+        emb = c.time_dim
+        if c.block == "resnet":
+            _build_resnet(self, c)
+        else:
+            self._build_seed()
+        if c.num_classes > 0:
+            # One extra row: index num_classes means "no label" (classifier-free guidance).
+            self.label_emb = nn.Embedding(c.num_classes + 1, emb)
+
+    def _build_seed(self) -> None:
+        c = self.config
         w = c.widths
         L = c.levels
         emb = c.time_dim
-
         self.conv0 = DoubleConv(c.in_channels, w[0])
         for i in range(L):
             setattr(self, f"down{i + 1}", Down(w[i], w[i + 1], emb))
@@ -324,9 +544,6 @@ class UNet(nn.Module):
                 setattr(self, f"sa{L + i + 1}", SelfAttention(out, c.num_heads))
             prev = out
         self.output = nn.Conv2d(w[0], c.in_channels, kernel_size=1)
-        if c.num_classes > 0:
-            # One extra row: index num_classes means "no label" (classifier-free guidance).
-            self.label_emb = nn.Embedding(c.num_classes + 1, emb)
 
     @property
     def null_label(self) -> int:
@@ -338,6 +555,8 @@ class UNet(nn.Module):
         if t.shape != (batch,):
             raise ValueError(f"t must have shape ({batch},), got {tuple(t.shape)}")
         emb = timestep_embedding(t.to(device), self.config.time_dim)
+        if self.config.block == "resnet":
+            emb = self.time_mlp(emb)
         if self.config.num_classes > 0:
             if labels is None:
                 labels = torch.full((batch,), self.null_label, dtype=torch.long, device=device)
@@ -364,10 +583,12 @@ class UNet(nn.Module):
         B, C, H, W = x.shape
         if C != c.in_channels:
             raise ValueError(f"expected {c.in_channels} input channels, got {C}")
-        factor = 2**L
+        factor = 2**c.downsamplings
         if H % factor or W % factor:
             raise ValueError(f"image size {H}x{W} must be divisible by {factor}")
         emb = self._embedding(t, labels, B, x.device)
+        if c.block == "resnet":
+            return _forward_resnet(self, x, emb)
 
         h = self.conv0(x)
         skips = [h]
@@ -448,6 +669,7 @@ def seed_parameter_shapes() -> dict[str, tuple[int, ...]]:
 
 
 __all__ = [
+    "BLOCKS",
     "PRESETS",
     "SEED_PARAMETER_COUNT",
     "UNet",

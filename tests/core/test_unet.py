@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from core.unet import (
+    BLOCKS,
     PRESETS,
     SEED_PARAMETER_COUNT,
     UNet,
@@ -202,7 +203,7 @@ def test_timestep_embedding_matches_the_seed_formula():
 
 
 def test_presets_exist_and_configs_round_trip_through_json():
-    assert {"seed", "small", "tiny"} <= set(PRESETS)
+    assert {"seed", "small", "tiny", "res-small", "res-tiny"} <= set(PRESETS)
     for name, cfg in PRESETS.items():
         assert cfg.preset == name
         data = json.loads(json.dumps(cfg.to_dict()))
@@ -286,9 +287,12 @@ def test_class_conditioning_paths_run_and_differ():
         model(x, t, torch.tensor([0]))
 
 
-def test_bf16_autocast_on_cpu_is_finite_and_close_to_fp32():
+@pytest.mark.parametrize("name", ["tiny", "res-tiny"])
+def test_bf16_autocast_on_cpu_is_finite_and_close_to_fp32(name):
     torch.manual_seed(0)
-    model = UNet(get_preset("tiny", num_classes=2))
+    model = UNet(get_preset(name, num_classes=2))
+    if model.config.block == "resnet":
+        _randomised(model)  # zero-initialised output: make every path matter
     x = torch.randn(4, 3, 32, 32)
     t = torch.tensor([0, 250, 500, 999])
     labels = torch.tensor([0, 1, 2, 1])
@@ -318,3 +322,184 @@ def test_channels_last_matches_contiguous_forward_and_backward():
     torch.testing.assert_close(out_cl, out, rtol=1e-4, atol=1e-5)
     for g, g_cl in zip(grads, grads_cl):
         torch.testing.assert_close(g_cl, g, rtol=1e-3, atol=1e-5)
+
+
+# --- the resnet design, and configs written before it existed ----------------------------
+
+RESNET_PRESETS = ("res-small", "res-tiny")
+
+# `small` and `tiny` as config.json / checkpoints stored them before UNetConfig had `block`.
+OLD_SMALL = {"preset": "small", "image_size": 32, "in_channels": 3, "base_channels": 32,
+             "channel_mults": [2, 4, 4, 4], "mid_mult": 2, "attn_down": [False, True, True, True],
+             "attn_up": [True, True, False, False], "num_heads": 4, "time_dim": 128, "num_classes": 5}
+OLD_TINY = {"preset": "tiny", "image_size": 32, "in_channels": 3, "base_channels": 16,
+            "channel_mults": [1, 2, 2, 2], "mid_mult": 1, "attn_down": [False, False, True, True],
+            "attn_up": [True, False, False, False], "num_heads": 4, "time_dim": 32, "num_classes": 0}
+
+
+def _randomised(model: nn.Module, seed: int = 0) -> nn.Module:
+    """The resnet design zero-initialises its residual branches and output; give every
+    parameter random values so tests see a network whose every path matters."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return model
+
+
+@pytest.mark.parametrize("old", [OLD_SMALL, OLD_TINY])
+def test_old_configs_rebuild_the_old_network(old):
+    cfg = UNetConfig.from_dict(old)
+    assert cfg.block == "seed"
+    assert cfg == get_preset(old["preset"], image_size=32, num_classes=old["num_classes"])
+    # Serialised exactly as before: checkpoint comparisons and older readers see no change.
+    assert cfg.to_dict() == old
+    keys = list(UNet(cfg).state_dict())
+    assert keys[0] == "conv0.double_conv.0.weight" and "down4.emb_layer.1.weight" in keys
+    assert not any(k.startswith(("conv_in", "down.", "up.", "time_mlp")) for k in keys)
+
+
+def test_old_checkpoint_config_is_compatible_with_its_preset(tmp_path):
+    from core.checkpoint import build_model_from_checkpoint, check_compatible, load_checkpoint, save_checkpoint
+    from core.diffusion import DiffusionConfig
+
+    cfg = UNetConfig.from_dict(OLD_SMALL)
+    torch.manual_seed(0)
+    model = UNet(cfg)
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, model_config=dict(OLD_SMALL), diffusion_config=DiffusionConfig().to_dict(),
+                    model_state=model.state_dict())
+    ckpt = load_checkpoint(path)
+    # Resuming rebuilds the expected config from the preset name: it must match the old dict.
+    check_compatible(ckpt, get_preset("small", image_size=32, num_classes=5))
+    rebuilt, _ = build_model_from_checkpoint(ckpt, use_ema=False)
+    assert rebuilt.config.block == "seed"
+    x, t, labels = torch.randn(2, 3, 32, 32), torch.tensor([3, 700]), torch.tensor([0, 4])
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x, t, labels), model.eval()(x, t, labels))
+
+
+def test_resnet_configs_record_their_design_and_round_trip():
+    for name in RESNET_PRESETS:
+        cfg = get_preset(name, num_classes=3)
+        d = cfg.to_dict()
+        assert d["block"] == "resnet" and d["res_blocks"] == cfg.res_blocks
+        assert UNetConfig.from_dict(json.loads(json.dumps(d))) == cfg
+    assert set(BLOCKS) == {"seed", "resnet"}
+    with pytest.raises(ValueError, match="unknown block design 'dense'"):
+        get_preset("res-tiny", block="dense")
+    with pytest.raises(ValueError, match="res_blocks must be positive"):
+        get_preset("res-tiny", res_blocks=0)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        get_preset("res-tiny", base_channels=6, num_heads=1)
+    with pytest.raises(ValueError, match="divisible by 8"):  # 3 down-samplings for 4 stages
+        get_preset("res-tiny", image_size=36)
+
+
+def test_resnet_parameter_counts():
+    """Pinned: a change of design shows up here (and needs new figures in the README)."""
+    counts = {name: count_parameters(UNet(get_preset(name))) for name in RESNET_PRESETS}
+    assert counts == {"res-small": 4_755_712, "res-tiny": 1_688_704}
+    # Class conditioning adds one embedding row per class plus the "no label" row.
+    cond = count_parameters(UNet(get_preset("res-tiny", num_classes=5)))
+    assert cond - counts["res-tiny"] == 6 * get_preset("res-tiny").time_dim
+
+
+def test_resnet_attention_only_at_16x16_and_below():
+    for name in RESNET_PRESETS:
+        cfg = get_preset(name)
+        model = UNet(cfg)
+        sizes = []
+        hooks = [m.register_forward_hook(lambda mod, inp, out: sizes.append(out.shape[-1]))
+                 for m in model.modules() if type(m).__name__ == "ResAttention"]
+        with torch.no_grad():
+            model(torch.randn(1, 3, 32, 32), torch.tensor([5]))
+        for h in hooks:
+            h.remove()
+        assert sizes and max(sizes) <= 16, (name, sizes)
+
+
+@pytest.mark.parametrize("name", RESNET_PRESETS)
+@pytest.mark.parametrize("size", [(32, 32), (64, 64), (8, 24)])
+def test_resnet_output_shape_follows_input(name, size):
+    torch.manual_seed(0)
+    model = _randomised(UNet(get_preset(name)))
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        out = model(x, torch.tensor([3, 900]))
+    assert out.shape == x.shape
+    assert torch.isfinite(out).all() and out.abs().mean() > 0
+
+
+def test_resnet_starts_as_zero_prediction_and_learns():
+    """Zero-initialised residual branches and output: the untrained net predicts 0 (the mean
+    of every target), and one optimiser step moves it."""
+    torch.manual_seed(0)
+    model = UNet(get_preset("res-tiny"))
+    x, t = torch.randn(4, 3, 32, 32), torch.tensor([1, 10, 100, 999])
+    assert torch.count_nonzero(model(x, t)) == 0
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss = (model(x, t) - x).square().mean()
+    loss.backward()
+    opt.step()
+    assert torch.count_nonzero(model(x, t)) > 0
+
+
+def test_resnet_bad_inputs_raise_clear_errors():
+    model = UNet(get_preset("res-tiny"))
+    with pytest.raises(ValueError, match="divisible by 8"):
+        model(torch.randn(1, 3, 20, 20), torch.tensor([1]))
+    with pytest.raises(ValueError, match="unconditional"):
+        model(torch.randn(1, 3, 16, 16), torch.tensor([1]), torch.tensor([0]))
+
+
+def test_resnet_class_conditioning_paths_run_and_differ():
+    model = _randomised(UNet(get_preset("res-tiny", num_classes=3))).eval()
+    assert model.null_label == 3 and model.label_emb.num_embeddings == 4
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 10])
+    with torch.no_grad():
+        uncond = model(x, t)
+        null = model(x, t, torch.tensor([3, 3]))
+        cond_a = model(x, t, torch.tensor([0, 0]))
+        cond_b = model(x, t, torch.tensor([1, 1]))
+        other_t = model(x, torch.tensor([500, 500]), torch.tensor([0, 0]))
+    torch.testing.assert_close(uncond, null)
+    assert not torch.allclose(cond_a, uncond, atol=1e-4)
+    assert not torch.allclose(cond_a, cond_b, atol=1e-4)
+    assert not torch.allclose(cond_a, other_t, atol=1e-4)
+    with pytest.raises(ValueError, match=r"labels must be in 0\.\.3"):
+        model(x, t, torch.tensor([0, 4]))
+
+
+def test_resnet_state_dict_saves_and_loads(tmp_path):
+    cfg = get_preset("res-small", num_classes=2)
+    model = _randomised(UNet(cfg)).eval()
+    path = tmp_path / "net.pt"
+    torch.save({"config": cfg.to_dict(), "state": model.state_dict()}, path)
+    blob = torch.load(path, weights_only=True)
+    again = UNet(UNetConfig.from_dict(blob["config"])).eval()
+    again.load_state_dict(blob["state"])  # strict: same keys, same shapes
+    x, t, labels = torch.randn(2, 3, 32, 32), torch.tensor([0, 999]), torch.tensor([1, 2])
+    with torch.no_grad():
+        torch.testing.assert_close(again(x, t, labels), model(x, t, labels), rtol=0, atol=0)
+    # Another design's weights do not load into it.
+    with pytest.raises(RuntimeError):
+        UNet(get_preset("res-tiny", num_classes=2)).load_state_dict(blob["state"])
+
+
+def test_resnet_channels_last_matches_contiguous():
+    torch.manual_seed(0)
+    model = _randomised(UNet(get_preset("res-tiny", num_classes=2)))
+    x = torch.randn(4, 3, 32, 32)
+    t = torch.tensor([0, 250, 500, 999])
+    labels = torch.tensor([0, 1, 2, 1])
+    ref = model(x, t, labels)
+    out_cl = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last), t, labels)
+    torch.testing.assert_close(out_cl, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_training_options_offer_every_preset():
+    """core/options.py is torch-free, so it names the presets itself: keep the two in step."""
+    options = pytest.importorskip("core.options")
+    assert set(options.PRESET_NAMES) == set(PRESETS)
+    assert {n: options.PRESET_IMAGE_SIZE[n] for n in PRESETS} == {n: c.image_size for n, c in PRESETS.items()}
