@@ -538,7 +538,7 @@ def test_save_offers_x4_copies(workspace):
             screen = app.screen
             images = np.zeros((2, 8, 8, 3), dtype=np.uint8)
             images[1] = 255
-            screen._result = SimpleNamespace(images=images, request=SimpleNamespace(run_name="r", seed=5))
+            screen._result = SimpleNamespace(images=images, job=SimpleNamespace(run_name="r", request=SimpleNamespace(seed=5)))
             screen.query_one("#seed", Input).focus()  # Ctrl keys work from a field
             await pilot.press("ctrl+s")
             assert "Ctrl+U" in text_of(screen.query_one("#sample-saved", Static))
