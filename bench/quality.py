@@ -326,7 +326,7 @@ def run(args) -> dict[str, Any]:
         for sampler in samplers:
             for steps in args.sweep_steps:
                 t0 = time.perf_counter()
-                samples = sample_ours(fast_ckpt, args.n, sampler, steps, args.seed)
+                samples = sample_ours(fast_ckpt, args.sweep_n or args.n, sampler, steps, args.seed)
                 row = {"sampler": sampler, "steps": steps, "seconds": time.perf_counter() - t0}
                 if scorer is not None:
                     row.update(scorer(samples))
@@ -350,7 +350,7 @@ def run(args) -> dict[str, Any]:
         print("\nFID against sampling steps, fast arm's EMA model:")
         print_table(sweep_rows, ["sampler", "steps", "seconds"] + (["fid", "kid"] if scorer is not None else []))
     print(f"\ngrids: {', '.join(r['grid'] for r in rows)}")
-    results = {"arms": rows, "sweep": sweep_rows, "minutes": args.minutes, "n": args.n,
+    results = {"arms": rows, "sweep": sweep_rows, "minutes": args.minutes, "n": args.n, "sweep_n": args.sweep_n or args.n,
                "image_size": args.image_size, "data": str(data), "torch": torch.__version__,
                "threads": torch.get_num_threads(), "features": scorer.features if scorer else None}
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
@@ -368,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sweep", action="store_true", help="also FID against sampling steps for every sampler (fast arm)")
     p.add_argument("--sweep-steps", default=",".join(map(str, SWEEP_STEPS)))
     p.add_argument("--sweep-ddpm", action="store_true", help="include ddpm (all T steps: slow) in --sweep")
+    p.add_argument("--sweep-n", type=int, default=0, help="samples per sweep point (default: --n)")
     p.add_argument("--features", default="auto", help="feature net for the metrics: auto, inception, dataset")
     p.add_argument("--peer-amp", choices=("auto", "bf16", "off"), default="auto",
                    help="the peer's autocast (default auto: bf16 where the CPU has it, as our arms)")

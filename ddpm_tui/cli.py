@@ -14,6 +14,7 @@ import os
 import sys
 
 from ddpm_tui import __version__
+from core.safe_text import shown
 from ddpm_tui.commands._common import CLIError
 from ddpm_tui.workspace import ENV_VAR, Workspace
 
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_studio(workspace)
         return int(func(args, workspace) or 0)
     except CLIError as exc:
-        print(f"ddpm-tui: error: {exc}", file=sys.stderr)
+        print(f"ddpm-tui: error: {shown(exc)}", file=sys.stderr)  # paths and names from disk
         return 2
     except KeyboardInterrupt:
         print("ddpm-tui: interrupted", file=sys.stderr)

@@ -11,7 +11,8 @@ import argparse
 import json
 from dataclasses import asdict
 
-from core.options import AMP_MODES, SAMPLER_NAMES
+from core.options import AMP_MODES, MAX_SEED, SAMPLER_NAMES
+from core.safe_text import shown
 from ddpm_tui.commands._common import CLIError, add_workspace_arg
 from ddpm_tui.commands.train import bounded
 
@@ -40,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eta", type=_eta, default=0.0, help="DDIM eta (default: 0)")
     p.add_argument("--guidance", type=_guidance, default=1.0,
                    help="classifier-free guidance for conditional runs (default: 1 = plain conditional)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0, so evaluations compare)")
+    p.add_argument("--seed", type=bounded(int, low=0, high=MAX_SEED), default=0, help="sampling seed (default: 0, so evaluations compare)")
     p.add_argument("--raw", action="store_true", help="judge the trained weights instead of the EMA weights")
     p.add_argument("--features", choices=("auto", "inception", "dataset"), default="auto",
                    help="feature net: inception (weights on disk), dataset (a small CNN trained on the run's "
@@ -52,12 +53,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=100, help="images per sampling batch (default: 100)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
-
-
-def shown(text: str) -> str:
-    """Control characters escaped (a run name from disk must not drive the terminal).
-    To be replaced by core.safe_text.shown once that module lands."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _progress_bar():

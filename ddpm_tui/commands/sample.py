@@ -25,14 +25,7 @@ GRID_LIMIT = 1024  # images kept for the grid PNG; --individual writes every ima
 PROTECTED_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".json", ".jsonl", ".log", ".sqlite")
 
 
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"{text} is out of range: a seed is an integer from 0 to {MAX_SEED}")
-    return value
+_seed = bounded(int, low=0, high=MAX_SEED)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -12,6 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
+from core.safe_text import shown
 from ddpm_tui.commands._common import CLIError, add_workspace_arg
 
 _EPILOG = """\
@@ -197,6 +198,7 @@ class _Display:
         return counts_table(rows, status, title="scrape", width=self.console.width)
 
     def _print(self, text: str, *, always: bool = False) -> None:
+        text = shown(text)  # breeds, URLs and server messages: never escapes to the terminal
         if self._live is not None:
             self._live.console.print(text, markup=False, highlight=False, soft_wrap=True)
         elif always or not self.quiet:
@@ -346,9 +348,9 @@ def _print_summary(display: _Display, summary, options) -> None:
         line = (f"this run: {r['found']} new URLs, {r['downloaded']} images stored, {r['duplicate']} duplicates, "
                 f"{r['failed']} failed, {r['rejected']} rejected, {searches}; images in {options.data_dir}, "
                 f"manifest {options.manifest_path}")
-    console.print(line, markup=False, highlight=False, soft_wrap=True)
+    console.print(shown(line), markup=False, highlight=False, soft_wrap=True)
     if summary.stopped_reason:
-        console.print(f"stopped: {summary.stopped_reason}", markup=False, highlight=False, soft_wrap=True)
+        console.print(f"stopped: {shown(summary.stopped_reason)}", markup=False, highlight=False, soft_wrap=True)
 
 
 def run_export(args, workspace) -> int:

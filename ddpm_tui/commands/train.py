@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from core import options
+from core.safe_text import shown, shown_markup
 from ddpm_tui.commands._common import CLIError, add_workspace_arg
 
 RUN_NAME_RE = options.RUN_NAME_RE
@@ -38,12 +39,13 @@ def bounded(kind: type, *, low: float | None = None, high: float | None = None,
         too_low = low is not None and (value <= low if low_open else value < low)
         too_high = high is not None and (value >= high if high_open else value > high)
         if too_low or too_high:
+            fmt = str if kind is int else "{:g}".format  # a seed's bound exactly, not 9.22337e+18
             if low is not None and high is not None:
-                where = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+                where = f"in {'(' if low_open else '['}{fmt(low)}, {fmt(high)}{')' if high_open else ']'}"
             elif low is not None:
-                where = f"{'>' if low_open else '>='} {low:g}"
+                where = f"{'>' if low_open else '>='} {fmt(low)}"
             else:
-                where = f"{'<' if high_open else '<='} {high:g}"
+                where = f"{'<' if high_open else '<='} {fmt(high)}"
             raise argparse.ArgumentTypeError(f"{text!r} must be {where}")
         return value
 
@@ -166,11 +168,11 @@ def run(args: argparse.Namespace, workspace) -> int:
     state = final.get("state")
     message = final.get("message", "")
     if state == "failed":
-        print(f"ddpm-tui: training failed: {message}", file=sys.stderr)
+        print(f"ddpm-tui: training failed: {shown(message)}", file=sys.stderr)
         return 1
     if not quiet:
-        display.console.print(f"[bold]{state}[/]: {message}")
-        display.console.print(f"run folder: {run_dir}")
+        display.console.print(f"[bold]{state}[/]: {shown_markup(message)}")
+        display.console.print(f"run folder: {shown_markup(run_dir)}")
         if state == "stopped":
             display.console.print(f"continue with: ddpm-tui train --run {name}")
     return 0

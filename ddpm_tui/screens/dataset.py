@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -18,6 +19,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Static
 from textual.worker import get_current_worker
 
+from core.safe_text import shown, shown_markup
 from ddpm_tui.screens.base import StudioScreen
 from ddpm_tui.screens.confirm import ConfirmScreen
 from ddpm_tui.widgets.halfblock import HalfBlockImage, tile_images, to_rgb_array
@@ -91,7 +93,7 @@ class FolderScreen(ModalScreen[Path | None]):
     def _open(self) -> None:
         path = Path(self.query_one("#folder", Input).value.strip()).expanduser()
         if not path.is_dir():
-            self.query_one("#folder-error", Label).update(f"[red]{path} is not a folder[/]")
+            self.query_one("#folder-error", Label).update(f"[red]{shown_markup(path)} is not a folder[/]")
             return
         self.dismiss(path.resolve())
 
@@ -220,9 +222,9 @@ class DatasetScreen(StudioScreen):
         if stats is None or stats.total == 0:
             where = self.data_dir
             if error and "does not exist" not in error:
-                summary.update(f"[red]{error}[/]")
+                summary.update(f"[red]{shown_markup(error)}[/]")
             else:
-                summary.update(f"[b]{where}[/]: no images yet")
+                summary.update(f"[b]{shown_markup(where)}[/]: no images yet")
             empty.update(
                 "No images here yet.\n\n"
                 "• Press [b]m[/] to create the demo dataset (generated pictures, works offline), or\n"
@@ -235,7 +237,7 @@ class DatasetScreen(StudioScreen):
             self.query_one("#gallery-label", Label).update("")
             if stats is not None:
                 for b in stats.breeds:
-                    table.add_row(b.name, "0", share_bar(0), "–", key=b.name)
+                    table.add_row(Text(shown(b.name)), "0", share_bar(0), "–", key=b.name)
             return
         empty.display = False
         table.display = True
@@ -246,10 +248,10 @@ class DatasetScreen(StudioScreen):
         size = (f" · median {stats.median_width:.0f}x{stats.median_height:.0f}"
                 if stats.median_width and stats.median_height else "")
         unscanned = f" · {stats.unscanned} not checked yet (c)" if stats.unscanned else ""
-        summary.update(f"[b]{self.data_dir}[/]: {stats.total} images in {len(stats.breeds)} breeds"
+        summary.update(f"[b]{shown_markup(self.data_dir)}[/]: {stats.total} images in {len(stats.breeds)} breeds"
                        f"{imb}{size}{flagged}{unscanned}")
         for b in stats.breeds:
-            table.add_row(b.name, str(b.count), f"{share_bar(b.share)} {b.share * 100:4.1f}%",
+            table.add_row(Text(shown(b.name)), str(b.count), f"{share_bar(b.share)} {b.share * 100:4.1f}%",
                           flag_summary(b.flagged), key=b.name)
         names = [b.name for b in stats.breeds]
         if keep in names:
@@ -368,7 +370,7 @@ class DatasetScreen(StudioScreen):
             return
         self._page = page
         self.query_one("#gallery", HalfBlockImage).set_image(mosaic)
-        self.query_one("#gallery-label", Label).update(label)
+        self.query_one("#gallery-label", Label).update(Text(shown(label)))
 
     # -- actions -------------------------------------------------------------------------------
 

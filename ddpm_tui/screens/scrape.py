@@ -19,6 +19,7 @@ from textual.widgets import Button, DataTable, Input, Label, RichLog, Select, Se
 from textual.widgets.selection_list import Selection
 from textual.worker import get_current_worker
 
+from core.safe_text import shown
 from ddpm_tui.jobs import JobError, ScrapeJob, current_scrape, launch_scrape, read_jsonl, terminate
 from ddpm_tui.screens.base import StudioScreen
 from ddpm_tui.workspace import DEFAULT_DATASET
@@ -236,14 +237,14 @@ class ScrapeScreen(StudioScreen):
             counts = ev.get("counts")
             if breed and isinstance(counts, dict):
                 self._counts[breed] = counts
-                cells = [breed] + [str(counts.get(c, 0)) for c in COUNT_COLUMNS]
+                cells = [Text(shown(breed))] + [str(counts.get(c, 0)) for c in COUNT_COLUMNS]
                 if breed in {k.value for k in table.rows}:
                     for col, value in zip(("breed",) + COUNT_COLUMNS, cells):
                         table.update_cell(breed, col, value)
                 else:
                     table.add_row(*cells, key=breed)
         for line in lines[-LOG_LINES:]:
-            log.write(line)
+            log.write(Text(shown(line)))  # breeds, URLs and server text: never markup or escapes
         total = {c: sum(v.get(c, 0) for v in self._counts.values()) for c in COUNT_COLUMNS}
         figures = (f"{total['downloaded']} downloaded, {total['found']} found, {total['failed']} downloads failed, "
                    f"{self._searches_failed} searches failed")
@@ -253,7 +254,7 @@ class ScrapeScreen(StudioScreen):
             state = Text("finished or stopped · ")
         state.append(figures)
         if self._stopped:  # the one line that explains an offline machine, a full disk
-            state.append("\n" + self._stopped, style="bold red")
+            state.append("\n" + shown(self._stopped), style="bold red")
         elif tail and not alive:
-            state.append("\n" + tail, style="dim")
+            state.append("\n" + shown(tail), style="dim")
         self.query_one("#scrape-status", Static).update(state)

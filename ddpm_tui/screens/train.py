@@ -24,6 +24,7 @@ from textual.widgets import Button, DataTable, Label, Static
 from textual.worker import get_current_worker
 
 from core.eval_log import format_best_fid
+from core.safe_text import shown_markup
 from ddpm_tui.jobs import TRAIN_LOG, JobError, launch_train, log_tail, stop_run
 from ddpm_tui.screens.base import StudioScreen
 from ddpm_tui.screens.newrun import NewRun, NewRunScreen
@@ -236,7 +237,7 @@ class TrainScreen(StudioScreen):
             self.call_after_refresh(self.focus_main)  # the first runs arrived
         for r in runs:
             state = f"[{STATE_STYLE.get(r.state, '')}]{r.state}[/]"
-            cells = (r.name, state, "–" if r.step is None else str(r.step), format_best_fid((best or {}).get(r.name)))
+            cells = (shown_markup(r.name), state, "–" if r.step is None else str(r.step), format_best_fid((best or {}).get(r.name)))
             if r.name in existing:
                 for col, value in zip(("run", "state", "step", "fid"), cells):
                     table.update_cell(r.name, col, value)

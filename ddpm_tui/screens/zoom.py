@@ -11,6 +11,7 @@ from textual.binding import Binding
 from textual.screen import ModalScreen
 from textual.widgets import Label
 
+from core.safe_text import shown
 from ddpm_tui.widgets.halfblock import HalfBlockImage, to_rgb_array
 
 MAX_ZOOM = 16
@@ -63,7 +64,7 @@ class ZoomScreen(ModalScreen[None]):
         h, w = self.image.shape[:2]
         note = getattr(self.app, "color_note", lambda: "")()
         where = "" if self.zoom == 1 else f" · x{self.zoom}, arrows move"
-        title = Text(self.title_text, style="bold")  # a file or breed name: never markup
+        title = Text(shown(self.title_text), style="bold")  # a file or breed name: never markup
         title.append(f" · {w}x{h} px{where} · +/- zoom, 0 fit, Esc back · {note}")
         self.query_one("#zoom-title", Label).update(title)
 

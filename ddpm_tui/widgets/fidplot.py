@@ -8,12 +8,11 @@ the latest evaluation only.
 
 from __future__ import annotations
 
-from textual_plotext import PlotextPlot
-
 from core.eval_log import fid_points
+from ddpm_tui.widgets.lossplot import StepPlot
 
 
-class FidPlot(PlotextPlot):
+class FidPlot(StepPlot):
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
         self.display = False
@@ -35,18 +34,10 @@ class FidPlot(PlotextPlot):
         """(step, fid) of the plotted feature net, by step."""
         return sorted(self.points.get(self.latest, {}).items()) if self.latest else []
 
-    def on_resize(self) -> None:
-        self._replot()
-
-    def _replot(self) -> None:
-        plt = self.plt
-        plt.clear_data()
-        plt.clear_figure()
+    def _draw(self, plt) -> None:
         pts = self.series
         self.display = bool(pts)  # a run never evaluated keeps the whole width for its loss
         plt.title(f"FID ({self.latest})")
-        plt.xlabel("step")
         if pts:
             xs, ys = [p[0] for p in pts], [p[1] for p in pts]
             plt.plot(xs, ys, marker="braille", color="cyan")
-        self.refresh()

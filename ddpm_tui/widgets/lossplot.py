@@ -35,7 +35,25 @@ def downsample(xs: list[float], ys: list[float], max_points: int) -> tuple[list[
     return ox, oy
 
 
-class LossPlot(PlotextPlot):
+class StepPlot(PlotextPlot):
+    """A plot against training step that redraws itself (``_draw``) when resized."""
+
+    def on_resize(self) -> None:
+        self._replot()
+
+    def _replot(self) -> None:
+        plt = self.plt
+        plt.clear_data()
+        plt.clear_figure()
+        plt.xlabel("step")
+        self._draw(plt)
+        self.refresh()
+
+    def _draw(self, plt) -> None:
+        raise NotImplementedError
+
+
+class LossPlot(StepPlot):
     """Call `set_points(steps, losses)` (or `add_points`) then it redraws itself."""
 
     log_scale: reactive[bool] = reactive(False)
@@ -69,17 +87,10 @@ class LossPlot(PlotextPlot):
     def watch_log_scale(self) -> None:
         self._replot()
 
-    def on_resize(self) -> None:
-        self._replot()
-
-    def _replot(self) -> None:
-        plt = self.plt
-        plt.clear_data()
-        plt.clear_figure()
+    def _draw(self, plt) -> None:
         pts = [(s, l) for s, l in zip(self.steps, self.losses)
                if l is not None and math.isfinite(l) and (l > 0 or not self.log_scale)]
         plt.title(self.title + (" (log)" if self.log_scale else ""))
-        plt.xlabel("step")
         if pts:
             xs = [p[0] for p in pts]
             ys = [p[1] for p in pts]
@@ -92,4 +103,3 @@ class LossPlot(PlotextPlot):
             plt.plot(dx, ds, marker="braille", color="orange", label="smoothed")
             if self.log_scale:
                 plt.yscale("log")
-        self.refresh()

@@ -75,14 +75,14 @@ def test_every_option_appears_identically_in_help_form_and_config_json(tmp_path:
             for option in SHOWN:
                 widget = form.query_one(f"#{option.name}")
                 if option.type is bool:
-                    assert isinstance(widget, Checkbox) and widget.value == option.default, option.name
+                    assert isinstance(widget, Checkbox) and widget.value == defaults[option.name], option.name
                 elif option.choices:
                     assert isinstance(widget, Select), option.name
                     assert [str(v) for _, v in widget._options] == list(option.choices), option.name
                     assert widget.value == defaults[option.name], option.name
                 elif option.name != "device":
                     assert isinstance(widget, Input), option.name
-                    assert option.parse(widget.value) == (str(data) if option.name == "data" else option.default)
+                    assert option.parse(widget.value) == (str(data) if option.name == "data" else defaults[option.name])
             form.query_one("#name", Input).value = "r"
             await pilot.press("ctrl+r")
             await pilot.pause()
@@ -108,8 +108,11 @@ def test_every_option_appears_identically_in_help_form_and_config_json(tmp_path:
 
 
 def test_recipes_resolve_and_explicit_values_win():
-    seed = TrainConfig.from_dict(options.resolve({"data": "/d"}))
-    assert seed == TrainConfig(data="/d")
+    seed = TrainConfig.from_dict(options.resolve({"data": "/d", "recipe": "seed"}))
+    assert seed == TrainConfig(data="/d")  # the declared defaults are the seed recipe's
+    new = TrainConfig.from_dict(options.resolve({"data": "/d"}))  # a new run without --recipe
+    assert new == TrainConfig.from_dict(options.resolve({"data": "/d", "recipe": options.NEW_RUN_RECIPE}))
+    assert (new.recipe, new.prediction, new.batch_size) == ("fast", "v", 32)
     fast = TrainConfig.from_dict(options.resolve({"data": "/d", "recipe": "fast", "lr": 1e-4}))
     assert (fast.prediction, fast.optimizer, fast.batch_size, fast.lr) == ("v", "adamw", 32, 1e-4)
     # A saved run: the saved values stay unless given, even if the recipe's defaults change.
@@ -181,7 +184,8 @@ def test_new_run_form_is_cpu_aware_and_proposes_sizes(tmp_path: Path):
             form = app.screen
             value = lambda name: form.query_one(f"#{name}").value  # noqa: E731
             # No GPU: a small network at a small size, with a time budget, so samples come in minutes.
-            assert (value("preset"), value("image_size"), value("max_time")) == ("tiny", "32", "1800")
+            assert (value("preset"), value("image_size"), value("max_time")) == ("res-small", "32", "1800")
+            assert (value("recipe"), value("prediction")) == (options.NEW_RUN_RECIPE, "v")
             form.query_one("#preset", Select).value = "seed"
             await pilot.pause()
             assert value("image_size") == str(options.PRESET_IMAGE_SIZE["seed"])

@@ -50,3 +50,12 @@ def test_cli_help_does_not_import_textual_or_torch():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_the_peer_library_is_imported_by_bench_only():
+    """denoising-diffusion-pytorch (the `bench` extra) is a yardstick, never part of the
+    product: no module of core, scraper or ddpm_tui names it, even in a lazy import."""
+    users = [str(path.relative_to(REPO)) for package in ("core", "scraper", "ddpm_tui")
+             for path in (REPO / package).rglob("*.py") if "denoising_diffusion_pytorch" in path.read_text()]
+    assert users == []
+    assert any("denoising_diffusion_pytorch" in p.read_text() for p in (REPO / "bench").glob("*.py"))
