@@ -196,6 +196,7 @@ class _Display:
         self.progress = None
         self.task = None
         self.load_task = None
+        self.last_fid = ""  # "  FID 4.8 @ 800" once --eval-every has scored the run
         self._handler = None
         self._propagate = True
         self._started = False
@@ -265,13 +266,15 @@ class _Display:
             epoch = event.get("epoch") or 0.0
             loss_text = f"{loss:.4f}" if isinstance(loss, float) else "skipped (NaN)"
             info = f"epoch {epoch:.2f}/{event.get('epochs')}  loss {loss_text}  "
-            info += f"{event.get('images_per_s', 0):.1f} img/s"
+            info += f"{event.get('images_per_s', 0):.1f} img/s{self.last_fid}"
             eta = event.get("eta_s")
             eta_text = f"ETA {_fmt_eta(eta)}" if isinstance(eta, (int, float)) else ""
             self.progress.update(self.task, completed=event["step"], total=event.get("total_steps"),
                                  info=info, eta=eta_text, description=f"train {self.run_name}")
-        elif kind in ("saving", "sampling") and self.task is not None:
+        elif kind in ("saving", "sampling", "evaluating") and self.task is not None:
             self.progress.update(self.task, description=f"{kind} {self.run_name}")
+        elif kind == "eval" and isinstance(event.get("fid"), float):
+            self.last_fid = f"  FID {event['fid']:.3g} @ {event.get('step')}"
         # "wrote" and "bad_files" events also reach the log, which this display shows.
 
 

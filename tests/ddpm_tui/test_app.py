@@ -246,7 +246,7 @@ def test_dataset_screen_shows_counts(workspace):
         async with app.run_test(size=(100, 30)) as pilot:
             table = app.screen.query_one("#breeds", DataTable)
             await wait_for(pilot, lambda: table.row_count == len(BREEDS), 30, "the breed table")
-            rows = {table.get_row_at(i)[0]: table.get_row_at(i) for i in range(table.row_count)}
+            rows = {str(table.get_row_at(i)[0]): table.get_row_at(i) for i in range(table.row_count)}
             assert {b: int(r[1]) for b, r in rows.items()} == BREEDS
             assert "50.0%" in rows["beagle"][2]  # 5 of 10 images
             summary = text_of(app.screen.query_one("#dataset-summary", Static))
@@ -616,7 +616,7 @@ def test_demo_dataset_from_empty_workspace(workspace):
             await wait_for(pilot, lambda: table.row_count > 0 and not screen._busy, 120, "the demo dataset")
             demo = workspace.dataset_dir("demo")
             on_disk = {d.name: len(list(d.iterdir())) for d in demo.iterdir()}
-            shown = {table.get_row_at(i)[0]: int(table.get_row_at(i)[1]) for i in range(table.row_count)}
+            shown = {str(table.get_row_at(i)[0]): int(table.get_row_at(i)[1]) for i in range(table.row_count)}
             assert shown == on_disk and sum(shown.values()) > 0
         # a new studio opens on the dataset that has images
         app2 = make_app(workspace)

@@ -117,7 +117,7 @@ def test_sample_bad_seed_is_one_line(workspace, capsys):
         cli(workspace, "sample", "tiny-run", "--seed", "99999999999999999999")
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "--seed: 99999999999999999999 is out of range" in err and "Traceback" not in err
+    assert "--seed: '99999999999999999999' must be in [0, 9223372036854775807]" in err and "Traceback" not in err
 
 
 def test_nan_weights_fail_clearly(workspace, capsys):
