@@ -12,7 +12,7 @@ Sections (each prints its figures; a failing section says why and the others sti
    stop between, weights digests compared (bit-exact resume on this device, or not), then
    `sample` with DPM-Solver++ 20 steps.
 4. nccl: `torchrun --nproc_per_node 1 -m ddpm_tui train ...` (NCCL on CUDA, gloo on a CPU).
-5. speed: the seed preset's bare training step (bf16 autocast where chosen, fused Adam, no data,
+5. speed: the seed preset's (--quick: tiny's) bare training step (bf16 autocast where chosen, fused Adam, no data,
    no EMA) at --batch, NCHW and channels_last, with FLOPs and MFU against --peak-tflops;
    `torch.compile`'s first-step (compile) time and compiled images/s; the real trainer's
    images/s (metrics.jsonl, median after warm-up) and its ratio to the bare step.
@@ -108,7 +108,7 @@ class GaussianOracle(nn.Module):
 def oracle(device: torch.device, quick: bool) -> dict:
     from core.sampling import SampleRequest, generate_images
 
-    mu, s, size = 0.3, 0.5, 8
+    mu, s, size = 0.3, 0.5, 16
     diffusion = Diffusion(DiffusionConfig(T=1000, schedule="cosine")).to(device)
     model = GaussianOracle(diffusion, mu, s, size).to(device)
     out = {}
@@ -222,9 +222,9 @@ def step_flops(model: nn.Module, x: torch.Tensor, amp, device: torch.device) -> 
     return counter.get_total_flops()
 
 
-def trainer_images_per_s(ws: Path, device: torch.device, batch: int, steps: int) -> float:
+def trainer_images_per_s(ws: Path, device: torch.device, preset: str, batch: int, steps: int) -> float:
     data = ws / "data" / "demo"
-    cli(ws, "train", "--run", "seedspeed", "--data", str(data), "--preset", "seed", "--image-size", "64",
+    cli(ws, "train", "--run", "seedspeed", "--data", str(data), "--preset", preset, "--image-size", "64",
         "--batch_size", str(batch), "--max-steps", str(steps), "--log-every", "5", "--save_frequency", "1000",
         "--samples", "0", "--device", str(device), "--quiet", timeout=900)
     rates = [r["images_per_s"] for r in map(json.loads, (ws / "runs" / "seedspeed" / "metrics.jsonl").read_text().splitlines())
@@ -235,12 +235,13 @@ def trainer_images_per_s(ws: Path, device: torch.device, batch: int, steps: int)
 @section("speed")
 def speed(device: torch.device, ws: Path, batch: int, peak_tflops: float, quick: bool) -> dict:
     amp = autocast_dtype(device, "auto", training=True)
+    preset = "tiny" if quick else "seed"  # --quick checks the path, not the figures
     torch.manual_seed(0)
-    model = UNet(get_preset("seed")).to(device)
+    model = UNet(get_preset(preset, image_size=64)).to(device)
     x = torch.randn(batch, 3, 64, 64, device=device)
     flops = step_flops(model, x, amp, device)
     steps = 3 if quick else 20
-    out = {"batch": batch, "amp": str(amp), "parameters": count_parameters(model), "gflop_per_step": round(flops / 1e9, 1)}
+    out = {"preset": preset, "batch": batch, "amp": str(amp), "parameters": count_parameters(model), "gflop_per_step": round(flops / 1e9, 1)}
     for layout in ("nchw", "channels_last"):
         m, xx = model, x
         if layout == "channels_last":
@@ -263,7 +264,7 @@ def speed(device: torch.device, ws: Path, batch: int, peak_tflops: float, quick:
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    trainer = trainer_images_per_s(ws, device, batch, 10 if quick else 60)
+    trainer = trainer_images_per_s(ws, device, preset, batch, 10 if quick else 60)
     best_bare = max(out["bare_nchw_images_per_s"], out["bare_channels_last_images_per_s"])
     out["trainer_images_per_s"], out["trainer_vs_bare"] = round(trainer, 1), round(trainer / best_bare, 3)
     print(f"   trainer (metrics.jsonl, median): {trainer:.1f} img/s = {trainer / best_bare:.2f}x the bare step")
@@ -278,7 +279,7 @@ def sampling(device: torch.device, quick: bool) -> dict:
     from core.sampling import SampleRequest, generate_images
 
     torch.manual_seed(0)
-    model = UNet(get_preset("seed")).to(device).eval()
+    model = UNet(get_preset("tiny" if quick else "seed", image_size=64)).to(device).eval()
     diffusion = Diffusion(DiffusionConfig(T=1000)).to(device)
     out = {}
     for sampler, steps in (("ddim", 50), ("dpmpp2m", 20)):
