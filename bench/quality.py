@@ -98,11 +98,8 @@ class Scorer:
     """The one place that scores samples: core.evaluate's real-side features, built once."""
 
     def __init__(self, data: Path, image_size: int, cache_dir: Path, *, features: str, feature_seconds: float | None):
-        try:
-            from core.evaluate import EvalError, Evaluator
-        except ImportError as exc:
-            raise BenchError(f"scoring needs core/evaluate.py and core/metrics.py (the evaluation issue): {exc}; "
-                             "use --no-score to train and sample only") from None
+        from core.evaluate import EvalError, Evaluator
+
         try:
             self.evaluator = Evaluator(data, image_size=image_size, features=features, cache_dir=cache_dir,
                                        feature_seconds=feature_seconds)
@@ -123,12 +120,8 @@ def _train_config(arm: Arm, data: Path, args) -> dict[str, Any]:
                            "flip": False, "device": "cpu", "max_time": args.minutes * 60, "seed": args.seed}
     if args.smoke:
         cfg.update(max_steps=args.smoke_steps, batch_size=4, samples=0, log_every=1)
-    try:
-        from core.options import resolve
-    except ImportError:  # before recipes existed, the defaults were the seed recipe
-        if arm.recipe != "seed":
-            raise BenchError(f"arm {arm.name!r}: this checkout's trainer has no --recipe option") from None
-        return cfg
+    from core.options import resolve
+
     # As `ddpm-tui train --recipe R` does: the recipe's values, then the explicit ones.
     return resolve({**cfg, "recipe": arm.recipe})
 
@@ -158,34 +151,17 @@ def train_ours(arm: Arm, data: Path, run_dir: Path, args) -> dict[str, Any]:
 
 def sample_ours(checkpoint: Path, n: int, sampler: str, steps: int, seed: int) -> torch.Tensor:
     """n images (N, C, H, W) in [-1, 1] from the EMA weights, through the product's sampling."""
-    import core.sampling as sampling
+    from core.sampling import SampleRequest, generate_images
 
-    if hasattr(sampling, "generate_images"):
-        fields = {f.name for f in dataclasses.fields(sampling.SampleRequest)}
-        wanted = {"n": n, "sampler": sampler, "steps": steps, "seed": seed, "weights": "ema", "unconditional": True}
-        request = sampling.SampleRequest(**{k: v for k, v in wanted.items() if k in fields})
-        images, _weights = sampling.generate_images(str(checkpoint), request)
-        return images.permute(0, 3, 1, 2).float() / 127.5 - 1.0  # uint8 (N, H, W, C) -> [-1, 1]
-    # Before the one sampling entry point (generate) existed: the samplers themselves.
-    from core.checkpoint import build_model_from_checkpoint, load_checkpoint
-
-    from core.device import autocast_dtype
-
-    model, diffusion = build_model_from_checkpoint(load_checkpoint(checkpoint), use_ema=True)
-    c = model.config
-    shape = (n, c.in_channels, c.image_size, c.image_size)
-    amp = autocast_dtype("cpu", "auto")
-    if sampler == "ddim":
-        return sampling.ddim_sample(model, diffusion, shape, steps=steps, seed=seed, autocast=amp).float()
-    if sampler == "ddpm":
-        return sampling.ddpm_sample(model, diffusion, shape, seed=seed, autocast=amp).float()
-    raise BenchError(f"this checkout has no sampler {sampler!r}")
+    request = SampleRequest(n=n, sampler=sampler, steps=steps, seed=seed, weights="ema", unconditional=True)
+    images, _weights = generate_images(str(checkpoint), request)
+    return images.permute(0, 3, 1, 2).float() / 127.5 - 1.0  # uint8 (N, H, W, C) -> [-1, 1]
 
 
 def our_samplers() -> tuple[str, ...]:
-    import core.sampling as sampling
+    from core.options import SAMPLER_NAMES
 
-    return tuple(getattr(sampling, "SAMPLERS", ("ddpm", "ddim")))
+    return SAMPLER_NAMES
 
 
 # ---------------------------------------------------------------------------- the peer
