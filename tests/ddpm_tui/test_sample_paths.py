@@ -12,7 +12,6 @@ from textual.widgets import Input, Select, Static
 
 from ddpm_tui.app import StudioApp
 from ddpm_tui.cli import main
-from ddpm_tui.commands import sample as sample_cmd
 from studio_helpers import make_checkpoint_run, run_async, wait_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
