@@ -39,6 +39,9 @@ def launch_detached(cmd: list[str], log_path: Path, cwd: Path | None = None) -> 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")  # the log shows lines as they happen
+    # cuda:N counts GPUs in PCI bus order, as NVML and so the studio's system monitor do
+    # (CUDA's default puts the fastest first); a user's own choice stays
+    env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     with open(log_path, "ab") as log:
         try:
             return subprocess.Popen(

@@ -17,6 +17,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Select
 
 from core import options
+from ddpm_tui.devices import device_choices, known_choices, provisional_choices
 
 # Without a GPU the seed's 93M network at 64 px takes hours an epoch: start small enough
 # that samples show something within minutes, and stop (resumable) after half an hour.
@@ -89,14 +90,33 @@ class NewRunScreen(ModalScreen[NewRun | None]):
         if option.choices:
             return Select([(c, c) for c in option.choices], value=value, allow_blank=False, compact=True,
                           id=option.name)
-        if option.name == "device":
-            return Select([(c, c) for c in options.DEVICE_SUGGESTIONS], value=value, allow_blank=False,
-                          compact=True, id=option.name)
+        if option.name == "device":  # auto, cpu, cuda:N per visible GPU, mps: filled in by on_mount
+            choices = known_choices() or provisional_choices(value)
+            return Select([(c, c) for c in choices], value=value, allow_blank=False, compact=True, id=option.name)
         kind = {int: "integer", float: "number"}.get(option.type, "text")
         return Input(option.show(value), compact=True, id=option.name, type=kind)
 
     def on_mount(self) -> None:
         self.query_one("#name", Input).focus()
+        if known_choices() is None:  # counting GPUs imports torch: not on the event loop
+            self.run_worker(self._find_devices, thread=True, group="devices", name="device list",
+                            exit_on_error=False)
+
+    def _find_devices(self) -> None:
+        try:
+            choices = device_choices()
+        except Exception as exc:  # a broken torch install: auto and cpu still work
+            self.app.call_from_thread(self.notify, f"cannot list devices: {exc}", severity="warning")
+            return
+        self.app.call_from_thread(self._set_devices, choices)
+
+    def _set_devices(self, choices: list[str]) -> None:
+        if not self.is_mounted:
+            return
+        select = self.query_one("#device", Select)
+        current = select.value
+        select.set_options([(c, c) for c in choices])
+        select.value = current if current in choices else options.BY_NAME["device"].default
 
     def on_select_changed(self, event: Select.Changed) -> None:
         """A preset proposes its natural image size; a recipe fills in its values."""

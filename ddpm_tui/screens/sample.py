@@ -1,11 +1,16 @@
 """Sample: pick a run and checkpoint, EMA or raw weights, a sampler (DDIM, DPM-Solver++(2M),
-Heun, DDPM), steps, eta, count, seed, breed and guidance (conditional runs); generate in a
-thread worker through core.sampling.generate (the path `ddpm-tui sample` uses) with a
-progress bar and a live half-block preview of the images forming from noise; save PNGs
-with `w`. The status line names the weights actually used.
+Heun, DDPM), steps, eta, count, seed, breed and guidance (conditional runs) and a device;
+generate through core.sampling.generate (the path `ddpm-tui sample` uses) with a progress
+bar and a live half-block preview of the images forming from noise; save PNGs with `w`.
+The status line names the weights and the device actually used.
 
-The worker draws the preview at most 4 times a second (and always the last step), so a
-fast sampler does not flood the terminal over SSH.
+Drawing runs in a child process (ddpm_tui/sampler.py) that keeps the loaded model while
+this screen is shown and ends when the user leaves it (or, if it is drawing then, when it
+finishes), which gives back the model's memory and the CUDA context. A thread worker relays
+its messages; the child sends a preview at most 4 times a second (and always the last step),
+so a fast sampler does not flood the terminal over SSH. When a training run of this
+workspace trains on the chosen GPU, a line says so (sampling there takes its memory and
+slows it).
 """
 
 from __future__ import annotations
@@ -24,13 +29,15 @@ from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Input, Label, ProgressBar, Select, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
+from core.safe_text import shown_markup
+from ddpm_tui.devices import device_choices, gpu_of, known_choices, provisional_choices, runs_training_on
+from ddpm_tui.sampler import SamplerProcess
 from ddpm_tui.screens.base import StudioScreen
 
 if TYPE_CHECKING:
     from core.sampling import SampleRequest as CoreSampleRequest
 from ddpm_tui.widgets.halfblock import HalfBlockImage
 
-PREVIEW_INTERVAL = 0.25  # seconds between preview redraws (<= 4 Hz)
 UPSCALE = 4  # the enlarged copies Ctrl+U adds for viewing
 NO_BREED = "__any__"
 
@@ -44,6 +51,7 @@ class SampleJob:
     run_name: str
     options: dict
     request: "CoreSampleRequest | None" = None  # set by the worker
+    device: str = "auto"  # a device spec (core.device.resolve_device)
 
 
 @dataclass
@@ -52,6 +60,7 @@ class SampleResult:
     images: np.ndarray  # (B, H, W, 3) uint8
     seconds: float
     weights_note: str  # the weights actually used: "EMA", "raw", "raw (this checkpoint has no EMA weights)"
+    device: str = ""  # the device actually used: "cpu", "cuda:1"
 
 
 def sample_output_dir(root: Path, run_name: str) -> Path:
@@ -80,7 +89,8 @@ class SampleScreen(StudioScreen):
         self._result: SampleResult | None = None
         self._worker: Worker | None = None
         self._saved: tuple[SampleResult, Path] | None = None  # the result last saved, and where
-        self._model_cache: tuple | None = None  # (key, Sampleable)
+        self._sampler: SamplerProcess | None = None  # the child that draws; None when released
+        self._release_when_done = False  # the user left while it was drawing
         self._breed_names: list[str] = []
         self.preview_x0 = False  # preview the model's x0 prediction instead of the noisy x_t
 
@@ -110,11 +120,15 @@ class SampleScreen(StudioScreen):
                     yield Select([("any (unconditional)", NO_BREED)], value=NO_BREED, allow_blank=False, compact=True, id="breed")
                     yield Label("Guidance")
                     yield Input("3.0", compact=True, id="guidance", type="number")
+                    yield Label("Device")
+                    choices = known_choices() or provisional_choices()
+                    yield Select([(c, c) for c in choices], value="auto", allow_blank=False, compact=True, id="device")
                 with Horizontal(classes="button-row"):
                     yield Button("Generate", compact=True, id="generate", variant="success")
                     yield Button("Save", compact=True, id="save", variant="primary")
             with Vertical(id="sample-right"):
                 yield Static("Pick a run with a checkpoint, then Ctrl+R.", id="sample-status")
+                yield Static("", id="sample-gpu-note")
                 yield ProgressBar(id="sample-progress", show_eta=False)
                 yield HalfBlockImage(id="sample-preview")
                 yield Label(self.studio.color_note(), classes="color-note")
@@ -122,10 +136,78 @@ class SampleScreen(StudioScreen):
 
     def on_mount(self) -> None:
         self.query_one("#sample-progress").display = False  # an idle bar would animate
+        self.query_one("#sample-gpu-note").display = False
         self.refresh_runs()
+        if known_choices() is None:  # counting GPUs imports torch: not on the event loop
+            self.run_worker(self._find_devices, thread=True, group="devices", name="device list",
+                            exit_on_error=False)
 
     def on_screen_resume(self) -> None:
         self.refresh_runs()  # runs may have gained checkpoints while another screen showed
+
+    def on_screen_suspend(self) -> None:
+        # after a mode switch the app already names the new mode; a dialog over this
+        # screen (help, palette) keeps the mode, and the sampler
+        if self.app.current_mode != self.MODE:
+            self.release()
+
+    def on_unmount(self) -> None:
+        if self._sampler is not None:
+            self._sampler.close()
+            self._sampler = None
+
+    def release(self) -> None:
+        """End the sampling process (and with it the model and its GPU memory); if it is
+        drawing, when it finishes."""
+        if self._worker is not None and self._worker.state in (WorkerState.PENDING, WorkerState.RUNNING):
+            self._release_when_done = True
+            return
+        self._release_when_done = False
+        if self._sampler is not None:
+            self._sampler.close()
+            self._sampler = None
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker is self._worker and event.state in (WorkerState.SUCCESS, WorkerState.ERROR,
+                                                              WorkerState.CANCELLED):
+            if self._release_when_done or self.app.current_mode != self.MODE:
+                self.release()
+
+    # -- devices ---------------------------------------------------------------------------
+
+    def _find_devices(self) -> None:
+        try:
+            choices = device_choices()
+        except Exception as exc:  # a broken torch install: CPU and auto still work
+            self.app.call_from_thread(self.notify, f"cannot list devices: {exc}", severity="warning")
+            return
+        if not get_current_worker().is_cancelled:
+            self.app.call_from_thread(self._set_devices, choices)
+
+    def _set_devices(self, choices: list[str]) -> None:
+        select = self.query_one("#device", Select)
+        current = select.value
+        select.set_options([(c, c) for c in choices])
+        select.value = current if current in choices else "auto"
+        self._update_gpu_note()
+
+    def _update_gpu_note(self) -> None:
+        """One line when a training run of this workspace uses the chosen GPU."""
+        note = self.query_one("#sample-gpu-note", Static)
+        choices = known_choices() or []
+        gpu = gpu_of(str(self.query_one("#device", Select).value), choices)
+        names = []
+        if gpu is not None:
+            try:
+                names = runs_training_on(self.studio.workspace.runs_dir, gpu,
+                                         sum(c.startswith("cuda:") for c in choices))
+            except OSError:
+                names = []
+        if names:
+            runs = ", ".join(names)
+            note.update(f"[yellow]training run {shown_markup(runs)} is running on cuda:{gpu}: sampling there "
+                        "shares its memory and slows it[/]")
+        note.display = bool(names)
 
     # -- choices -------------------------------------------------------------------------------
 
@@ -135,6 +217,7 @@ class SampleScreen(StudioScreen):
         runs = [r for r in list_runs(self.studio.workspace.runs_dir) if latest_checkpoint(r.path)]
         select = self.query_one("#run", Select)
         current = select.value
+        self._update_gpu_note()  # a run may have started or stopped on the chosen GPU
         options = [(f"{r.name} ({r.state})", r.name) for r in runs]
         if [o[1] for o in options] != [o[1] for o in getattr(self, "_run_options", [])]:
             self._run_options = options
@@ -148,6 +231,8 @@ class SampleScreen(StudioScreen):
     def on_select_changed(self, event: Select.Changed) -> None:
         if event.select.id == "run":
             self._run_changed()
+        elif event.select.id == "device":
+            self._update_gpu_note()
         elif event.select.id == "sampler":
             self.query_one("#steps", Input).disabled = event.value == "ddpm"
             self.query_one("#eta", Input).disabled = event.value != "ddim"
@@ -205,7 +290,9 @@ class SampleScreen(StudioScreen):
             seed=number("seed", int, 0, "Seed"),
             weights=str(self.query_one("#weights", Select).value),
         )
-        return SampleJob(Path(ckpt), str(run) if isinstance(run, str) else Path(ckpt).parent.parent.name, options)
+        device = self.query_one("#device", Select).value
+        return SampleJob(Path(ckpt), str(run) if isinstance(run, str) else Path(ckpt).parent.parent.name, options,
+                         device=str(device) if isinstance(device, str) else "auto")
 
     def action_generate(self) -> None:
         if self._worker is not None and self._worker.state in (WorkerState.PENDING, WorkerState.RUNNING):
@@ -217,8 +304,12 @@ class SampleScreen(StudioScreen):
             self.notify(str(exc), severity="error")
             return
         self._result = None
+        self._release_when_done = False
+        self._update_gpu_note()
         self.query_one("#sample-saved", Static).update("")
-        self.query_one("#sample-status", Static).update(f"loading {req.checkpoint.name}…")
+        starting = self._sampler is None or not self._sampler.running
+        self.query_one("#sample-status", Static).update(
+            ("starting the sampling process, " if starting else "") + f"loading {req.checkpoint.name}…")
         bar = self.query_one("#sample-progress", ProgressBar)
         bar.display = True
         bar.update(total=None, progress=0)
@@ -230,58 +321,31 @@ class SampleScreen(StudioScreen):
             self._worker.cancel()
             self.query_one("#sample-status", Static).update("cancelling…")
 
-    def _load(self, job: SampleJob):
-        from core.sampling import load_for_sampling
-
-        stat = job.checkpoint.stat()
-        key = (str(job.checkpoint), stat.st_mtime, stat.st_size, job.options["weights"])
-        if self._model_cache is not None and self._model_cache[0] == key:
-            return self._model_cache[1]
-        loaded = load_for_sampling(job.checkpoint, job.options["weights"])
-        self._model_cache = (key, loaded)
-        return loaded
-
     def _generate(self, job: SampleJob) -> None:
-        from core.checkpoint import CheckpointError
-        from core.grid import to_uint8_images
-        from core.sampling import SampleRequest, SamplingError, generate
+        """Thread worker: hand the job to the sampling process and relay what it says."""
+        from core.sampling import SampleRequest
 
         worker = get_current_worker()
         call = self.app.call_from_thread
         try:
-            job.request = SampleRequest(**job.options)
+            job.request = SampleRequest(**job.options)  # checked here too: the result names it
         except ValueError as exc:
             call(self._failed, str(exc))
             return
-        try:
-            loaded = self._load(job)
-        except (CheckpointError, OSError) as exc:
-            call(self._failed, f"cannot load {job.checkpoint}: {exc}")
-            return
-        start = time.monotonic()
-        last_draw = 0.0
-        parts = []
-        try:
-            for step in generate(loaded, job.request):
-                if worker.is_cancelled:
-                    call(self._failed, "cancelled")
-                    return
-                if step.images is not None:
-                    parts.append(step.images.numpy())
-                now = time.monotonic()
-                done = step.batch * step.total + step.index + 1
-                total = step.total * step.batches
-                if now - last_draw >= PREVIEW_INTERVAL or done == total:
-                    last_draw = now
-                    shown = step.x0_pred if self.preview_x0 else step.x_t
-                    call(self._progress, done, total, to_uint8_images(shown).numpy())
-        except (SamplingError, ValueError, RuntimeError) as exc:
-            call(self._failed, f"sampling failed: {exc}")
-            return
-        if not parts:
-            call(self._failed, "the sampler produced no steps")
-            return
-        call(self._done, SampleResult(job, np.concatenate(parts), time.monotonic() - start, loaded.weights_note))
+        if self._sampler is None:
+            self._sampler = SamplerProcess(self.studio.workspace.cache_dir / "sampler.log")
+        payload = {"checkpoint": str(job.checkpoint), "options": job.options, "device": job.device,
+                   "preview_x0": self.preview_x0}
+        for message in self._sampler.run(payload, lambda: worker.is_cancelled):
+            kind = message[0]
+            if kind == "progress":
+                _, done, total, preview = message
+                call(self._progress, done, total, preview)
+            elif kind == "done":
+                _, images, seconds, weights_note, device = message
+                call(self._done, SampleResult(job, images, seconds, weights_note, device))
+            elif kind == "failed":
+                call(self._failed, message[1])
 
     def _grid(self, images: np.ndarray) -> np.ndarray:
         from ddpm_tui.widgets.halfblock import tile_images
@@ -295,15 +359,15 @@ class SampleScreen(StudioScreen):
         self.query_one("#sample-preview", HalfBlockImage).set_image(self._grid(preview))
 
     def _failed(self, message: str) -> None:
-        self.query_one("#sample-status", Static).update(f"[red]{message}[/]")
+        self.query_one("#sample-status", Static).update(f"[red]{shown_markup(message)}[/]")
         if message != "cancelled":
-            self.notify(message, severity="error")
+            self.notify(shown_markup(message), severity="error")
 
     def _done(self, result: SampleResult) -> None:
         self._result = result
         self.query_one("#sample-preview", HalfBlockImage).set_image(self._grid(result.images))
         r = result.job.request
-        what = f"{r.sampler.upper()} · {result.weights_note} weights · seed {r.seed}"
+        what = f"{r.sampler.upper()} · {result.weights_note} weights · seed {r.seed} · {result.device}"
         if r.label is not None and r.label < len(self._breed_names):
             what += f" · {self._breed_names[r.label]} x{r.guidance:g}"
         self.query_one("#sample-status", Static).update(
@@ -349,6 +413,8 @@ class SampleScreen(StudioScreen):
 
     def action_toggle_preview(self) -> None:
         self.preview_x0 = not self.preview_x0
+        if self._sampler is not None:
+            self._sampler.set_preview(self.preview_x0)
         self.notify("preview: " + ("the model's guess of the final image (x0)" if self.preview_x0
                                    else "the noisy image as it is denoised (x_t)"))
 

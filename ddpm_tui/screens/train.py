@@ -275,6 +275,15 @@ class TrainScreen(StudioScreen):
             self.query_one("#train-samples", HalfBlockImage).set_image(view.sample)
             self.query_one("#samples-label", Label).update(view.sample_path.name if view.sample_path else "")
         self.query_one("#run-summary", Static).update(self._summary(view.name, view.status, cur.last, cur.speed))
+        self.query_one("#sysmon", SysMonPanel).run_device = self._run_device(view.name, view.status)
+
+    def _run_device(self, name: str, status: dict) -> tuple[str | None, int | None] | None:
+        """The device and world size of a run training on this machine (its GPUs are marked)."""
+        info = self._runs.get(name)
+        if info is None or info.state != "running" or not info.alive:  # alive None: another host
+            return None
+        device = status.get("device") or (info.config or {}).get("device")
+        return (str(device) if device else None), status.get("world_size")
 
     def _summary(self, name: str, status: dict, last: dict, speed: Throughput | None = None) -> str:
         info = self._runs.get(name)

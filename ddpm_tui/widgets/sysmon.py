@@ -5,7 +5,7 @@ from __future__ import annotations
 from textual.widgets import Static
 from textual.worker import get_current_worker
 
-from ddpm_tui.sysmon import SystemMonitor, describe
+from ddpm_tui.sysmon import SystemMonitor, describe, run_gpus
 
 _MONITOR: SystemMonitor | None = None
 
@@ -26,6 +26,8 @@ class SysMonPanel(Static):
         super().__init__("", id=id, classes=classes)
         self.interval = interval
         self._busy = False
+        # (device, world size) of the selected run while it trains here; its GPUs are marked
+        self.run_device: tuple[str | None, int | None] | None = None
 
     def on_mount(self) -> None:
         if not getattr(self.app, "sysmon_enabled", True):
@@ -43,7 +45,9 @@ class SysMonPanel(Static):
 
     def _read(self) -> None:
         try:
-            lines = describe(shared_monitor().snapshot())
+            snap = shared_monitor().snapshot()
+            run = self.run_device
+            lines = describe(snap, run_gpus(run[0], run[1], len(snap.gpus)) if run else set())
         except Exception as exc:  # psutil/NVML failing must not take the screen down
             lines = [f"system figures unavailable: {exc}"]
         finally:

@@ -744,18 +744,7 @@ def test_scrape_breed_list_add_and_remove(workspace):
     run_async(go())
 
 
-# -- small pieces: system figures, job helpers --------------------------------------------------
-
-
-def test_sysmon_without_gpu_is_plain_not_an_error():
-    from ddpm_tui.sysmon import GPUInfo, SystemMonitor, SystemSnapshot, describe
-
-    snap = SystemMonitor(use_gpu=False).snapshot()
-    lines = describe(snap)
-    assert snap.gpus == [] and lines[0] == "no GPU monitoring"
-    assert lines[-1].startswith("CPU ") and "RAM" in lines[-1]
-    gpu = SystemSnapshot(10.0, 1 << 30, 4 << 30, [GPUInfo(0, "H100", 87.0, 3 << 30, 80 << 30, 61.0)])
-    assert describe(gpu)[0] == "GPU0 H100: 87%  3.0 GiB/80.0 GiB  61°C"
+# -- small pieces: job helpers (system figures: test_sysmon.py) ---------------------------------
 
 
 def test_train_command_is_what_a_user_would_type(workspace):
@@ -785,49 +774,6 @@ def test_scrape_command_is_accepted_by_the_scraper_parser(workspace, tmp_path):
     assert args.events == str(tmp_path / "ev.jsonl") and args.dataset == "dogs"
     with pytest.raises(JobError, match="comma"):
         scrape_args(workspace, ["a,b"], "bing", 7, tmp_path / "ev.jsonl")
-
-
-def test_sysmon_reads_gpu_figures_through_nvml(monkeypatch):
-    """The NVML path with a stand-in `pynvml` module (CI has no GPU): names, memory,
-    utilisation and temperature; a MIG-style missing utilisation shows as '?'."""
-    import sys
-    import types
-
-    from ddpm_tui.sysmon import SystemMonitor, describe
-
-    class NVMLError(Exception):
-        pass
-
-    fake = types.ModuleType("pynvml")
-    fake.NVMLError = NVMLError
-    fake.NVML_TEMPERATURE_GPU = 0
-    fake.nvmlInit = lambda: None
-    fake.nvmlShutdown = lambda: None
-    fake.nvmlDeviceGetCount = lambda: 2
-    fake.nvmlDeviceGetHandleByIndex = lambda i: i
-    fake.nvmlDeviceGetName = lambda h: b"NVIDIA H200" if h == 0 else "NVIDIA H200 MIG"
-    fake.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(used=(h + 1) << 30, total=140 << 30)
-
-    def util(h):
-        if h == 1:
-            raise NVMLError("not supported")
-        return types.SimpleNamespace(gpu=93)
-
-    fake.nvmlDeviceGetUtilizationRates = util
-    fake.nvmlDeviceGetTemperature = lambda h, kind: 55
-    monkeypatch.setitem(sys.modules, "pynvml", fake)
-    mon = SystemMonitor()
-    lines = describe(mon.snapshot())
-    mon.close()
-    assert lines[0] == "GPU0 NVIDIA H200: 93%  1.0 GiB/140.0 GiB  55°C"
-    assert lines[1] == "GPU1 NVIDIA H200 MIG: ?  2.0 GiB/140.0 GiB  55°C"
-    assert lines[2].startswith("CPU ")
-
-    def no_driver():
-        raise NVMLError("Driver Not Loaded")
-
-    fake.nvmlInit = no_driver
-    assert describe(SystemMonitor().snapshot())[0] == "no NVIDIA GPU (NVML unavailable)"
 
 
 def test_quit_can_stop_running_jobs(workspace):
