@@ -467,6 +467,9 @@ class _Parts:
     data_line: str = ""  # which of the two, for train.log
 
 
+STATUS_EVERY_S = 2.0  # the least time between two routine status.json writes
+
+
 class _StatusWriter:
     """The loop's routine status.json writes and metrics lines, done by a thread. A status
     write is a read, a temp file, two fsyncs and a rename: on a busy or network disk that
@@ -843,7 +846,7 @@ class _Trainer:
         """Write status.json (rank 0), at most every 2 s unless forced. While the loop runs,
         the routine (unforced) writes go through the writer thread."""
         now = time.monotonic()
-        if not self.world.is_main or (not force and now - self.last_status_write < 2.0):
+        if not self.world.is_main or (not force and now - self.last_status_write < STATUS_EVERY_S):
             return fields
         self.last_status_write = now
         if self.writer is None:
