@@ -452,7 +452,7 @@ def test_deterministic_sets_the_kernel_switches_for_the_run_only(tmp_path: Path,
 
     before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
               torch.backends.cudnn.benchmark)
-    final = train(tiny(data, epochs=1, samples=0, deterministic=True), tmp_path / "det", progress=look)
+    final = train(tiny(data, epochs=1, deterministic=True), tmp_path / "det", progress=look)  # sample grids too
     assert final["state"] == "finished" and seen and set(seen) == {(True, True, False)}
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] in (":4096:8", ":16:8")
     assert "kernels: deterministic kernels" in (tmp_path / "det" / "train.log").read_text()
@@ -531,3 +531,21 @@ def test_routine_status_writes_leave_the_training_thread(tmp_path: Path, data: P
     assert writes[-1] == ("MainThread", False)  # the final status, written last
     assert runs.read_status(tmp_path / "run")["state"] == "finished"
     assert [r["step"] for r in runs.read_metrics(tmp_path / "run")[0]] == list(range(1, 9))
+
+
+class _NoDeterministicKernel(train_mod.UNet):
+    """Raises what torch raises for an op without a deterministic kernel (as CUDA's
+    bilinear-upsample backward does under torch.use_deterministic_algorithms)."""
+
+    def forward(self, x, t, labels=None):
+        raise RuntimeError("upsample_bilinear2d_backward_out_cuda does not have a deterministic implementation, "
+                           "but you set 'torch.use_deterministic_algorithms(True)'. You can turn off ...")
+
+
+def test_an_op_without_a_deterministic_kernel_is_one_line(tmp_path: Path, data: Path, monkeypatch):
+    monkeypatch.setattr(train_mod, "UNet", _NoDeterministicKernel)
+    final = train(tiny(data, epochs=1, samples=0, deterministic=True), tmp_path / "run")
+    assert final["state"] == "failed"
+    assert final["message"].startswith("--deterministic: this network uses upsample_bilinear2d_backward_out_cuda, "
+                                       "which has no deterministic kernel")
+    assert final["message"].endswith("train without --deterministic")
