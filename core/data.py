@@ -474,3 +474,101 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 # Touch only the flipped rows (measured ~1.5x faster than torch.where over all).
                 x.index_copy_(0, rows, x.index_select(0, rows).flip(-1))
         return x.to(torch.float32).div_(127.5).sub_(1.0), self.labels.index_select(0, idx)
+
+
+# ---------------------------------------------------------------------------- batches on the device
+
+# The decoded images are copied onto the training device when they take at most this share
+# of the memory still free there; the rest is for the network, its activations and Adam.
+RESIDENT_SHARE = 0.25
+
+
+def uint8_to_unit_table() -> torch.Tensor:
+    """x -> x / 127.5 - 1 for every uint8 value, computed on the CPU by the very operations
+    ``ImageFolderDataset.get_batch`` applies: looking a pixel up here gives the same float32
+    bits on any device (a GPU's division by a scalar may round differently)."""
+    return torch.arange(256, dtype=torch.uint8).to(torch.float32).div_(127.5).sub_(1.0)
+
+
+class DeviceBatches:
+    """Training batches gathered where the network runs, from a copy of the decoded uint8
+    images that lives there: per step only the indices and flip choices travel to the device
+    (one small copy), and the gather, the flips and the conversion to float run on it.
+
+    ``get_batch(indices, generator)`` returns exactly what ``ImageFolderDataset.get_batch``
+    returns for the same arguments (bit for bit, on the device): the flips are the same B
+    uniforms drawn from the same CPU ``generator``, so a seeded run trains on the same
+    batches whichever path builds them, and resumes exactly either way.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, flip: bool, device: torch.device | str) -> None:
+        self.device = torch.device(device)
+        self.images = images.to(self.device)
+        self.labels = labels.to(self.device)
+        self.flip = bool(flip)
+        self.table = uint8_to_unit_table().to(self.device)
+        self._pin = self.device.type == "cuda"  # pinned host memory: the copy does not wait for the host
+
+    @classmethod
+    def from_dataset(cls, dataset: "ImageFolderDataset", device: torch.device | str) -> "DeviceBatches":
+        return cls(dataset.images, dataset.labels, dataset.options.flip, device)
+
+    @property
+    def nbytes(self) -> int:
+        return self.images.numel() * self.images.element_size() + self.labels.numel() * self.labels.element_size()
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """A small host tensor on the device without the host waiting for the copy."""
+        if self._pin:
+            t = t.pin_memory()
+        return t.to(self.device, non_blocking=True)
+
+    def get_batch(
+        self, indices: torch.Tensor | Sequence[int], generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x float32 (B, 3, S, S) in [-1, 1], labels int64 (B,)) on the device; ``generator``
+        is a CPU generator, as for ``ImageFolderDataset.get_batch``."""
+        idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+        n = idx.numel()
+        flip = self.flip and n > 0
+        if flip:
+            draws = torch.rand(n, generator=generator) < 0.5  # the draw ImageFolderDataset.get_batch makes
+            packed = self.to_device(torch.stack([idx, draws.to(torch.long)]))
+            idx_d, flip_d = packed[0], packed[1].bool()
+        else:
+            idx_d = self.to_device(idx)
+        x = self.images.index_select(0, idx_d)
+        if flip:
+            x = torch.where(flip_d.view(-1, 1, 1, 1), x.flip(-1), x)
+        return self.table[x.long()], self.labels.index_select(0, idx_d)
+
+
+def batches_on(dataset: "ImageFolderDataset", device: torch.device | str,
+               share: float = RESIDENT_SHARE) -> tuple["ImageFolderDataset | DeviceBatches", str]:
+    """Where training batches are built: a ``DeviceBatches`` when the decoded images fit in
+    ``share`` of the device's free memory, else the dataset itself (batches built in host
+    memory, then copied); and one line saying which, for train.log. On a CPU the images are
+    already where the network runs: the dataset's own ``get_batch``."""
+    from core.device import free_device_memory
+
+    device = torch.device(device)
+    need = dataset.images.numel() * dataset.images.element_size() + dataset.labels.numel() * 8
+    size = f"{need / 2**20:.1f} MB"
+    if device.type == "cpu":
+        return dataset, f"data: the decoded images ({size}) are in CPU memory; batches gathered there"
+    free = free_device_memory(device)
+    if free is None:
+        return dataset, f"data: batches built in host memory and copied to {device} (its free memory is not known)"
+    if need > share * free:
+        return dataset, (f"data: batches built in host memory and copied to {device}: the decoded images ({size}) "
+                         f"exceed {share:.0%} of its free memory ({free / 2**20:.0f} MB)")
+    try:
+        resident = DeviceBatches.from_dataset(dataset, device)
+    except (RuntimeError, MemoryError) as exc:  # out of memory after all (another process took it)
+        first = (str(exc).splitlines() or [""])[0][:160]
+        return dataset, f"data: batches built in host memory and copied to {device} (copying the images failed: {first})"
+    return resident, (f"data: the decoded images ({size}) live on {device}; batches are gathered, flipped and "
+                      f"converted there")

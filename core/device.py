@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from functools import lru_cache
 from pathlib import Path
-from typing import ContextManager
+from typing import ContextManager, Iterator
 
 import torch
 
@@ -124,3 +125,69 @@ def autocast_context(device: torch.device | str, dtype: torch.dtype | None) -> C
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+# cuBLAS picks its reduction strategy per workspace; with this setting (or ":16:8") its
+# results are bit-reproducible. It is read when the first cuBLAS handle is made.
+CUBLAS_DETERMINISTIC = ":4096:8"
+_CUBLAS_OK = (":4096:8", ":16:8")
+
+
+def set_cublas_deterministic() -> bool:
+    """Put CUBLAS_WORKSPACE_CONFIG=:4096:8 into this process's environment (kept if it
+    already holds a deterministic value). cuBLAS reads it once, when the process makes its
+    first cuBLAS handle (its first matmul on CUDA), so call this before any CUDA work.
+    Returns False when that may be too late: CUDA was already initialised in this process
+    and the variable was not set (export it before starting Python instead)."""
+    if os.environ.get("CUBLAS_WORKSPACE_CONFIG") in _CUBLAS_OK:
+        return True
+    late = torch.cuda.is_initialized()
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_DETERMINISTIC
+    return not late
+
+
+@contextlib.contextmanager
+def kernel_choices(deterministic: bool) -> Iterator[str]:
+    """The kernel settings of one training session, restored afterwards (they are global
+    to the process). Yields a line saying what was chosen.
+
+    deterministic: torch.use_deterministic_algorithms(True) (an op without a deterministic
+    kernel then raises instead of silently differing), cuDNN deterministic and no cuDNN
+    autotuning; with ``set_cublas_deterministic`` (called before CUDA starts) every step is
+    bit-reproducible on the same GPU, torch and CUDA. Slower.
+    Otherwise cuDNN autotunes its convolution algorithms (``cudnn.benchmark``): training
+    shapes are fixed (a full batch, and a smaller last batch per epoch), so the one-off
+    search per shape pays for itself. No effect on CPUs.
+    """
+    cudnn = torch.backends.cudnn
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             cudnn.deterministic, cudnn.benchmark)
+    try:
+        if deterministic:
+            torch.use_deterministic_algorithms(True)
+            cudnn.deterministic, cudnn.benchmark = True, False
+            yield (f"deterministic kernels (torch.use_deterministic_algorithms, cuDNN deterministic without "
+                   f"autotuning, CUBLAS_WORKSPACE_CONFIG={os.environ.get('CUBLAS_WORKSPACE_CONFIG', 'unset')})")
+        else:
+            cudnn.benchmark = True
+            yield "cuDNN autotuning on (cudnn.benchmark); --deterministic for bit-exact CUDA runs"
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        cudnn.deterministic, cudnn.benchmark = saved[2], saved[3]
+
+
+def free_device_memory(device: torch.device) -> int | None:
+    """Bytes this process could still allocate on ``device`` (CUDA: the driver's free
+    memory plus what PyTorch's cache holds unused; MPS: the recommended working set minus
+    what is allocated), or None where that is not known (CPU)."""
+    device = torch.device(device)
+    try:
+        if device.type == "cuda":
+            free, _total = torch.cuda.mem_get_info(device)
+            cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+            return int(free + max(0, cached))
+        if device.type == "mps" and hasattr(torch.mps, "recommended_max_memory"):
+            return int(torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory())
+    except (RuntimeError, AssertionError, AttributeError):
+        return None
+    return None

@@ -222,7 +222,12 @@ OPTIONS: tuple[Option, ...] = (
     _opt("amp", str, "auto", _HW, "Autocast", "autocast: auto = bf16 where the device does it fast; "
          "fp16 is refused until a gradient scaler exists", choices=AMP_MODES),
     _opt("channels_last", bool, False, _HW, "channels_last", "channels_last memory format (often faster on GPUs)"),
-    _opt("compile", bool, False, _HW, "torch.compile", "torch.compile the network (opt-in)"),
+    _opt("compile", bool, False, _HW, "torch.compile",
+         "torch.compile the network (opt-in; the first step compiles, minutes on a GPU, cached in the "
+         "workspace's cache/ for later runs)"),
+    _opt("deterministic", bool, False, _HW, "Deterministic",
+         "deterministic kernels (cuDNN, cuBLAS workspace, torch.use_deterministic_algorithms): "
+         "bit-exact resume on CUDA; slower"),
 )
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 

@@ -48,8 +48,9 @@ from core.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from core.device import autocast_context, autocast_dtype, resolve_device
+from core.device import autocast_context, autocast_dtype, kernel_choices, resolve_device, set_cublas_deterministic
 from core.diffusion import Diffusion, DiffusionConfig
+from core.data import batches_on
 from core.ema import EMA
 from core.grid import save_grid, save_uint8_grid
 from core.sampling import SampleRequest, generate_images
@@ -407,6 +408,9 @@ def train(
         raise TrainError(str(exc)) from None
     stop_event = stop_event if stop_event is not None else threading.Event()
     log = logging.getLogger(LOGGER_NAME)
+    # cuBLAS reads its workspace setting when CUDA makes its first handle: before _Dist
+    # (which may start CUDA and NCCL) and before any model exists.
+    cublas_in_time = set_cublas_deterministic() if config.deterministic else True
     try:
         world = _Dist(config.device)
     except ValueError as exc:
@@ -417,8 +421,15 @@ def train(
             autocast_dtype(world.device, config.amp, training=True)
         except ValueError as exc:
             raise TrainError(str(exc)) from None
-        with _signals_to(stop_event, log):
-            final = _Trainer(config, run_dir, world, log, progress, stop_event).run(examples=examples)
+        with _signals_to(stop_event, log), kernel_choices(config.deterministic) as kernels:
+            trainer = _Trainer(config, run_dir, world, log, progress, stop_event)
+            trainer.kernel_notes = [kernels] if world.device.type != "cpu" or config.deterministic else []
+            if not cublas_in_time:
+                trainer.kernel_notes.append(
+                    "CUDA was already in use in this process when --deterministic set CUBLAS_WORKSPACE_CONFIG; "
+                    f"export CUBLAS_WORKSPACE_CONFIG={os.environ['CUBLAS_WORKSPACE_CONFIG']} before starting "
+                    "Python for bit-exact matmuls")
+            final = trainer.run(examples=examples)
         failed = final.get("state") == "failed"
         return final
     except RuntimeError as exc:
@@ -452,6 +463,99 @@ class _Parts:
     optimizer: torch.optim.Optimizer
     diffusion: Diffusion
     amp_dtype: torch.dtype | None
+    batches: Any = None  # what get_batch is called on: core.data.DeviceBatches, or the dataset itself
+    data_line: str = ""  # which of the two, for train.log
+
+
+STATUS_EVERY_S = 2.0  # the least time between two routine status.json writes
+
+
+class _StatusWriter:
+    """The loop's routine status.json writes and metrics lines, done by a thread. A status
+    write is a read, a temp file, two fsyncs and a rename: on a busy or network disk that
+    holds the host long enough to leave the GPU idle right after a metrics line's sync.
+    Status fields posted while a write is under way merge (latest value wins). ``write``
+    (forced writes: the start, saves, the end) runs in the caller's thread after the write
+    in progress, taking what is still pending with it, so nothing written later is ever
+    overwritten by something older."""
+
+    def __init__(self, run_dir: Path, metrics: runs.MetricsWriter | None, log: logging.Logger) -> None:
+        self.run_dir, self.metrics, self.log = run_dir, metrics, log
+        self.cond = threading.Condition()  # guards pending/lines/closed; never held during I/O
+        self.io = threading.Lock()  # one writer of the files at a time
+        self.pending: dict[str, Any] | None = None
+        self.lines: list[dict[str, Any]] = []
+        self.closed = False
+        self.errors: set[str] = set()
+        self.thread = threading.Thread(target=self._run, name="ddpm-status-writer", daemon=True)
+        self.thread.start()
+
+    def post(self, fields: dict[str, Any]) -> None:
+        with self.cond:
+            self.pending = {**(self.pending or {}), **fields}
+            self.cond.notify()
+
+    def metrics_line(self, record: dict[str, Any]) -> None:
+        with self.cond:
+            self.lines.append(record)
+            self.cond.notify()
+
+    def write(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """status.json now, with whatever is pending; OSError as runs.write_status raises it."""
+        with self.io:
+            lines, pending = self._take()
+            self._write_lines(lines)
+            return runs.write_status(self.run_dir, **{**(pending or {}), **fields})
+
+    def close(self) -> None:
+        """Write what is queued, then stop the thread."""
+        with self.cond:
+            self.closed = True
+            self.cond.notify()
+        self.thread.join()
+        with self.io:
+            lines, pending = self._take()
+            self._write_lines(lines)
+            if pending:
+                self._write_status(pending)
+
+    def _take(self) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        with self.cond:
+            lines, pending = self.lines, self.pending
+            self.lines, self.pending = [], None
+        return lines, pending
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not (self.closed or self.lines or self.pending):
+                    self.cond.wait()
+                if self.closed:
+                    return
+            with self.io:  # taken under the I/O lock: a forced write cannot slip in between
+                lines, pending = self._take()
+                self._write_lines(lines)
+                if pending:
+                    self._write_status(pending)
+
+    def _write_lines(self, lines: list[dict[str, Any]]) -> None:
+        for record in lines:
+            if self.metrics is not None:
+                try:
+                    self.metrics.append(record)
+                except (OSError, ValueError) as exc:
+                    self._error(f"could not append to metrics.jsonl: {exc}")
+
+    def _write_status(self, fields: dict[str, Any]) -> None:
+        try:
+            runs.write_status(self.run_dir, **fields)
+        except OSError as exc:  # a full disk: the final status (written directly) says what is on disk
+            self._error(f"could not write status.json: {exc.strerror or exc}")
+
+    def _error(self, text: str) -> None:
+        if text not in self.errors:  # once each, not once per metrics line
+            self.errors.add(text)
+            self.log.warning("%s", text)
 
 
 class _Window:
@@ -469,6 +573,20 @@ class _Window:
         self.loss, self.ok, self.trailing_bad = zero(), zero(), zero()
         self.steps_total = 0  # steps taken (trained or skipped)
         self.images = 0
+        # A step that compiled the network: counted, but its time and images are left out
+        # of images/s (and so of the ETA).
+        self.untimed_s = 0.0
+        self.untimed_images = 0
+        self.untimed_steps = 0
+
+    def rates(self, now: float) -> tuple[float, float]:
+        """(steps/s, images/s) over the window, compile steps left out when others remain."""
+        elapsed, steps, images = now - self.start, self.steps_total, self.images
+        if self.untimed_steps and self.untimed_steps < steps:
+            elapsed, steps, images = elapsed - self.untimed_s, steps - self.untimed_steps, images - self.untimed_images
+        if elapsed <= 0:
+            return 0.0, 0.0
+        return steps / elapsed, images / elapsed
 
     def add(self, loss: torch.Tensor, ok: torch.Tensor) -> None:
         ok = ok.to(self.dtype)
@@ -477,6 +595,48 @@ class _Window:
         self.ok += ok
         self.trailing_bad.mul_(1 - ok).add_(1 - ok)  # +1 on a bad step, 0 after a good one
         self.steps_total += 1
+
+
+# ---------------------------------------------------------------------------- torch.compile
+
+
+def compile_network(model: nn.Module) -> nn.Module:
+    """What --compile does to the network a step calls (``model`` is the UNet, or the UNet
+    under DDP). The one place to switch to a regional compile of the UNet's blocks."""
+    return torch.compile(model)
+
+
+COMPILE_CACHE_DIR = "torch-compile"  # under the workspace's cache/
+
+
+def use_compile_cache(cache_dir: str | os.PathLike | None) -> str:
+    """Keep TorchInductor's on-disk caches (compiled FX graphs, AOTAutograd's joint graphs,
+    Triton kernels) in ``cache_dir``/torch-compile, so a later run of the same network,
+    shapes, torch and GPU skips most of the compile. A TORCHINDUCTOR_CACHE_DIR the user
+    set is kept, and so is torch's default (/tmp/torchinductor_USER) without a workspace.
+    Must run before the first compile in this process. Returns the folder in use."""
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ and cache_dir:
+        folder = Path(cache_dir) / COMPILE_CACHE_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    # On by default in current torch; older releases had the AOTAutograd cache off.
+    # TORCHINDUCTOR_FX_GRAPH_CACHE / TORCHINDUCTOR_AUTOGRAD_CACHE set by the user still win.
+    with contextlib.suppress(ImportError, AttributeError):
+        import torch._inductor.config as inductor_config
+
+        inductor_config.fx_graph_cache = True
+    with contextlib.suppress(ImportError, AttributeError):
+        import torch._functorch.config as functorch_config
+
+        functorch_config.enable_autograd_cache = True
+    return os.environ.get("TORCHINDUCTOR_CACHE_DIR", "torch's default (/tmp/torchinductor_$USER)")
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
@@ -527,6 +687,11 @@ class _Trainer:
         self.epoch_len = 1
         self.bad_in_row = 0
         self.evaluator = None  # core.evaluate.Evaluator, built at the first --eval-every
+        self.kernel_notes: list[str] = []  # train()'s kernel settings, for train.log
+        self.writer: _StatusWriter | None = None  # rank 0, while the loop runs
+        self.compile_note = ""  # where the compile cache lives, for train.log
+        self.compiled_sizes: set[int] = set()  # batch sizes the compiled network has seen
+        self.compile_seconds = 0.0
 
     # -- pre-flight, done by rank 0 and shared, so every rank fails or starts together ---
 
@@ -608,6 +773,9 @@ class _Trainer:
         except BaseException as exc:
             return self._crashed(exc)
         finally:
+            if self.writer is not None:
+                self.writer.close()
+                self.writer = None
             if self.metrics is not None:
                 self.metrics.close()
             if world.is_main:
@@ -631,6 +799,10 @@ class _Trainer:
                    f"try a smaller --batch_size (e.g. {max(1, config.batch_size // 2)})")
         elif isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             msg = f"No space left on device in {self.run_dir} at step {self.state.step}"
+        elif config.deterministic and "does not have a deterministic implementation" in str(exc):
+            op = _first_line(exc).split(" does not have", 1)[0]
+            msg = (f"--deterministic: this network uses {op}, which has no deterministic kernel on "
+                   f"{self.device.type} in torch {torch.__version__}; train without --deterministic")
         elif world.enabled and isinstance(exc, RuntimeError) and _is_peer_gone(exc):
             msg = f"rank {world.rank}: another rank failed or left ({_first_line(exc)}); see its message"
             if world.is_main:
@@ -671,12 +843,18 @@ class _Trainer:
     # -- status / metrics -------------------------------------------------------------
 
     def status(self, *, force: bool = False, **fields: Any) -> dict[str, Any]:
-        """Write status.json (rank 0), at most every 2 s unless forced."""
+        """Write status.json (rank 0), at most every 2 s unless forced. While the loop runs,
+        the routine (unforced) writes go through the writer thread."""
         now = time.monotonic()
-        if not self.world.is_main or (not force and now - self.last_status_write < 2.0):
+        if not self.world.is_main or (not force and now - self.last_status_write < STATUS_EVERY_S):
             return fields
         self.last_status_write = now
-        return runs.write_status(self.run_dir, **fields)
+        if self.writer is None:
+            return runs.write_status(self.run_dir, **fields)
+        if not force:
+            self.writer.post(fields)
+            return fields
+        return self.writer.write(fields)
 
     def emit(self, event: dict[str, Any]) -> None:
         if self.progress is not None and self.world.is_main:
@@ -738,9 +916,12 @@ class _Trainer:
             train_model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None)
         if config.compile:
-            train_model = torch.compile(train_model)
+            self.compile_note = use_compile_cache(config.cache_dir)
+            train_model = compile_network(train_model)  # compiles lazily, at the first step (see _loop)
+        # After the network and optimizer: the images go to the device only if they fit beside them.
+        batches, data_line = batches_on(dataset, device)
         return _Parts(dataset, self.classes, model, train_model, ema, optimizer, diffusion,
-                      autocast_dtype(device, config.amp, training=True))
+                      autocast_dtype(device, config.amp, training=True), batches, data_line)
 
     def _restore(self, ckpt: dict, ema: EMA, optimizer: torch.optim.Optimizer) -> None:
         if ckpt.get("ema"):  # a changed --ema-decay / --ema-warmup applies from now on
@@ -783,6 +964,11 @@ class _Trainer:
                  str(amp).replace("torch.", "") if amp else "fp32")
         if resumed:
             log.info("continuing from step %d, epoch %d", self.state.step, self.state.epoch)
+        log.info("%s", parts.data_line)
+        for note in self.kernel_notes:
+            log.info("kernels: %s", note)
+        if config.compile:
+            log.info("torch.compile: compile cache in %s", self.compile_note)
         if self.device.type == "cpu" and config.preset == "seed":
             log.warning("training the seed's %s-parameter network on a CPU is slow (hours per epoch of "
                         "14,000 images); --preset small or tiny are made for CPUs",
@@ -814,6 +1000,8 @@ class _Trainer:
 
         gens = (torch.Generator(), torch.Generator(device=self.device) if self.device.type != "cpu"
                 else torch.Generator())
+        if self.world.is_main:
+            self.writer = _StatusWriter(self.run_dir, self.metrics, self.log)
         self.session_start = time.monotonic()
         window = self.window = _Window(time.monotonic(), self.device)
         stop_reason: str | None = None
@@ -827,7 +1015,11 @@ class _Trainer:
                 if config.max_steps and s.step >= config.max_steps:
                     stop_reason = f"reached max_steps {config.max_steps}"
                     break
-                self._step(parts, order[s.pos : s.pos + config.batch_size], gens, window)
+                batch = order[s.pos : s.pos + config.batch_size]
+                if config.compile and len(batch) not in self.compiled_sizes:
+                    self._compiling_step(parts, batch, gens, window)
+                else:
+                    self._step(parts, batch, gens, window)
                 stop = False
                 if s.step % config.log_every == 0 or s.pos >= len(order):
                     stop = self._log_window(parts, window, len(order))
@@ -850,6 +1042,31 @@ class _Trainer:
                 self._end_epoch(parts, window)
         return self._finish(parts, stop_reason)
 
+    def _compiling_step(self, parts: _Parts, idx: torch.Tensor, gens: tuple[torch.Generator, torch.Generator],
+                        window: _Window) -> None:
+        """A step in which torch.compile builds the network for a new batch size (the first
+        step, and the smaller last batch of an epoch): minutes on a GPU the first time,
+        seconds from the compile cache. Said before, timed (one wait for the device) and
+        said after, in train.log, status.json and the progress events; left out of images/s."""
+        first = not self.compiled_sizes
+        what = "first step" if first else f"batch of {len(idx)}"
+        self.log.info("compiling the network (%s)...", what)
+        self.status(message=f"compiling ({what})...", step=self.state.step, force=True)
+        self.emit({"event": "compiling", "step": self.state.step, "what": what})
+        start = time.monotonic()
+        self._step(parts, idx, gens, window)
+        _synchronize(self.device)
+        seconds = time.monotonic() - start
+        self.compiled_sizes.add(len(idx))
+        window.untimed_s += seconds
+        window.untimed_images += len(idx) * self.world.world_size
+        window.untimed_steps += 1
+        self.compile_seconds += seconds
+        self.log.info("compiled in %.1f s (%s)", seconds, what)
+        self.status(message=f"compiled in {seconds:.1f} s ({what}); training", compile_s=round(self.compile_seconds, 1),
+                    force=True)
+        self.emit({"event": "compiled", "step": self.state.step, "what": what, "seconds": seconds})
+
     def _local_stop(self) -> bool:
         config = self.config
         return self.stop_event.is_set() or (
@@ -864,11 +1081,14 @@ class _Trainer:
         data_gen, noise_gen = gens
         data_gen.manual_seed(derive_seed("data", config.seed, s.step, world.rank))
         noise_gen.manual_seed(derive_seed("noise", config.seed, s.step, world.rank))
-        x, labels = parts.dataset.get_batch(idx, data_gen)
+        # On the device when the images live there (core.data.batches_on); the flips and the
+        # label dropout below are drawn from the CPU generator either way, in this order.
+        x, labels = parts.batches.get_batch(idx, data_gen)
         if config.conditional and config.label_dropout > 0:
             drop = torch.rand(labels.shape[0], generator=data_gen) < config.label_dropout
+            drop = drop.to(labels.device, non_blocking=True)
             labels = torch.where(drop, torch.full_like(labels, len(parts.classes)), labels)  # "no label"
-        x = x.to(device, non_blocking=True)
+        x = x.to(device, non_blocking=True)  # no-ops for batches built on the device
         if config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         labels = labels.to(device, non_blocking=True) if config.conditional else None
@@ -931,20 +1151,22 @@ class _Trainer:
             s.nonfinite_total += bad
             parts.ema.uncount(bad)
         now = time.monotonic()
-        elapsed = now - window.start
-        steps_per_s = window.steps_total / elapsed if elapsed > 0 else 0.0
-        self.rate = steps_per_s if self.rate is None else 0.7 * self.rate + 0.3 * steps_per_s
+        steps_per_s, images_per_s = window.rates(now)
+        if window.untimed_steps < window.steps_total:  # a window of compiling only says nothing of the speed
+            self.rate = steps_per_s if self.rate is None else 0.7 * self.rate + 0.3 * steps_per_s
         eta = (self.total_steps - s.step) / self.rate if self.rate else None
         record = {
             "step": s.step, "epoch": s.epoch + s.pos / epoch_len,
             "lr": parts.optimizer.param_groups[0]["lr"],
-            "images_per_s": round(window.images / elapsed if elapsed > 0 else 0.0, 2),
+            "images_per_s": round(images_per_s, 2),
             "elapsed_s": round(s.train_seconds + now - self.session_start, 2),
             "device_mem_mb": _memory_mb(self.device), "skipped": bad,
         }
         if steps:  # a window of skipped (NaN) steps has no loss to plot
             record["loss"] = loss_sum / self.world.world_size / steps
-        if self.world.is_main and self.metrics is not None:
+        if self.world.is_main and self.writer is not None:
+            self.writer.metrics_line(record)
+        elif self.world.is_main and self.metrics is not None:
             self.metrics.append(record)
         self.emit({"event": "step", **record, "total_steps": self.total_steps, "eta_s": eta,
                    "epochs": config.epochs})

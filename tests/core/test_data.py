@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 import core.images as images
-from core.data import DataOptions, DatasetError, ImageFolderDataset, decode_files, decode_image, scan_image_folder
+from core.data import (DataOptions, DatasetError, DeviceBatches, ImageFolderDataset, batches_on, decode_files,
+                       decode_image, scan_image_folder, uint8_to_unit_table)
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 
@@ -444,3 +445,52 @@ def test_progress_is_reported(tmp_path):
     seen.clear()
     ImageFolderDataset(root, OPTS16, cache_dir=tmp_path / "c", progress=lambda done, total, msg: seen.append((done, total, msg)))
     assert seen == [(6, 6, "loaded from cache")]
+
+
+def _noise_set(root, n=12, size=8, seed=0):
+    """Breed folders of random-pixel PNGs: every uint8 value appears, none is symmetric."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        path = root / ("a", "b", "c")[i % 3] / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+    return root
+
+
+@pytest.mark.parametrize("flip", [True, False])
+def test_device_batches_equal_the_host_batches_bit_for_bit(tmp_path, flip):
+    """The resident path (gather, flip, convert where the network runs) gives exactly the
+    batches of get_batch for the same indices and generator, and leaves the generator in
+    the same state (the next draws, e.g. label dropout, are the same too)."""
+    ds = ImageFolderDataset(_noise_set(tmp_path / "dogs"), DataOptions(image_size=8, flip=flip))
+    dev = DeviceBatches.from_dataset(ds, "cpu")
+    for step, idx in enumerate((torch.tensor([3, 0, 11, 3, 7]), torch.arange(12).flip(0), torch.tensor([5]))):
+        g_host, g_dev = torch.Generator().manual_seed(step), torch.Generator().manual_seed(step)
+        x_host, y_host = ds.get_batch(idx, g_host)
+        x_dev, y_dev = dev.get_batch(idx, g_dev)
+        assert x_dev.dtype == x_host.dtype == torch.float32
+        assert torch.equal(x_dev.view(torch.int32), x_host.view(torch.int32))  # the bits, not just the values
+        assert torch.equal(y_dev, y_host)
+        assert torch.equal(torch.rand(4, generator=g_host), torch.rand(4, generator=g_dev))
+    # Every uint8 value converts as the host path converts it.
+    table = uint8_to_unit_table()
+    assert torch.equal(table, torch.arange(256, dtype=torch.uint8).to(torch.float32) / 127.5 - 1)
+
+
+def test_batches_go_to_the_device_only_when_they_fit(tmp_path, monkeypatch):
+    import core.device as device_mod
+
+    ds = ImageFolderDataset(_noise_set(tmp_path / "dogs"), DataOptions(image_size=8))
+    need = ds.images.numel() + ds.labels.numel() * 8
+    src, line = batches_on(ds, "cpu")
+    assert src is ds and "CPU memory" in line
+    meta = torch.device("meta")  # a device that is not the CPU, without a GPU
+    monkeypatch.setattr(device_mod, "free_device_memory", lambda device: 4 * need)
+    src, line = batches_on(ds, meta)
+    assert isinstance(src, DeviceBatches) and src.images.device == meta and "live on meta" in line
+    monkeypatch.setattr(device_mod, "free_device_memory", lambda device: 4 * need - 1)
+    src, line = batches_on(ds, meta)
+    assert src is ds and "exceed 25% of its free memory" in line
+    monkeypatch.setattr(device_mod, "free_device_memory", lambda device: None)
+    src, line = batches_on(ds, meta)
+    assert src is ds and "not known" in line

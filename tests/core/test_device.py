@@ -109,3 +109,51 @@ def test_rank_device_uses_local_rank_only_when_that_many_gpus_are_visible(monkey
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # CUDA_VISIBLE_DEVICES=<one GPU> per process
     assert pick_rank_device(torch.device("cuda"), 3) == torch.device("cuda", 0)
     assert pick_rank_device(torch.device("cpu"), 3) == torch.device("cpu")
+
+
+def test_cublas_workspace_is_set_before_cuda_starts(monkeypatch):
+    from core.device import set_cublas_deterministic
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    assert set_cublas_deterministic() is True
+    assert device_mod.os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # the other deterministic setting is kept
+    assert set_cublas_deterministic() is True and device_mod.os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+    # Too late to be sure: CUDA already started without the setting. Set anyway, and say so.
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    assert set_cublas_deterministic() is False and device_mod.os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+
+
+def test_kernel_choices_are_restored_even_after_an_error():
+    from core.device import kernel_choices
+
+    cudnn = torch.backends.cudnn
+    before = (torch.are_deterministic_algorithms_enabled(), cudnn.deterministic, cudnn.benchmark)
+    with pytest.raises(RuntimeError, match="boom"):
+        with kernel_choices(True) as line:
+            assert "deterministic" in line
+            assert (torch.are_deterministic_algorithms_enabled(), cudnn.deterministic, cudnn.benchmark) == (
+                True, True, False)
+            raise RuntimeError("boom")
+    assert (torch.are_deterministic_algorithms_enabled(), cudnn.deterministic, cudnn.benchmark) == before
+    with kernel_choices(False) as line:
+        assert cudnn.benchmark and not torch.are_deterministic_algorithms_enabled() and "autotuning" in line
+    assert (torch.are_deterministic_algorithms_enabled(), cudnn.deterministic, cudnn.benchmark) == before
+
+
+def test_free_device_memory(monkeypatch):
+    from core.device import free_device_memory
+
+    assert free_device_memory(torch.device("cpu")) is None
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d=None: (1000, 5000))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda d=None: 300)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d=None: 100)
+    assert free_device_memory(torch.device("cuda", 0)) == 1200  # the driver's free + PyTorch's unused cache
+
+    def fails(d=None):
+        raise RuntimeError("CUDA error: no device")
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", fails)
+    assert free_device_memory(torch.device("cuda", 0)) is None

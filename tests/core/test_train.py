@@ -7,7 +7,12 @@ import json
 import struct
 import threading
 import zlib
+import os
 from pathlib import Path
+
+# --deterministic on CUDA needs this before the process's first cuBLAS call; the trainer
+# sets it too, but other tests in this process may have used CUDA first.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 import numpy as np
 import pytest
@@ -117,9 +122,13 @@ def assert_bitwise_equal(a, b, where: str = "") -> None:
 
 
 @pytest.mark.slow
-def test_resume_is_exact(tmp_path: Path, data: Path):
-    """N steps, a stop, N more steps == 2N steps in one go (weights, EMA, optimizer)."""
-    cfg = tiny(data, epochs=3, conditional=True, grad_clip=1.0)  # 4 steps an epoch, 12 in all
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA GPU"))])
+def test_resume_is_exact(tmp_path: Path, data: Path, device: str):
+    """N steps, a stop, N more steps == 2N steps in one go (weights, EMA, optimizer). On
+    CUDA that takes --deterministic (the README says when resume is bit-exact)."""
+    cfg = tiny(data, epochs=3, conditional=True, grad_clip=1.0, device=device,
+               deterministic=device != "cpu")  # 4 steps an epoch, 12 in all
     straight = train(cfg, tmp_path / "straight")
     assert straight["step"] == 12
 
@@ -412,3 +421,131 @@ def test_eval_every_scores_the_ema_weights_into_eval_jsonl(data, tmp_path):
     assert {r["n"] for r in records} == {6} and all(np.isfinite(r["value"]) for r in records)
     log = (run_dir / "train.log").read_text()
     assert "evaluation at step 4" in log and "evaluation at step 8" in log
+
+
+def test_batches_built_on_the_device_train_the_same_weights(tmp_path: Path, data: Path, monkeypatch):
+    """The resident-data path (core.data.DeviceBatches: gather, flip and convert where the
+    network runs) trains bit for bit what the host path trains: same indices, flips and
+    label dropout from the same generators. On the CPU both run here; on a GPU the first."""
+    from core.data import DeviceBatches
+
+    cfg = tiny(data, epochs=2, conditional=True, samples=0)
+    train(cfg, tmp_path / "host")
+    assert "data: the decoded images" in (tmp_path / "host" / "train.log").read_text()
+    monkeypatch.setattr(train_mod, "batches_on",
+                        lambda dataset, device: (DeviceBatches.from_dataset(dataset, device), "data: resident (test)"))
+    train(cfg, tmp_path / "resident")
+    assert "data: resident (test)" in (tmp_path / "resident" / "train.log").read_text()
+    a = load_checkpoint(tmp_path / "host" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "resident" / "checkpoints" / "last.pt")
+    assert_bitwise_equal(a["model"], b["model"])
+    assert_bitwise_equal(a["optimizer"], b["optimizer"])
+
+
+def test_deterministic_sets_the_kernel_switches_for_the_run_only(tmp_path: Path, data: Path):
+    seen = []
+
+    def look(event):
+        if event.get("event") == "step":
+            seen.append((torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+                         torch.backends.cudnn.benchmark))
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+              torch.backends.cudnn.benchmark)
+    final = train(tiny(data, epochs=1, deterministic=True), tmp_path / "det", progress=look)  # sample grids too
+    assert final["state"] == "finished" and seen and set(seen) == {(True, True, False)}
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] in (":4096:8", ":16:8")
+    assert "kernels: deterministic kernels" in (tmp_path / "det" / "train.log").read_text()
+    assert runs.read_config(tmp_path / "det")["deterministic"] is True
+    seen.clear()
+    train(tiny(data, epochs=1, samples=0), tmp_path / "fast", progress=look)
+    assert set(seen) == {(False, False, True)}  # cuDNN autotuning without it
+    after = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+             torch.backends.cudnn.benchmark)
+    assert after == before  # process-wide switches: restored when train() returns
+
+
+class _CountingWrapper(torch.nn.Module):
+    """Stands in for torch.compile's wrapper: forwards, and counts the calls."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.calls = 0
+
+    def forward(self, *args, **kwargs):
+        self.calls += 1
+        return self.inner(*args, **kwargs)
+
+
+def test_compile_is_announced_timed_and_cached_in_the_workspace(tmp_path: Path, data: Path, monkeypatch):
+    """--compile's first step (and the first step of each new batch size) is said before,
+    timed and said after, in train.log, status.json and the progress events; the compile
+    cache goes under the workspace's cache/ unless TORCHINDUCTOR_CACHE_DIR is set."""
+    wrapped = []
+    monkeypatch.setattr(train_mod, "compile_network", lambda m: wrapped.append(_CountingWrapper(m)) or wrapped[-1])
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    events: list[dict] = []
+    cache = tmp_path / "ws" / "cache"
+    # 16 images, batch 5: steps of 5, 5, 5 and 1 image(s) an epoch: two batch sizes.
+    cfg = tiny(data, epochs=2, batch_size=5, samples=0, compile=True, log_every=2, cache_dir=str(cache))
+    final = train(cfg, tmp_path / "run", progress=events.append)
+    assert final["state"] == "finished" and final["step"] == 8 and wrapped[0].calls == 8
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(cache / train_mod.COMPILE_CACHE_DIR)
+    assert (cache / train_mod.COMPILE_CACHE_DIR).is_dir()
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert f"compile cache in {cache / train_mod.COMPILE_CACHE_DIR}" in log
+    assert "compiling the network (first step)..." in log and "compiling the network (batch of 1)..." in log
+    assert log.count("compiled in ") == 2  # once per batch size, not again in epoch 2
+    kinds = [(e["event"], e.get("what")) for e in events if e["event"] in ("compiling", "compiled")]
+    assert kinds == [("compiling", "first step"), ("compiled", "first step"),
+                     ("compiling", "batch of 1"), ("compiled", "batch of 1")]
+    status = runs.read_status(tmp_path / "run")
+    assert status["compile_s"] >= 0 and status["state"] == "finished"
+    # The compile steps are left out of images/s where the window has other steps.
+    records = runs.read_metrics(tmp_path / "run")[0]
+    assert [r["step"] for r in records] == [2, 4, 6, 8] and all(r["images_per_s"] > 0 for r in records)
+    # A user's TORCHINDUCTOR_CACHE_DIR is kept.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    train(tiny(data, epochs=1, samples=0, compile=True, cache_dir=str(cache)), tmp_path / "run2")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
+    assert f"compile cache in {tmp_path / 'mine'}" in (tmp_path / "run2" / "train.log").read_text()
+
+
+def test_routine_status_writes_leave_the_training_thread(tmp_path: Path, data: Path, monkeypatch):
+    """The per-metrics-line status.json writes (two fsyncs each) are done by a writer thread;
+    forced ones (start, saves, the end) in order after them, so the last word is the end."""
+    writes = []
+    real = runs.write_status
+
+    def spy(run_dir, **fields):
+        writes.append((threading.current_thread().name, "images_per_s" in fields))
+        return real(run_dir, **fields)
+
+    monkeypatch.setattr(runs, "write_status", spy)
+    monkeypatch.setattr(train_mod, "STATUS_EVERY_S", 0.0)  # a routine write at every metrics line
+    final = train(tiny(data, epochs=2, samples=0), tmp_path / "run")
+    assert final["state"] == "finished"
+    routine = {name for name, per_line in writes if per_line}
+    assert routine == {"ddpm-status-writer"}
+    assert writes[-1] == ("MainThread", False)  # the final status, written last
+    assert runs.read_status(tmp_path / "run")["state"] == "finished"
+    assert [r["step"] for r in runs.read_metrics(tmp_path / "run")[0]] == list(range(1, 9))
+
+
+class _NoDeterministicKernel(train_mod.UNet):
+    """Raises what torch raises for an op without a deterministic kernel (as CUDA's
+    bilinear-upsample backward does under torch.use_deterministic_algorithms)."""
+
+    def forward(self, x, t, labels=None):
+        raise RuntimeError("upsample_bilinear2d_backward_out_cuda does not have a deterministic implementation, "
+                           "but you set 'torch.use_deterministic_algorithms(True)'. You can turn off ...")
+
+
+def test_an_op_without_a_deterministic_kernel_is_one_line(tmp_path: Path, data: Path, monkeypatch):
+    monkeypatch.setattr(train_mod, "UNet", _NoDeterministicKernel)
+    final = train(tiny(data, epochs=1, samples=0, deterministic=True), tmp_path / "run")
+    assert final["state"] == "failed"
+    assert final["message"].startswith("--deterministic: this network uses upsample_bilinear2d_backward_out_cuda, "
+                                       "which has no deterministic kernel")
+    assert final["message"].endswith("train without --deterministic")
