@@ -621,14 +621,16 @@ def use_compile_cache(cache_dir: str | os.PathLike | None) -> str:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
     # On by default in current torch; older releases had the AOTAutograd cache off.
     # TORCHINDUCTOR_FX_GRAPH_CACHE / TORCHINDUCTOR_AUTOGRAD_CACHE set by the user still win.
-    with contextlib.suppress(ImportError, AttributeError):
-        import torch._inductor.config as inductor_config
+    if "TORCHINDUCTOR_FX_GRAPH_CACHE" not in os.environ:
+        with contextlib.suppress(ImportError, AttributeError):
+            import torch._inductor.config as inductor_config
 
-        inductor_config.fx_graph_cache = True
-    with contextlib.suppress(ImportError, AttributeError):
-        import torch._functorch.config as functorch_config
+            inductor_config.fx_graph_cache = True
+    if "TORCHINDUCTOR_AUTOGRAD_CACHE" not in os.environ:
+        with contextlib.suppress(ImportError, AttributeError):
+            import torch._functorch.config as functorch_config
 
-        functorch_config.enable_autograd_cache = True
+            functorch_config.enable_autograd_cache = True
     return os.environ.get("TORCHINDUCTOR_CACHE_DIR", "torch's default (/tmp/torchinductor_$USER)")
 
 
