@@ -329,25 +329,38 @@ def ddim_sample(model: nn.Module, diffusion: Diffusion, shape: Sequence[int], **
 # -- DPM-Solver++(2M) -----------------------------------------------------------------------
 
 
-def logsnr_timesteps(diffusion: Diffusion, steps: int, sampler: str = "DPM-Solver++") -> list[int]:
-    """``steps`` distinct timesteps from T-1 down to 0, evenly spaced in log-SNR lambda (the
-    spacing Lu et al. recommend; evenly spaced t leaves the high-noise end with huge lambda
-    jumps on the linear schedule: +15 % std at 20 steps on the Gaussian oracle against +1.5 %).
-    At a zero-terminal-SNR step (lambda = -inf) the grid starts from the next one."""
+# The ODE samplers' grid (Karras et al. 2022, eq. 5): sigma_i = (sigma_max^(1/rho) + i/(n-1)
+# (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho in EDM's sigma = sqrt(1 - ab) / sqrt(ab), each
+# mapped to the timestep with the nearest log sigma. Measured on a fast-recipe model
+# (`python -m bench.quality` sweep, README): DPM-Solver++(2M) at 20 steps, 500 samples, two
+# seeds: rho 3 / 5 / 7 / 9 gave FID 3.71 / 3.74 / 4.04 / 3.91 (seed 0) against 4.52 for steps
+# even in log-SNR and 3.85 for DDIM-100; rho 5 keeps the Gaussian oracle's error at 20 steps
+# near 5 % where rho 3 has 16 %.
+KARRAS_RHO = 5.0
+KARRAS_SIGMA_MAX = 80.0  # EDM's: above it the cosine schedule's top timesteps hold nothing to integrate
+
+
+def karras_timesteps(diffusion: Diffusion, steps: int, sampler: str = "DPM-Solver++",
+                     rho: float = KARRAS_RHO, sigma_max: float = KARRAS_SIGMA_MAX) -> list[int]:
+    """``steps`` distinct timesteps from T-1 down to 0 on Karras et al.'s sigma grid with
+    exponent ``rho``, between min(sigma_max, sigma at T-1) and sigma at t = 0. The first
+    timestep is always T-1 (where sampling starts; at zero terminal SNR its sigma is
+    infinite and the grid proper starts at the next one) and the last is 0."""
     T = diffusion.config.T
     ddim_timesteps(T, steps, sampler)  # the same argument check
     if steps == 1:
         return [T - 1]
     ab = diffusion.schedule_table("alpha_bars")
-    lam = [0.5 * math.log(a / (1 - a)) if a > 0 else -math.inf for a in ab]  # decreasing in t
-    low = lam[-1] if math.isfinite(lam[-1]) else lam[-2]
+    log_sigma = [0.5 * math.log((1 - a) / a) if a > 0 else math.inf for a in ab]  # increasing in t
+    top = min(math.log(sigma_max), log_sigma[-1] if math.isfinite(log_sigma[-1]) else log_sigma[-2])
+    hi, lo = math.exp(top / rho), math.exp(log_sigma[0] / rho)
     out = [T - 1]
     t = T - 1
     for i in range(1, steps):
-        target = low + (lam[0] - low) * i / (steps - 1)
-        while t > 0 and lam[t - 1] <= target:  # the first timestep (from the top) at or above the target
+        target = rho * math.log(hi + (lo - hi) * i / (steps - 1))  # log sigma_i
+        while t > 0 and log_sigma[t - 1] >= target:  # the lowest timestep still at or above the target
             t -= 1
-        if t > 0 and abs(lam[t - 1] - target) < abs(lam[t] - target):
+        if t > 0 and abs(log_sigma[t - 1] - target) < abs(log_sigma[t] - target):
             t -= 1
         # distinct and decreasing, with room left for the remaining steps
         t = max(min(t, out[-1] - 1), steps - 1 - i)
@@ -363,8 +376,8 @@ def _log_snr(alpha: float, sigma: float) -> float:
 
 def iter_dpmpp2m(model: nn.Module, diffusion: Diffusion, shape: Sequence[int], *, steps: int = 20,
                  clip_x0: bool = True, **common: Any) -> Iterator[SampleStep]:
-    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) over ``steps`` timesteps evenly spaced in
-    log-SNR (:func:`logsnr_timesteps`).
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) over ``steps`` timesteps on Karras et al.'s
+    sigma grid (:func:`karras_timesteps`).
 
     With alpha_t = sqrt(ab_t), sigma_t = sqrt(1 - ab_t), lambda_t = log(alpha_t / sigma_t) and
     h = lambda_next - lambda_t, each step is
@@ -394,7 +407,7 @@ def iter_dpmpp2m(model: nn.Module, diffusion: Diffusion, shape: Sequence[int], *
         ratio = sigma[nxt] / sigma[t]
         return ratio * x + (alpha[nxt] - alpha[t] * ratio) * d, x0
 
-    return _drive(model, diffusion, shape, logsnr_timesteps(diffusion, steps), rule, **common)
+    return _drive(model, diffusion, shape, karras_timesteps(diffusion, steps), rule, **common)
 
 
 def dpmpp2m_sample(model: nn.Module, diffusion: Diffusion, shape: Sequence[int], **kwargs: Any) -> torch.Tensor:
