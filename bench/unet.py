@@ -16,7 +16,8 @@ peak (a large bf16 matmul timed in the same run) that ours achieves.
 
 ``--ab upsample``: the seed design's bilinear x2 up-sampling as F.interpolate ("native")
 against the separable-matmul form ("matmul", core.unet.upsample_bilinear2x), same model,
-same optimizer, interleaved steps; ``--ab layout``: NCHW against channels_last (two copies
+same optimizer, interleaved steps; ``--ab upsample-op``: the up-sampling alone at the shapes the preset's Up
+blocks see; ``--ab layout``: NCHW against channels_last (two copies
 of the same weights). Both print wall and process-CPU medians and their ratios: the figures
 behind core.unet's UPSAMPLE_IMPL and MEMORY_FORMAT. ``--compile-time``: first-step (compile)
 time and then step time of ``torch.compile(model)`` against ``core.unet.compile_model``
@@ -54,6 +55,7 @@ from core.unet import (
     count_parameters,
     get_preset,
     preferred_memory_format,
+    upsample_bilinear2x,
     upsample_impl,
 )
 
@@ -233,6 +235,57 @@ def ab(kind: str, *, preset: str, batch: int, size: int | None, steps: int, warm
           f"{median(cpu[b]) / median(cpu[a]):.2f}x  (< 1: {b} is faster)")
 
 
+def ab_upsample_op(*, preset: str, batch: int, size: int | None, steps: int, device, layout: str | None) -> None:
+    """The up-sampling alone, forward + backward, at the shapes the preset's Up blocks see."""
+    config = get_preset(preset, **({"image_size": size} if size else {}))
+    model = UNet(config).to(device)
+    shapes = []
+    hooks = [m.register_forward_pre_hook(lambda _m, args: shapes.append(tuple(args[0].shape)))
+             for m in model.modules() if isinstance(m, BilinearUpsample2x)]
+    if not hooks:
+        raise SystemExit(f"preset {preset} has no bilinear up-sampling (the resnet design up-samples by nearest + conv)")
+    x, t, _ = _inputs(config, batch, config.image_size, device)
+    with torch.no_grad():
+        model(x, t)
+    channels_last = (preferred_memory_format(device) == torch.channels_last) if layout is None else layout == "channels_last"
+    print(f"--ab upsample-op: preset {preset}, batch {batch}, {config.image_size}x{config.image_size}, {device}, fp32, "
+          f"{'channels_last' if channels_last else 'NCHW'}, forward + backward of each Up block's up-sampling, "
+          f"{steps} interleaved repeats, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    totals = {"native": [0.0, 0.0], "matmul": [0.0, 0.0]}
+    g = torch.Generator().manual_seed(0)
+    for shape in shapes:
+        inp = torch.randn(shape, generator=g).to(device)
+        if channels_last:
+            inp = inp.contiguous(memory_format=torch.channels_last)
+        inp.requires_grad_(True)
+        grad = torch.randn(shape[0], shape[1], 2 * shape[2], 2 * shape[3], generator=g).to(device)
+
+        def run(impl):
+            def fn():
+                upsample_bilinear2x(inp, impl).backward(grad)
+                inp.grad = None
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+            return fn
+
+        fns = {impl: run(impl) for impl in totals}
+        for fn in fns.values():
+            fn()
+        wall, cpu = _timed(fns, steps)
+        cells = []
+        for impl in totals:
+            totals[impl][0] += median(wall[impl])
+            totals[impl][1] += median(cpu[impl])
+            cells.append(f"{impl} {fmt_seconds(median(wall[impl]))} (CPU {fmt_seconds(median(cpu[impl]))})")
+        print(f"  {'x'.join(map(str, shape)):>16}: " + ", ".join(cells))
+    (nw, nc), (mw, mc) = totals["native"], totals["matmul"]
+    print(f"  all Up blocks: native {fmt_seconds(nw)} (CPU {fmt_seconds(nc)}), matmul {fmt_seconds(mw)} "
+          f"(CPU {fmt_seconds(mc)}) -> matmul / native: wall {mw / nw:.2f}x, process CPU {mc / nc:.2f}x")
+
+
+COMPILE_MODES = ("eager", "whole", "regional", "regional-dynamic")
+
+
 def compile_child(mode: str, *, preset: str, batch: int, size: int, steps: int, dtype, device) -> dict:
     """One process's figures for --compile-time: first step (compile) time, then step median."""
     config = get_preset(preset, image_size=size)
@@ -243,6 +296,8 @@ def compile_child(mode: str, *, preset: str, batch: int, size: int, steps: int, 
         model = torch.compile(model)
     elif mode == "regional":
         model = compile_model(model)
+    elif mode == "regional-dynamic":  # one dynamic-shape graph per block class from the start
+        model = compile_model(model, dynamic=True)
     step = make_step(model, x=x, t=t, noise=noise, dtype=dtype,
                      channels_last=preferred_memory_format(device) == torch.channels_last, fused_adam=True)
     start = time.perf_counter()
@@ -258,18 +313,22 @@ def compile_child(mode: str, *, preset: str, batch: int, size: int, steps: int, 
 
 
 def compile_time(*, preset: str, batch: int, size: int, steps: int, dtype_arg: str, device_arg: str,
-                 threads: int | None) -> None:
+                 threads: int | None, timeout: float, modes: list[str]) -> None:
     print(f"compile time: preset {preset}, batch {batch}, {size}x{size}, {device_arg}, autocast {dtype_arg}; "
           f"each mode in a fresh process with an empty Inductor cache, torch {torch.__version__}")
     rows = []
-    for mode in ("eager", "whole", "regional"):
+    for mode in modes:
         with tempfile.TemporaryDirectory(prefix="bench-unet-inductor-") as cache:
             env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
             cmd = [sys.executable, "-m", "bench.unet", "--compile-child", mode, "--preset", preset,
                    "--batch", str(batch), "--size", str(size), "--steps", str(steps), "--dtype", dtype_arg,
                    "--device", device_arg] + (["--threads", str(threads)] if threads else [])
             start = time.perf_counter()
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            try:
+                proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                print(f"  {mode:>8}: not measured, over {fmt_seconds(timeout)} (--compile-timeout)", flush=True)
+                continue
             total = time.perf_counter() - start
         if proc.returncode:
             print(f"  {mode}: failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
@@ -279,7 +338,7 @@ def compile_time(*, preset: str, batch: int, size: int, steps: int, dtype_arg: s
         rows.append(row)
         graphs = f", {row['graphs']} graphs" if "graphs" in row else ""
         print(f"  {mode:>8}: first step {fmt_seconds(row['first_step_s'])}, then {fmt_seconds(row['step_s'])} a step "
-              f"(median of {steps}){graphs}; whole process {fmt_seconds(total)}")
+              f"(median of {steps}){graphs}; whole process {fmt_seconds(total)}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,13 +356,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare", default="", metavar="NAMES",
                    help=f"comma-separated presets and/or {', '.join(PEERS)}: images/s of each, ratios to the first")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] for --ab and --compile-time (default: cpu)")
-    p.add_argument("--ab", choices=("upsample", "layout"), default=None,
-                   help="time two ways of running the step: up-sampling native vs matmul, or NCHW vs channels_last")
+    p.add_argument("--ab", choices=("upsample", "upsample-op", "layout"), default=None,
+                   help="time two ways of running the step: up-sampling native vs matmul (upsample-op: the "
+                        "up-sampling alone), or NCHW vs channels_last")
     p.add_argument("--ab-layout", choices=("nchw", "channels_last"), default=None,
                    help="layout for --ab upsample (default: the device's preferred_memory_format)")
     p.add_argument("--compile-time", action="store_true",
                    help="first-step time of torch.compile(model) vs compile_model(model) (regional), and eager")
-    p.add_argument("--compile-child", choices=("eager", "whole", "regional"), help=argparse.SUPPRESS)
+    p.add_argument("--compile-timeout", type=float, default=600, help="seconds per --compile-time process")
+    p.add_argument("--compile-modes", default="eager,whole,regional",
+                   help=f"comma-separated, of {', '.join(COMPILE_MODES)} (default: eager,whole,regional)")
+    p.add_argument("--compile-child", choices=COMPILE_MODES, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.batch < 1 or args.steps < 1 or args.warmup < 0:
         p.error("--batch and --steps must be >= 1, --warmup >= 0")
@@ -322,8 +385,17 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row))
         return 0
     if args.compile_time:
+        modes = [m.strip() for m in args.compile_modes.split(",") if m.strip()]
+        bad = [m for m in modes if m not in COMPILE_MODES]
+        if bad or not modes:
+            p.error(f"--compile-modes: unknown {', '.join(bad) or '(none given)'}; known: {', '.join(COMPILE_MODES)}")
         compile_time(preset=args.preset, batch=args.batch, size=args.size or get_preset(args.preset).image_size,
-                     steps=args.steps, dtype_arg=args.dtype, device_arg=args.device, threads=args.threads)
+                     steps=args.steps, dtype_arg=args.dtype, device_arg=args.device, threads=args.threads,
+                     timeout=args.compile_timeout, modes=modes)
+        return 0
+    if args.ab == "upsample-op":
+        ab_upsample_op(preset=args.preset, batch=args.batch, size=args.size, steps=args.steps, device=device,
+                       layout=args.ab_layout)
         return 0
     if args.ab:
         ab(args.ab, preset=args.preset, batch=args.batch, size=args.size, steps=args.steps, warmup=args.warmup,

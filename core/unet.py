@@ -17,7 +17,13 @@ What the ``seed`` design changes from the seed, none of it changing the function
 - the time embedding is broadcast over H and W instead of ``repeat``-ed;
 - attention sizes follow the input (any image size divisible by 2**levels), instead of the
   seed's hard-coded 32/16/8/4;
-- reshapes use flatten/transpose, so channels_last inputs stay channels_last.
+- reshapes use flatten/transpose, so channels_last inputs stay channels_last;
+- the bilinear x2 up-sampling (align_corners=True) can run as two fixed matmuls
+  (:func:`upsample_bilinear2x`; the same interpolation, a backward without atomics), chosen
+  per device in :data:`UPSAMPLE_IMPL`.
+
+:func:`compile_model` compiles the repeated blocks one by one (regional compilation);
+:func:`preferred_memory_format` is the layout each device type trains fastest in.
 """
 
 from __future__ import annotations
@@ -727,8 +733,14 @@ def compile_model(model: nn.Module, **compile_kwargs: Any) -> nn.Module:
 
     Keys of ``state_dict`` stay unchanged (no ``_orig_mod.`` prefix); the glue between the
     blocks (time embedding, skips, the output conv) runs eagerly. ``compile_kwargs`` go to
-    ``torch.compile`` (e.g. ``mode=``, ``dynamic=``).
+    ``torch.compile`` (e.g. ``mode=``, ``dynamic=``; by default a block class compiles for
+    its first shape, then once with dynamic shapes for the others). Raises Dynamo's
+    process-wide ``recompile_limit`` to at least 64.
     """
+    # Dynamo's cache is per code object: all Down blocks share one, with an entry per input
+    # shape/dtype/layout seen. Past the default limit (8) later blocks would silently run
+    # eagerly; a UNet has at most a few dozen such variants.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     chosen: list[str] = []
     for name, module in model.named_modules():
         if any(name.startswith(prefix + ".") for prefix in chosen):
