@@ -17,11 +17,18 @@ What the ``seed`` design changes from the seed, none of it changing the function
 - the time embedding is broadcast over H and W instead of ``repeat``-ed;
 - attention sizes follow the input (any image size divisible by 2**levels), instead of the
   seed's hard-coded 32/16/8/4;
-- reshapes use flatten/transpose, so channels_last inputs stay channels_last.
+- reshapes use flatten/transpose, so channels_last inputs stay channels_last;
+- the bilinear x2 up-sampling (align_corners=True) can run as two fixed matmuls
+  (:func:`upsample_bilinear2x`; the same interpolation, a backward without atomics), chosen
+  per device in :data:`UPSAMPLE_IMPL`.
+
+:func:`compile_model` compiles the repeated blocks one by one (regional compilation);
+:func:`preferred_memory_format` is the layout each device type trains fastest in.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
@@ -235,6 +242,110 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+# --- per-device choices, declared once --------------------------------------------------
+
+# How the seed design's bilinear x2 up-sampling (align_corners=True) runs, by device type:
+# "matmul": the same interpolation as two fixed linear maps, out = A_h @ x @ A_w^T, whose
+# backward is two matmuls; "native": F.interpolate, whose CUDA backward is a scatter of
+# atomics (17 % of a seed step's GPU time on an H200, issue 14). CPU: by measurement
+# (`python -m bench.unet --ab upsample`, README). Other device types use "matmul".
+UPSAMPLE_IMPL: dict[str, str] = {"cuda": "matmul", "cpu": "matmul"}
+UPSAMPLE_IMPLS = ("matmul", "native")
+
+# The activations' memory format a device trains fastest in: contiguous NCHW on CUDA (an
+# H200's bare seed step: 1,895 img/s NCHW vs 1,700 channels_last, issue 14); CPU by
+# measurement (`python -m bench.unet --ab layout`, README).
+MEMORY_FORMAT: dict[str, torch.memory_format] = {
+    "cuda": torch.contiguous_format,
+    "cpu": torch.contiguous_format,
+}
+
+
+def preferred_memory_format(device: torch.device | str) -> torch.memory_format:
+    """The memory format to train in on ``device`` (contiguous where not measured)."""
+    return MEMORY_FORMAT.get(torch.device(device).type, torch.contiguous_format)
+
+
+def upsample_impl(device: torch.device | str) -> str:
+    """``"matmul"`` or ``"native"``: how bilinear x2 up-sampling runs on ``device``."""
+    return UPSAMPLE_IMPL.get(torch.device(device).type, "matmul")
+
+
+def _bilinear_matrix_uncached(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    # Output row o reads input src = o * (n - 1) / (2n - 1) (align_corners=True), split
+    # between floor(src) and the next pixel. Element-wise ops on the device only (Inductor
+    # fuses them into one small kernel when compiled); float64 where the device has it,
+    # rounded once to ``dtype``.
+    exact = torch.float32 if device.type == "mps" else torch.float64
+    src = torch.arange(2 * n, device=device, dtype=exact) * ((n - 1) / max(2 * n - 1, 1))
+    i0 = src.floor().clamp(max=n - 1)
+    i1 = (i0 + 1).clamp(max=n - 1)
+    w1 = (src - i0)[:, None]
+    cols = torch.arange(n, device=device, dtype=exact)[None, :]
+    a = (cols == i0[:, None]) * (1 - w1) + (cols == i1[:, None]) * w1
+    return a.to(dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _bilinear_matrix_cached(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    # A plain tensor even when first asked for under inference_mode: autograd saves it later.
+    with torch.inference_mode(False), torch.no_grad():
+        return _bilinear_matrix_uncached(n, device, dtype)
+
+
+def bilinear_matrix(n: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The (2n, n) matrix of bilinear x2 interpolation with align_corners=True.
+
+    A constant (not a parameter or buffer: state_dicts stay the seed's), cached per size,
+    device and dtype; under torch.compile it is built in the graph (constant-folded).
+    """
+    device = torch.device(device)
+    if torch.compiler.is_compiling():
+        return _bilinear_matrix_uncached(n, device, dtype)
+    return _bilinear_matrix_cached(n, device, dtype)
+
+
+def upsample_bilinear2x(x: torch.Tensor, impl: str | None = None) -> torch.Tensor:
+    """``F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)``.
+
+    ``impl``: ``"matmul"`` or ``"native"``; None: the device's choice (:data:`UPSAMPLE_IMPL`).
+    The matmul form computes in ``x``'s dtype, like F.interpolate, also under autocast (no
+    extra casts); its output keeps ``x``'s memory format.
+    """
+    impl = impl or upsample_impl(x.device)
+    if impl == "native":
+        return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+    if impl != "matmul":
+        raise ValueError(f"unknown upsample implementation {impl!r}; known: {', '.join(UPSAMPLE_IMPLS)}")
+    B, C, H, W = x.shape
+    a_h = bilinear_matrix(H, x.device, x.dtype)
+    a_w = bilinear_matrix(W, x.device, x.dtype)
+    with torch.autocast(x.device.type, enabled=False):
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            # (B, H, W*C) then (B*2H, W, C): two batched left products, NHWC all along.
+            y = x.permute(0, 2, 3, 1)  # contiguous (B, H, W, C)
+            y = torch.matmul(a_h, y.reshape(B, H, W * C)).view(B * 2 * H, W, C)
+            y = torch.matmul(a_w, y).view(B, 2 * H, 2 * W, C)
+            return y.permute(0, 3, 1, 2)  # channels_last (B, C, 2H, 2W)
+        x = x.contiguous()
+        # Width: one (B*C*H, W) x (W, 2W) product; height: a (2H, H) product per image plane.
+        y = torch.matmul(x.view(B * C * H, W), a_w.t()).view(B * C, H, 2 * W)
+        return torch.matmul(a_h, y).view(B, C, 2 * H, 2 * W)
+
+
+class BilinearUpsample2x(nn.Module):
+    """The seed's ``nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)``, with
+    the implementation chosen per device (:func:`upsample_bilinear2x`). No parameters or
+    buffers. ``impl`` overrides the device's choice (benchmarks, tests)."""
+
+    def __init__(self, impl: str | None = None):
+        super().__init__()
+        self.impl = impl
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return upsample_bilinear2x(x, self.impl)
+
+
 # --- building blocks (module names match the seed's) -------------------------------------
 
 
@@ -284,7 +395,7 @@ class Up(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int):
         super().__init__()
-        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
+        self.up = BilinearUpsample2x()  # the seed's nn.Upsample(2, "bilinear", align_corners=True)
         self.conv = nn.Sequential(
             DoubleConv(in_ch, in_ch, residual=True),
             DoubleConv(in_ch, out_ch, in_ch // 2),
@@ -605,6 +716,43 @@ class UNet(nn.Module):
         return self.output(h)
 
 
+# --- regional compilation ---------------------------------------------------------------
+
+# The repeated blocks compile_model compiles one by one: instances of a class share their
+# compiled code (parameters are graph inputs), so the first step compiles each block design
+# once or twice (static, then dynamic shapes) instead of the whole network as one graph.
+# Inside each region Inductor fuses the element-wise work (GroupNorm + GELU, the adds).
+COMPILED_BLOCKS: tuple[type[nn.Module], ...] = (
+    DoubleConv, Down, Up, SelfAttention, ResBlock, ResAttention, Downsample, Upsample,
+)
+
+
+def compile_model(model: nn.Module, **compile_kwargs: Any) -> nn.Module:
+    """Regional compilation: ``module.compile()`` on every outermost repeated block of
+    ``model`` (a UNet, or any wrapper holding one: DDP, ...), in place; returns ``model``.
+
+    Keys of ``state_dict`` stay unchanged (no ``_orig_mod.`` prefix); the glue between the
+    blocks (time embedding, skips, the output conv) runs eagerly. ``compile_kwargs`` go to
+    ``torch.compile`` (e.g. ``mode=``, ``dynamic=``; by default a block class compiles for
+    its first shape, then once with dynamic shapes for the others). Raises Dynamo's
+    process-wide ``recompile_limit`` to at least 64.
+    """
+    # Dynamo's cache is per code object: all Down blocks share one, with an entry per input
+    # shape/dtype/layout seen. Past the default limit (8) later blocks would silently run
+    # eagerly; a UNet has at most a few dozen such variants.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    chosen: list[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(prefix + ".") for prefix in chosen):
+            continue  # inside a block already compiled as a whole
+        if isinstance(module, COMPILED_BLOCKS):
+            module.compile(**compile_kwargs)
+            chosen.append(name)
+    if not chosen:
+        raise ValueError(f"compile_model: no block to compile in {type(model).__name__}")
+    return model
+
+
 # --- the seed's checkpoints ----------------------------------------------------------------
 
 
@@ -674,9 +822,12 @@ __all__ = [
     "SEED_PARAMETER_COUNT",
     "UNet",
     "UNetConfig",
+    "compile_model",
     "count_parameters",
     "from_seed_state_dict",
     "get_preset",
+    "preferred_memory_format",
     "seed_parameter_shapes",
     "timestep_embedding",
+    "upsample_bilinear2x",
 ]
