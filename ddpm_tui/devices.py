@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any, Callable
 
 from core.options import DEVICE_SUGGESTIONS
 from ddpm_tui.sysmon import run_gpus
@@ -52,6 +53,21 @@ def device_choices() -> list[str]:
                     found.append(candidate)
             _choices = found
         return list(_choices)
+
+
+def find_choices_for(screen: Any, apply: Callable[[list[str]], None]) -> None:
+    """The body of a screen's thread worker: find :func:`device_choices` (imports torch,
+    off the event loop) and hand them to ``apply`` on the event loop. A broken torch install
+    is a warning; the provisional auto and cpu keep working."""
+    from textual.worker import get_current_worker
+
+    try:
+        choices = device_choices()
+    except Exception as exc:
+        screen.app.call_from_thread(screen.notify, f"cannot list devices: {exc}", severity="warning")
+        return
+    if not get_current_worker().is_cancelled:
+        screen.app.call_from_thread(apply, choices)
 
 
 def forget_choices() -> None:

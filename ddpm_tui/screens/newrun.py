@@ -17,7 +17,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Select
 
 from core import options
-from ddpm_tui.devices import device_choices, known_choices, provisional_choices
+from ddpm_tui.devices import find_choices_for, known_choices, provisional_choices
 
 # Without a GPU the seed's 93M network at 64 px takes hours an epoch: start small enough
 # that samples show something within minutes, and stop (resumable) after half an hour.
@@ -103,12 +103,7 @@ class NewRunScreen(ModalScreen[NewRun | None]):
                             exit_on_error=False)
 
     def _find_devices(self) -> None:
-        try:
-            choices = device_choices()
-        except Exception as exc:  # a broken torch install: auto and cpu still work
-            self.app.call_from_thread(self.notify, f"cannot list devices: {exc}", severity="warning")
-            return
-        self.app.call_from_thread(self._set_devices, choices)
+        find_choices_for(self, self._set_devices)
 
     def _set_devices(self, choices: list[str]) -> None:
         if not self.is_mounted:

@@ -30,7 +30,7 @@ from textual.widgets import Button, Input, Label, ProgressBar, Select, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from core.safe_text import shown_markup
-from ddpm_tui.devices import device_choices, gpu_of, known_choices, provisional_choices, runs_training_on
+from ddpm_tui.devices import find_choices_for, gpu_of, known_choices, provisional_choices, runs_training_on
 from ddpm_tui.sampler import SamplerProcess
 from ddpm_tui.screens.base import StudioScreen
 
@@ -176,13 +176,7 @@ class SampleScreen(StudioScreen):
     # -- devices ---------------------------------------------------------------------------
 
     def _find_devices(self) -> None:
-        try:
-            choices = device_choices()
-        except Exception as exc:  # a broken torch install: CPU and auto still work
-            self.app.call_from_thread(self.notify, f"cannot list devices: {exc}", severity="warning")
-            return
-        if not get_current_worker().is_cancelled:
-            self.app.call_from_thread(self._set_devices, choices)
+        find_choices_for(self, self._set_devices)
 
     def _set_devices(self, choices: list[str]) -> None:
         select = self.query_one("#device", Select)
