@@ -9,7 +9,8 @@ precision/recall (core.evaluate; dataset features unless Inception weights are o
 - ``seed``: the product's trainer with ``--recipe seed`` on the ``small`` preset (the issue's
   measured baseline: today's training, batch 16);
 - ``fast``: the product's trainer with ``--recipe fast`` on the ``res-small`` preset;
-  ``RECIPE@PRESET`` picks another network (e.g. ``fast@res-tiny``);
+  ``RECIPE@PRESET`` picks another network (e.g. ``fast@res-tiny``); ``~LR`` after an arm sets
+  its learning rate (``fast~6e-4``, ``peer~3e-4``: a learning-rate sweep, ours and the peer's alike);
 - ``peer``: ``Unet(dim=32, dim_mults=(1, 2, 4))`` in its ``GaussianDiffusion`` with the
   README's defaults (v prediction, sigmoid schedule, T=1000), batch 32, the README Trainer's
   Adam (lr 8e-5, betas 0.9/0.99), gradient clipping at 1 and EMA (0.995 every 10 steps) as
@@ -52,6 +53,12 @@ class Arm:
     name: str  # as given on the command line
     recipe: str  # "seed" | "fast" | "peer"
     preset: str | None  # our network (None for the peer)
+    lr: float | None = None  # "~LR" on the command line: the arm's learning rate instead of its recipe's
+
+    @property
+    def slug(self) -> str:
+        """The arm's name as a run and file name."""
+        return self.name.replace("@", "-").replace("~", "-lr")
 
 
 def parse_arms(text: str, *, smoke: bool = False) -> list[Arm]:
@@ -61,20 +68,29 @@ def parse_arms(text: str, *, smoke: bool = False) -> list[Arm]:
     for spec in (s.strip() for s in text.split(",")):
         if not spec:
             continue
-        recipe, _, preset = spec.partition("@")
+        head, tilde, lr_text = spec.partition("~")
+        lr = None
+        if tilde:
+            try:
+                lr = float(lr_text)
+            except ValueError:
+                lr = -1.0
+            if not (lr > 0 and lr < 1):
+                raise BenchError(f"arm {spec!r}: the learning rate after '~' must be a number in (0, 1)")
+        recipe, _, preset = head.partition("@")
         if recipe == "peer":
             if preset:
                 raise BenchError(f"arm {spec!r}: the peer's network is fixed (Unet(dim=32, dim_mults=(1, 2, 4)))")
-            arms.append(Arm(spec, "peer", None))
+            arms.append(Arm(spec, "peer", None, lr))
         elif recipe in ("seed", "fast"):
             from core.unet import PRESETS
 
             preset = preset or defaults[recipe]
             if preset not in PRESETS:
                 raise BenchError(f"arm {spec!r}: unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-            arms.append(Arm(spec, recipe, preset))
+            arms.append(Arm(spec, recipe, preset, lr))
         else:
-            raise BenchError(f"unknown arm {spec!r}; use seed, fast, peer or RECIPE@PRESET")
+            raise BenchError(f"unknown arm {spec!r}; use seed, fast, peer, RECIPE@PRESET, each optionally ~LR")
     if not arms:
         raise BenchError("no arms given")
     if len({a.name for a in arms}) != len(arms):
@@ -116,13 +132,15 @@ class Scorer:
 
 
 def _train_config(arm: Arm, data: Path, args) -> dict[str, Any]:
-    cfg: dict[str, Any] = {"data": str(data), "run": arm.name, "preset": arm.preset, "image_size": args.image_size,
+    cfg: dict[str, Any] = {"data": str(data), "run": arm.slug, "preset": arm.preset, "image_size": args.image_size,
                            "flip": False, "device": "cpu", "max_time": args.minutes * 60, "seed": args.seed}
     if args.smoke:
         cfg.update(max_steps=args.smoke_steps, batch_size=4, samples=0, log_every=1)
     from core.options import resolve
 
     # As `ddpm-tui train --recipe R` does: the recipe's values, then the explicit ones.
+    if arm.lr is not None:
+        cfg["lr"] = arm.lr
     return resolve({**cfg, "recipe": arm.recipe})
 
 
@@ -174,7 +192,7 @@ def load_images(data: Path, image_size: int) -> torch.Tensor:
     return ImageFolderDataset(data, DataOptions(image_size=image_size, flip=False)).images
 
 
-def train_peer(images: torch.Tensor, seconds: float, args) -> dict[str, Any]:
+def train_peer(images: torch.Tensor, seconds: float, args, lr: float | None = None) -> dict[str, Any]:
     """The peer's Trainer loop (Adam, clipping, EMA), bounded by wall-clock time."""
     from denoising_diffusion_pytorch import GaussianDiffusion, Unet
     from ema_pytorch import EMA
@@ -185,7 +203,7 @@ def train_peer(images: torch.Tensor, seconds: float, args) -> dict[str, Any]:
     model = Unet(dim=PEER["dim"], dim_mults=PEER["dim_mults"])
     diffusion = GaussianDiffusion(model, image_size=args.image_size, timesteps=1000,
                                   sampling_timesteps=args.sample_steps)
-    opt = torch.optim.Adam(diffusion.parameters(), lr=PEER["lr"], betas=PEER["betas"])
+    opt = torch.optim.Adam(diffusion.parameters(), lr=lr or PEER["lr"], betas=PEER["betas"])
     ema = EMA(diffusion, beta=PEER["ema_decay"], update_every=PEER["ema_every"])
     dtype = autocast_dtype("cpu", args.peer_amp)
     batch = 4 if args.smoke else PEER["batch"]
@@ -275,12 +293,12 @@ def run(args) -> dict[str, Any]:
         if arm.recipe == "peer":
             if peer_images is None:
                 peer_images = load_images(data, args.image_size)
-            result = train_peer(peer_images, args.minutes * 60, args)
+            result = train_peer(peer_images, args.minutes * 60, args, arm.lr)
             print(f"   {result['steps']} steps; sampling {args.n}", flush=True)
             samples = sample_peer(result.pop("ema"), args.n, args.seed)
             network = f"Unet(dim={PEER['dim']}, dim_mults={PEER['dim_mults']})"
         else:
-            run_dir = work / "runs" / arm.name.replace("@", "-")
+            run_dir = work / "runs" / arm.slug
             if run_dir.exists():  # a fresh run each time: no resuming an earlier benchmark
                 shutil.rmtree(run_dir)
             result = train_ours(arm, data, run_dir, args)
@@ -289,7 +307,7 @@ def run(args) -> dict[str, Any]:
             if arm.recipe == "fast" and fast_ckpt is None:
                 fast_ckpt = run_dir / "checkpoints" / "last.pt"
             network = arm.preset
-        grid = save_grid(samples[:64], out / f"{arm.name.replace('@', '-')}.png")
+        grid = save_grid(samples[:64], out / f"{arm.slug}.png")
         row = {"arm": arm.name, "network": network, **result, "grid": str(grid)}
         if scorer is not None:
             row.update(scorer(samples))
@@ -339,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="", help="folder of class folders (default: the demo set, generated)")
     p.add_argument("--n", type=int, default=500, help="samples per arm (default 500)")
     p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--arms", default=DEFAULT_ARMS, help=f"comma-separated: seed, fast, peer, RECIPE@PRESET (default {DEFAULT_ARMS})")
+    p.add_argument("--arms", default=DEFAULT_ARMS, help=f"comma-separated: seed, fast, peer, RECIPE@PRESET; ~LR after an arm sets its "
+                   f"learning rate, e.g. fast~6e-4,peer~3e-4 (default {DEFAULT_ARMS})")
     p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps for each arm's samples (default 50)")
     p.add_argument("--sweep", action="store_true", help="also FID against sampling steps for every sampler (fast arm)")
     p.add_argument("--sweep-steps", default=",".join(map(str, SWEEP_STEPS)))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import subprocess
@@ -30,8 +31,15 @@ def test_arms_parse_with_default_networks_and_errors():
         ("seed", "seed", q.SEED_PRESET), ("fast", "fast", q.FAST_PRESET), ("peer", "peer", None),
         ("fast@res-tiny", "fast", "res-tiny")]
     assert [a.preset for a in q.parse_arms("seed,fast", smoke=True)] == ["tiny", "res-tiny"]
+    swept = q.parse_arms("fast,fast~6e-4,fast@res-tiny~1e-3,peer~3e-4")
+    assert [(a.recipe, a.preset, a.lr, a.slug) for a in swept] == [
+        ("fast", q.FAST_PRESET, None, "fast"), ("fast", q.FAST_PRESET, 6e-4, "fast-lr6e-4"),
+        ("fast", "res-tiny", 1e-3, "fast-res-tiny-lr1e-3"), ("peer", None, 3e-4, "peer-lr3e-4")]
+    config = q._train_config(swept[1], Path("/d"), argparse.Namespace(image_size=32, minutes=1, seed=0, smoke=False))
+    assert (config["lr"], config["recipe"], config["run"]) == (6e-4, "fast", "fast-lr6e-4")
     for bad, msg in [("edm", "unknown arm 'edm'"), ("fast@huge", "unknown preset 'huge'"),
-                     ("peer@small", "network is fixed"), ("seed,seed", "listed twice"), (" , ", "no arms")]:
+                     ("peer@small", "network is fixed"), ("seed,seed", "listed twice"), (" , ", "no arms"),
+                     ("fast~abc", "learning rate"), ("peer~0", "learning rate"), ("fast~2", "learning rate")]:
         with pytest.raises(q.BenchError, match=msg):
             q.parse_arms(bad)
 
