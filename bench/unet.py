@@ -19,7 +19,7 @@ against the separable-matmul form ("matmul", core.unet.upsample_bilinear2x), sam
 same optimizer, interleaved steps; ``--ab upsample-op``: the up-sampling alone at the shapes the preset's Up
 blocks see; ``--ab layout``: NCHW against channels_last (two copies
 of the same weights). Both print wall and process-CPU medians and their ratios: the figures
-behind core.unet's UPSAMPLE_IMPL and MEMORY_FORMAT. ``--compile-time``: first-step (compile)
+behind core.unet's UPSAMPLE_IMPL and the trainer's channels_last default. ``--compile-time``: first-step (compile)
 time and then step time of ``torch.compile(model)`` against ``core.unet.compile_model``
 (regional), each in a fresh process with an empty Inductor cache, next to eager.
 ``--device cuda`` runs any of these on a GPU (timed after a synchronize).
@@ -54,10 +54,12 @@ from core.unet import (
     compile_model,
     count_parameters,
     get_preset,
-    preferred_memory_format,
     upsample_bilinear2x,
     upsample_impl,
 )
+from core.options import BY_NAME
+
+TRAINER_CHANNELS_LAST = BY_NAME["channels_last"].default  # the layout a run trains in unless told
 
 
 def make_step(model, *, x, t, noise, dtype, channels_last: bool, fused_adam: bool, before=None):
@@ -191,8 +193,7 @@ def ab(kind: str, *, preset: str, batch: int, size: int | None, steps: int, warm
     x, t, noise = _inputs(config, batch, size, device)
     torch.manual_seed(0)
     model = UNet(config).to(device)
-    default_cl = preferred_memory_format(device) == torch.channels_last
-    channels_last = default_cl if layout is None else layout == "channels_last"
+    channels_last = TRAINER_CHANNELS_LAST if layout is None else layout == "channels_last"
     if kind == "upsample":
         ups = [m for m in model.modules() if isinstance(m, BilinearUpsample2x)]
         if not ups:
@@ -217,7 +218,7 @@ def ab(kind: str, *, preset: str, batch: int, size: int | None, steps: int, warm
             "nchw": make_step(model, x=x, t=t, noise=noise, dtype=dtype, channels_last=False, fused_adam=True),
             "channels_last": make_step(other, x=x, t=t, noise=noise, dtype=dtype, channels_last=True, fused_adam=True),
         }
-        what = f"up-sampling {upsample_impl(device)}; device default: {preferred_memory_format(device)}"
+        what = f"up-sampling {upsample_impl(device)}; trainer default: {'channels_last' if TRAINER_CHANNELS_LAST else 'NCHW'}"
     else:
         raise SystemExit(f"unknown --ab {kind!r}")
     print(f"--ab {kind}: preset {preset} ({count_parameters(model):,} parameters), batch {batch}, {size}x{size}, "
@@ -247,7 +248,7 @@ def ab_upsample_op(*, preset: str, batch: int, size: int | None, steps: int, dev
     x, t, _ = _inputs(config, batch, config.image_size, device)
     with torch.no_grad():
         model(x, t)
-    channels_last = (preferred_memory_format(device) == torch.channels_last) if layout is None else layout == "channels_last"
+    channels_last = TRAINER_CHANNELS_LAST if layout is None else layout == "channels_last"
     print(f"--ab upsample-op: preset {preset}, batch {batch}, {config.image_size}x{config.image_size}, {device}, fp32, "
           f"{'channels_last' if channels_last else 'NCHW'}, forward + backward of each Up block's up-sampling, "
           f"{steps} interleaved repeats, torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -299,7 +300,7 @@ def compile_child(mode: str, *, preset: str, batch: int, size: int, steps: int, 
     elif mode == "regional-dynamic":  # one dynamic-shape graph per block class from the start
         model = compile_model(model, dynamic=True)
     step = make_step(model, x=x, t=t, noise=noise, dtype=dtype,
-                     channels_last=preferred_memory_format(device) == torch.channels_last, fused_adam=True)
+                     channels_last=TRAINER_CHANNELS_LAST, fused_adam=True)
     start = time.perf_counter()
     step()
     first = time.perf_counter() - start
@@ -360,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="time two ways of running the step: up-sampling native vs matmul (upsample-op: the "
                         "up-sampling alone), or NCHW vs channels_last")
     p.add_argument("--ab-layout", choices=("nchw", "channels_last"), default=None,
-                   help="layout for --ab upsample (default: the device's preferred_memory_format)")
+                   help="layout for --ab upsample (default: the trainer's, --channels_last off)")
     p.add_argument("--compile-time", action="store_true",
                    help="first-step time of torch.compile(model) vs compile_model(model) (regional), and eager")
     p.add_argument("--compile-timeout", type=float, default=600, help="seconds per --compile-time process")

@@ -22,8 +22,7 @@ What the ``seed`` design changes from the seed, none of it changing the function
   (:func:`upsample_bilinear2x`; the same interpolation, a backward without atomics), chosen
   per device in :data:`UPSAMPLE_IMPL`.
 
-:func:`compile_model` compiles the repeated blocks one by one (regional compilation);
-:func:`preferred_memory_format` is the layout each device type trains fastest in.
+:func:`compile_model` compiles the repeated blocks one by one (regional compilation).
 """
 
 from __future__ import annotations
@@ -251,20 +250,6 @@ def count_parameters(model: nn.Module) -> int:
 # (`python -m bench.unet --ab upsample`, README). Other device types use "matmul".
 UPSAMPLE_IMPL: dict[str, str] = {"cuda": "matmul", "cpu": "matmul"}
 UPSAMPLE_IMPLS = ("matmul", "native")
-
-# The activations' memory format a device trains fastest in: contiguous NCHW on CUDA (an
-# H200's bare seed step: 1,895 img/s NCHW vs 1,700 channels_last, issue 14); CPU by
-# measurement (`python -m bench.unet --ab layout`, README).
-MEMORY_FORMAT: dict[str, torch.memory_format] = {
-    "cuda": torch.contiguous_format,
-    "cpu": torch.contiguous_format,
-}
-
-
-def preferred_memory_format(device: torch.device | str) -> torch.memory_format:
-    """The memory format to train in on ``device`` (contiguous where not measured)."""
-    return MEMORY_FORMAT.get(torch.device(device).type, torch.contiguous_format)
-
 
 def upsample_impl(device: torch.device | str) -> str:
     """``"matmul"`` or ``"native"``: how bilinear x2 up-sampling runs on ``device``."""
@@ -826,7 +811,6 @@ __all__ = [
     "count_parameters",
     "from_seed_state_dict",
     "get_preset",
-    "preferred_memory_format",
     "seed_parameter_shapes",
     "timestep_embedding",
     "upsample_bilinear2x",

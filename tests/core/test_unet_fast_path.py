@@ -17,7 +17,6 @@ from core.unet import (
     bilinear_matrix,
     compile_model,
     get_preset,
-    preferred_memory_format,
     upsample_bilinear2x,
     upsample_impl,
 )
@@ -159,15 +158,6 @@ def test_tiny_unet_is_the_same_function_with_either_upsample():
     assert _rel(bf_native, out_native) < 0.05
     assert _rel(bf_matmul, out_native) <= 1.25 * _rel(bf_native, out_native) + 1e-4
     assert _rel(bfgrad_matmul, grad_native) <= 1.25 * _rel(bfgrad_native, grad_native) + 1e-4
-
-
-# --- memory format ------------------------------------------------------------------------
-
-
-def test_preferred_memory_format_is_declared_per_device():
-    assert preferred_memory_format("cuda") == preferred_memory_format("cuda:0") == torch.contiguous_format
-    assert preferred_memory_format("cpu") in (torch.contiguous_format, torch.channels_last)
-    assert preferred_memory_format(torch.device("mps")) == torch.contiguous_format  # not measured
 
 
 # --- regional compilation ---------------------------------------------------------------
