@@ -4,7 +4,7 @@
 
 On a synthetic JPEG dataset (generated in a temp dir) it measures, medians over repeats:
   - first build: decoding + resizing every file (1 worker, then a thread pool and a
-    process pool over all cores; which pool is faster decides core.data's default);
+    process pool over all cores; which pool is faster decides core.data.dataset's default);
   - a rerun that loads the decoded-image cache;
   - ``get_batch`` (gather + flip + scale) at batch 16 and 64, against the seed's way
     (torchvision ImageFolder + transforms, decoding each JPEG every epoch) as baseline;
@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from bench.common import fmt_seconds, median, time_repeats
-from core.data import DataOptions, ImageFolderDataset, decode_files, scan_image_folder
+from core.data.dataset import DataOptions, ImageFolderDataset, decode_files, scan_image_folder
 
 
 def make_jpegs(root: Path, n: int, size: tuple[int, int], breeds: int = 10, seed: int = 0) -> None:
@@ -133,9 +133,9 @@ def bench_batches(ds: ImageFolderDataset, root: Path, repeats: int) -> dict[int,
 
 def bench_train_step(presets: list[str], batch: int, repeats: int) -> dict[str, float]:
     try:
-        from core.device import autocast_context, autocast_dtype
-        from core.diffusion import Diffusion, DiffusionConfig
-        from core.unet import UNet, count_parameters, get_preset
+        from core.diffusion.device import autocast_context, autocast_dtype
+        from core.diffusion.process import Diffusion, DiffusionConfig
+        from core.diffusion.unet import UNet, count_parameters, get_preset
     except ImportError as exc:
         print(f"\nTraining step: skipped ({exc})")
         return {}
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     presets = [s.strip() for s in args.presets.split(",") if s.strip()]
     try:
-        from core.unet import PRESETS
+        from core.diffusion.unet import PRESETS
 
         unknown = [name for name in presets if name not in PRESETS]
         if unknown:

@@ -25,9 +25,9 @@ import torch
 from PIL import Image, ImageFilter
 
 from bench.common import fmt_seconds
-from core.data import DataOptions, ImageFolderDataset
-from core.demo_data import make_demo_dataset
-from core.evaluate import EvalSettings, Evaluator, generate_images
+from core.data.dataset import DataOptions, ImageFolderDataset
+from core.data.demo import make_demo_dataset
+from core.quality.evaluate import EvalSettings, Evaluator, generate_images
 
 
 def blurred(images: torch.Tensor, radius: float) -> torch.Tensor:
@@ -95,8 +95,8 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
 
     if args.skip_time:
         return
-    from core.diffusion import Diffusion, DiffusionConfig
-    from core.unet import UNet, get_preset
+    from core.diffusion.process import Diffusion, DiffusionConfig
+    from core.diffusion.unet import UNet, get_preset
 
     torch.manual_seed(0)
     model = UNet(get_preset("tiny", image_size=args.size)).eval()
@@ -126,9 +126,9 @@ def in_process_vs_subprocess(data: Path, cache: Path, tmp: Path, size: int, mode
     import subprocess
     import sys
 
-    from core.checkpoint import save_checkpoint
-    from core.ema import EMA
-    from core.runs import checkpoints_dir, write_config
+    from core.diffusion.checkpoint import save_checkpoint
+    from core.diffusion.ema import EMA
+    from core.training.runs import checkpoints_dir, write_config
 
     run_dir = tmp / "ws" / "runs" / "r"
     save_checkpoint(checkpoints_dir(run_dir) / "last.pt", model_config=model.config, diffusion_config=diffusion.config,

@@ -45,9 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.device import autocast_context, autocast_dtype, resolve_device
-from core.diffusion import Diffusion, DiffusionConfig
-from core.unet import UNet, count_parameters, get_preset
+from core.diffusion.device import autocast_context, autocast_dtype, resolve_device
+from core.diffusion.process import Diffusion, DiffusionConfig
+from core.diffusion.unet import UNet, count_parameters, get_preset
 
 RESULTS: dict[str, dict] = {}
 
@@ -127,7 +127,7 @@ def clipped_normal_moments(mu: float, s: float, low: float = -1.0, high: float =
 
 @section("oracle")
 def oracle(device: torch.device, quick: bool) -> dict:
-    from core.sampling import SampleRequest, generate_images
+    from core.diffusion.sampling import SampleRequest, generate_images
 
     mu, s, size = 0.3, 0.5, 16
     want_mean, want_std = clipped_normal_moments(mu, s)  # 0.2825, 0.4632: 8.5 % of the data lies beyond +-1
@@ -181,8 +181,8 @@ def cli(ws: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProce
 
 
 def digest(run_dir: Path) -> str:
-    from core.checkpoint import load_checkpoint
-    from core.train import weights_digest
+    from core.diffusion.checkpoint import load_checkpoint
+    from core.training.train import weights_digest
 
     return weights_digest(load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"])
 
@@ -298,9 +298,9 @@ def trainer_images_per_s(ws: Path, device: torch.device, preset: str, batch: int
 
 def compile_probe(device: torch.device, preset: str, batch: int, windows: int, per_window: int) -> dict:
     """Run in a fresh process (--compile-probe): the bare step compiled the way the trainer
-    compiles (core.train.compile_network), its first step timed, then images/s."""
-    from core.device import kernel_choices
-    from core.train import compile_network
+    compiles (core.training.train.compile_network), its first step timed, then images/s."""
+    from core.diffusion.device import kernel_choices
+    from core.training.train import compile_network
 
     amp = autocast_dtype(device, "auto", training=True)
     torch.manual_seed(0)
@@ -330,7 +330,7 @@ def run_compile_probe(device: torch.device, preset: str, batch: int, cache: Path
 
 @section("speed")
 def speed(device: torch.device, ws: Path, batch: int, peak_tflops: float, quick: bool, out_dir: Path) -> dict:
-    from core.device import kernel_choices
+    from core.diffusion.device import kernel_choices
 
     amp = autocast_dtype(device, "auto", training=True)
     preset = "tiny" if quick else "seed"  # --quick checks the path, not the figures
@@ -392,7 +392,7 @@ def speed(device: torch.device, ws: Path, batch: int, peak_tflops: float, quick:
 
 @section("sampling")
 def sampling(device: torch.device, quick: bool) -> dict:
-    from core.sampling import SampleRequest, generate_images
+    from core.diffusion.sampling import SampleRequest, generate_images
 
     torch.manual_seed(0)
     model = UNet(get_preset("tiny" if quick else "seed", image_size=64)).to(device).eval()

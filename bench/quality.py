@@ -5,7 +5,7 @@
 
 Arms train one after another for the same wall-clock minutes on this machine, then draw
 ``--n`` samples each, scored against the training images with the evaluation's FID, KID and
-precision/recall (core.evaluate; dataset features unless Inception weights are on disk):
+precision/recall (core.quality.evaluate; dataset features unless Inception weights are on disk):
 - ``seed``: the product's trainer with ``--recipe seed`` on the ``small`` preset (the issue's
   measured baseline: today's training, batch 16);
 - ``fast``: the product's trainer with ``--recipe fast`` on the ``res-small`` preset;
@@ -83,7 +83,7 @@ def parse_arms(text: str, *, smoke: bool = False) -> list[Arm]:
                 raise BenchError(f"arm {spec!r}: the peer's network is fixed (Unet(dim=32, dim_mults=(1, 2, 4)))")
             arms.append(Arm(spec, "peer", None, lr))
         elif recipe in ("seed", "fast"):
-            from core.unet import PRESETS
+            from core.diffusion.unet import PRESETS
 
             preset = preset or defaults[recipe]
             if preset not in PRESETS:
@@ -111,10 +111,10 @@ def peer_available() -> bool:
 
 
 class Scorer:
-    """The one place that scores samples: core.evaluate's real-side features, built once."""
+    """The one place that scores samples: core.quality.evaluate's real-side features, built once."""
 
     def __init__(self, data: Path, image_size: int, cache_dir: Path, *, features: str, feature_seconds: float | None):
-        from core.evaluate import EvalError, Evaluator
+        from core.quality.evaluate import EvalError, Evaluator
 
         try:
             self.evaluator = Evaluator(data, image_size=image_size, features=features, cache_dir=cache_dir,
@@ -136,7 +136,7 @@ def _train_config(arm: Arm, data: Path, args) -> dict[str, Any]:
                            "flip": False, "device": "cpu", "max_time": args.minutes * 60, "seed": args.seed}
     if args.smoke:
         cfg.update(max_steps=args.smoke_steps, batch_size=4, samples=0, log_every=1)
-    from core.options import resolve
+    from core.training.options import resolve
 
     # As `ddpm-tui train --recipe R` does: the recipe's values, then the explicit ones.
     if arm.lr is not None:
@@ -145,9 +145,9 @@ def _train_config(arm: Arm, data: Path, args) -> dict[str, Any]:
 
 
 def train_ours(arm: Arm, data: Path, run_dir: Path, args) -> dict[str, Any]:
-    from core.checkpoint import load_checkpoint
-    from core.runs import LAST_CHECKPOINT, checkpoints_dir
-    from core.train import TrainConfig, TrainError, train
+    from core.diffusion.checkpoint import load_checkpoint
+    from core.training.runs import LAST_CHECKPOINT, checkpoints_dir
+    from core.training.train import TrainConfig, TrainError, train
 
     try:
         config = TrainConfig.from_dict(_train_config(arm, data, args))
@@ -169,7 +169,7 @@ def train_ours(arm: Arm, data: Path, run_dir: Path, args) -> dict[str, Any]:
 
 def sample_ours(checkpoint: Path, n: int, sampler: str, steps: int, seed: int) -> torch.Tensor:
     """n images (N, C, H, W) in [-1, 1] from the EMA weights, through the product's sampling."""
-    from core.sampling import SampleRequest, generate_images
+    from core.diffusion.sampling import SampleRequest, generate_images
 
     request = SampleRequest(n=n, sampler=sampler, steps=steps, seed=seed, weights="ema", unconditional=True)
     images, _weights = generate_images(str(checkpoint), request)
@@ -177,7 +177,7 @@ def sample_ours(checkpoint: Path, n: int, sampler: str, steps: int, seed: int) -
 
 
 def our_samplers() -> tuple[str, ...]:
-    from core.options import SAMPLER_NAMES
+    from core.training.options import SAMPLER_NAMES
 
     return SAMPLER_NAMES
 
@@ -187,7 +187,7 @@ def our_samplers() -> tuple[str, ...]:
 
 def load_images(data: Path, image_size: int) -> torch.Tensor:
     """The training images as (N, 3, S, S) uint8, decoded as our trainer decodes them."""
-    from core.data import DataOptions, ImageFolderDataset
+    from core.data.dataset import DataOptions, ImageFolderDataset
 
     return ImageFolderDataset(data, DataOptions(image_size=image_size, flip=False)).images
 
@@ -197,7 +197,7 @@ def train_peer(images: torch.Tensor, seconds: float, args, lr: float | None = No
     from denoising_diffusion_pytorch import GaussianDiffusion, Unet
     from ema_pytorch import EMA
 
-    from core.device import autocast_context, autocast_dtype
+    from core.diffusion.device import autocast_context, autocast_dtype
 
     torch.manual_seed(args.seed)
     model = Unet(dim=PEER["dim"], dim_mults=PEER["dim_mults"])
@@ -242,7 +242,7 @@ def ensure_data(args, work: Path) -> Path:
         if not data.is_dir():
             raise BenchError(f"--data {data}: not a folder")
         return data
-    from core.demo_data import make_demo_dataset
+    from core.data.demo import make_demo_dataset
 
     data = work / "demo"
     per_class = 6 if args.smoke else 300
@@ -265,7 +265,7 @@ def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
 
 
 def run(args) -> dict[str, Any]:
-    from core.grid import save_grid
+    from core.io.grid import save_grid
 
     arms = parse_arms(args.arms, smoke=args.smoke)
     if any(a.recipe == "peer" for a in arms) and not peer_available():

@@ -26,12 +26,12 @@ from torch import nn
 
 from bench.common import fmt_seconds, median
 from bench.seed_baseline import to_seed_style
-from core.device import autocast_dtype
-from core.diffusion import Diffusion, DiffusionConfig
-from core.sampling import ddim_sample, dpmpp2m_sample, heun_sample, iter_ddpm
+from core.diffusion.device import autocast_dtype
+from core.diffusion.process import Diffusion, DiffusionConfig
+from core.diffusion.sampling import ddim_sample, dpmpp2m_sample, heun_sample, iter_ddpm
 
 SAMPLE_FNS = {"ddim": ddim_sample, "dpmpp2m": dpmpp2m_sample, "heun": heun_sample}
-from core.unet import UNet, count_parameters, get_preset
+from core.diffusion.unet import UNet, count_parameters, get_preset
 
 
 class ChannelsLastInput(nn.Module):

@@ -6,7 +6,7 @@ sizes hard-coded at 32/16/8/4 (so 64x64 input only), the time embedding ``repeat
 H and W, ``view``-based reshapes (contiguous NCHW only) and fp32. Its module names and
 parameter shapes are the seed's (including the never-called ``sa8`` block), so its state_dict
 is exactly what the seed's ``train.py`` saved: tests load it with
-``core.unet.from_seed_state_dict`` and check that both networks compute the same function.
+``core.diffusion.unet.from_seed_state_dict`` and check that both networks compute the same function.
 ``to_seed_style`` turns a UNet of any preset into the same seed-style computation (the
 benchmarks' baseline).
 
@@ -149,7 +149,7 @@ class SeedBaselineUNet(nn.Module):
 
 
 def to_seed_style(model: nn.Module) -> nn.Module:
-    """A copy of a ``core.unet.UNet`` (any preset) whose blocks run the seed's way.
+    """A copy of a ``core.diffusion.unet.UNet`` (any preset) whose blocks run the seed's way.
 
     Down/Up blocks ``repeat`` the time embedding, attention blocks use
     ``nn.MultiheadAttention`` with weights returned and ``view`` reshapes. Same parameters,

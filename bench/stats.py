@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import fmt_seconds, median, time_repeats
-from core.curation import ScanOptions, analysis_view, collage_score, dataset_stats, near_pairs, scan_dataset
-from core.demo_data import CLASSES, render
+from core.data.curation import ScanOptions, analysis_view, collage_score, dataset_stats, near_pairs, scan_dataset
+from core.data.demo import CLASSES, render
 
 
 def make_dataset(root: Path, files: int, size: int) -> None:
@@ -196,7 +196,7 @@ def _thresholds_on(photo, collage, n: int, rng: np.random.Generator) -> None:
 def _entropy_and_grey(clean: list, n: int, rng: np.random.Generator) -> None:
     from PIL import Image
 
-    from core.curation import _entropy_bits
+    from core.data.curation import _entropy_bits
 
     def ent_chroma(im) -> tuple[float, float]:
         arr = np.asarray(analysis_view(im))

@@ -1,4 +1,4 @@
-"""Training throughput of the real trainer (core.train.train) on this machine.
+"""Training throughput of the real trainer (core.training.train.train) on this machine.
 
     python -m bench.train [--presets tiny small seed] [--steps 4] [--rounds 2] [--batch-size 16]
 
@@ -24,10 +24,10 @@ import torch
 from PIL import Image
 
 from bench.common import fmt_seconds as _fmt_short
-from core import runs
-from core.device import autocast_dtype, resolve_device
-from core.train import TrainConfig, train
-from core.unet import count_parameters, get_preset, UNet
+from core.training import runs
+from core.diffusion.device import autocast_dtype, resolve_device
+from core.training.train import TrainConfig, train
+from core.diffusion.unet import count_parameters, get_preset, UNet
 
 SEED_EPOCH_IMAGES = 14_000
 

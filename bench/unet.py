@@ -8,19 +8,19 @@
 One step = forward + MSE loss + backward + Adam step.
 - baseline: the seed's choices: fp32, contiguous NCHW, ``nn.MultiheadAttention`` returning
   its attention weights, the time embedding ``repeat``-ed (bench/seed_baseline.py), plain Adam;
-- ours: ``core.unet.UNet`` under bf16 autocast (when the device has fast bf16, or --dtype
+- ours: ``core.diffusion.unet.UNet`` under bf16 autocast (when the device has fast bf16, or --dtype
   bf16), channels_last, SDPA attention, broadcast embedding, fused Adam.
 Both start from the same weights; steps are interleaved so machine noise hits both alike.
 Also printed: the step's FLOPs (torch.utils.flop_counter) and the fraction of a bf16 matmul
 peak (a large bf16 matmul timed in the same run) that ours achieves.
 
 ``--ab upsample``: the seed design's bilinear x2 up-sampling as F.interpolate ("native")
-against the separable-matmul form ("matmul", core.unet.upsample_bilinear2x), same model,
+against the separable-matmul form ("matmul", core.diffusion.unet.upsample_bilinear2x), same model,
 same optimizer, interleaved steps; ``--ab upsample-op``: the up-sampling alone at the shapes the preset's Up
 blocks see; ``--ab layout``: NCHW against channels_last (two copies
 of the same weights). Both print wall and process-CPU medians and their ratios: the figures
-behind core.unet's UPSAMPLE_IMPL and the trainer's channels_last default. ``--compile-time``: first-step (compile)
-time and then step time of ``torch.compile(model)`` against ``core.unet.compile_model``
+behind core.diffusion.unet's UPSAMPLE_IMPL and the trainer's channels_last default. ``--compile-time``: first-step (compile)
+time and then step time of ``torch.compile(model)`` against ``core.diffusion.unet.compile_model``
 (regional), each in a fresh process with an empty Inductor cache, next to eager.
 ``--device cuda`` runs any of these on a GPU (timed after a synchronize).
 
@@ -46,8 +46,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import fmt_seconds, median, time_repeats
 from bench.seed_baseline import to_seed_style
-from core.device import autocast_context, autocast_dtype
-from core.unet import (
+from core.diffusion.device import autocast_context, autocast_dtype
+from core.diffusion.unet import (
     PRESETS,
     BilinearUpsample2x,
     UNet,
@@ -57,7 +57,7 @@ from core.unet import (
     upsample_bilinear2x,
     upsample_impl,
 )
-from core.options import BY_NAME
+from core.training.options import BY_NAME
 
 TRAINER_CHANNELS_LAST = BY_NAME["channels_last"].default  # the layout a run trains in unless told
 

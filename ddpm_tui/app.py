@@ -166,7 +166,7 @@ class StudioApp(App[None]):
 
     def running_jobs(self) -> list[tuple[str, object]]:
         """(description, stop handle) for every live job in this workspace."""
-        from core.runs import list_runs
+        from core.training.runs import list_runs
 
         out: list[tuple[str, object]] = []
         for info in list_runs(self.workspace.runs_dir):
@@ -198,7 +198,7 @@ class StudioApp(App[None]):
         self.push_screen(QuitScreen([desc for desc, _ in jobs]), decided)
 
     def stop_jobs(self, handles: Iterable[object]) -> None:
-        from core.runs import RunInfo
+        from core.training.runs import RunInfo
 
         for handle in handles:
             try:
@@ -237,7 +237,7 @@ class StudioApp(App[None]):
         return data if isinstance(data, dict) else {}
 
     def save_setting(self, key: str, value: object) -> None:
-        from core.atomic import atomic_write_text
+        from core.io.atomic import atomic_write_text
 
         data = self.settings()
         data[key] = value

@@ -14,7 +14,7 @@ import os
 import sys
 
 from ddpm_tui import __version__
-from core.safe_text import shown
+from core.io.safe_text import shown
 from ddpm_tui.commands._common import CLIError
 from ddpm_tui.workspace import ENV_VAR, Workspace
 

@@ -1,8 +1,8 @@
 """Which devices the studio offers (the new-run form, the Sample screen), and which
 training runs of the workspace use a given GPU.
 
-The choices come from the ``device`` option's suggestions (core/options.py) with ``cuda``
-expanded to ``cuda:N`` for every GPU PyTorch sees, each kept only if core.device accepts it
+The choices come from the ``device`` option's suggestions (core/training/options.py) with ``cuda``
+expanded to ``cuda:N`` for every GPU PyTorch sees, each kept only if core.diffusion.device accepts it
 here (so ``mps`` appears only where it works). Counting GPUs imports torch but creates no
 CUDA context (``torch.cuda.device_count`` does not); callers run it in a thread worker.
 """
@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from core.options import DEVICE_SUGGESTIONS
+from core.training.options import DEVICE_SUGGESTIONS
 from ddpm_tui.sysmon import run_gpus
 
 _lock = threading.Lock()
@@ -40,7 +40,7 @@ def device_choices() -> list[str]:
         if _choices is None:
             import torch
 
-            from core.device import resolve_device
+            from core.diffusion.device import resolve_device
 
             found = []
             for spec in DEVICE_SUGGESTIONS:
@@ -85,7 +85,7 @@ def gpu_of(spec: str | None, choices: list[str]) -> int | None:
 
 def runs_training_on(runs_dir: Path, gpu: int, visible_count: int) -> list[str]:
     """Names of this workspace's runs training now, on this host, on CUDA index ``gpu``."""
-    from core.runs import list_runs
+    from core.training.runs import list_runs
 
     names = []
     for info in list_runs(runs_dir):

@@ -3,7 +3,7 @@ separate, detached processes (stdin from /dev/null, output to a log file, their 
 so they keep running when the studio quits or the SSH connection drops.
 
 The studio never owns a job's state: a training run is re-attached by reading its run
-directory (core/runs.py); a scrape is re-attached through a small ``job.json`` next to its
+directory (core/training/runs.py); a scrape is re-attached through a small ``job.json`` next to its
 events file. Stopping is SIGTERM; the trainer and the scraper save and exit on it.
 """
 
@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.jsonio import read_jsonl_tail
+from core.io.jsonio import read_jsonl_tail
 from ddpm_tui.workspace import Workspace
 
 TRAIN_LOG = "console.log"  # the trainer's stdout/stderr; it writes its own train.log too
@@ -105,8 +105,8 @@ class JobTable:
 
 def train_command(run_name: str, values: dict[str, object], workspace: Workspace, resume: bool = False) -> list[str]:
     """`ddpm-tui train --run NAME ... --quiet` giving ``values`` ({option name: value},
-    as declared in core/options.py) to the trainer."""
-    from core.options import to_argv
+    as declared in core/training/options.py) to the trainer."""
+    from core.training.options import to_argv
 
     args = ["train", "--workspace", str(workspace.root), "--run", run_name]
     if resume:

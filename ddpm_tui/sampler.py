@@ -1,4 +1,4 @@
-"""The Sample screen's sampler: core.sampling.generate run in a child process.
+"""The Sample screen's sampler: core.diffusion.sampling.generate run in a child process.
 
 Why a process: a process that goes on running cannot give back a CUDA context (a few hundred
 MB on each GPU it touched) and gives back a model's memory only to its own allocator cache.
@@ -176,7 +176,7 @@ class _Child:
                 self.quit = self.quit or message[0] == "quit"
 
     def load(self, path: Path, weights: str, device: str):
-        from core.sampling import load_for_sampling
+        from core.diffusion.sampling import load_for_sampling
 
         stat = path.stat()
         key = (str(path), stat.st_mtime_ns, stat.st_size, weights, device)
@@ -187,10 +187,10 @@ class _Child:
         return self.cache[1]
 
     def job(self, job: dict) -> None:
-        from core.checkpoint import CheckpointError
-        from core.device import resolve_device
-        from core.grid import to_uint8_images
-        from core.sampling import SampleRequest, SamplingError, generate
+        from core.diffusion.checkpoint import CheckpointError
+        from core.diffusion.device import resolve_device
+        from core.io.grid import to_uint8_images
+        from core.diffusion.sampling import SampleRequest, SamplingError, generate
 
         send = self.conn.send
         self.cancelled = False

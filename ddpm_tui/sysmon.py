@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from core.safe_text import shown
+from core.io.safe_text import shown
 
 MAX_GPU_LINES = 4  # the panel stays small on an 8-GPU box: the run's GPUs first, then a summary
 
@@ -237,7 +237,7 @@ def fmt_bytes(n: float) -> str:
 def run_gpus(device: str | None, world_size: int | None, visible_count: int) -> set[int]:
     """The CUDA indices a run trains on, from its status (or config) ``device`` and world
     size: ``cuda`` and ``auto`` mean cuda:0 when there is a GPU; under torchrun local rank r
-    uses cuda:r when it sees that many GPUs, else the given one (core.train.pick_rank_device;
+    uses cuda:r when it sees that many GPUs, else the given one (core.training.train.pick_rank_device;
     one node assumed). Empty for CPU and MPS runs."""
     text = str(device or "auto").strip().lower()
     if text == "auto" or text == "cuda":

@@ -1,10 +1,10 @@
 """`ddpm-tui data stats|scan|quarantine|restore|demo`: look at the dataset and clean it.
 
-The work is done by ``core.curation`` (scan, statistics, quarantine) and ``core.demo_data``;
+The work is done by ``core.data.curation`` (scan, statistics, quarantine) and ``core.data.demo``;
 this module parses flags, shows Rich progress bars on stderr and prints the results.
 Files live in the workspace: the scan report in ``reports/``, caches in ``cache/``,
 quarantined images in ``quarantine/<breed>/``. Every name from disk is printed through
-``core.safe_text`` (``shown`` for plain lines, ``_m`` = shown + Rich markup escape for
+``core.io.safe_text`` (``shown`` for plain lines, ``_m`` = shown + Rich markup escape for
 Rich output), so a file name cannot move the cursor, retitle or clear the terminal.
 """
 
@@ -17,11 +17,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from core.safe_text import shown, shown_markup as _m
+from core.io.safe_text import shown, shown_markup as _m
 from ddpm_tui.commands._common import CLIError, add_workspace_arg
 from ddpm_tui.workspace import DEFAULT_DATASET, Workspace
 
-# Flag defaults are read from core.curation lazily (keeps `--help` light), so the
+# Flag defaults are read from core.data.curation lazily (keeps `--help` light), so the
 # help text quotes the same numbers the code uses.
 _SCAN_FLAGS = (
     # flag, ScanOptions field, type, metavar, constant, help
@@ -40,7 +40,7 @@ _SCAN_FLAGS = (
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from core import curation as C  # light: numpy + Pillow, no torch
+    from core.data import curation as C  # light: numpy + Pillow, no torch
 
     p = subparsers.add_parser(
         "data",
@@ -99,7 +99,7 @@ def _register_restore_and_demo(sub: argparse._SubParsersAction) -> None:
     add_workspace_arg(s)
     s.set_defaults(func=run_restore)
 
-    from core.demo_data import CLASSES, DEFAULT_PER_CLASS  # light: Pillow + numpy
+    from core.data.demo import CLASSES, DEFAULT_PER_CLASS  # light: Pillow + numpy
 
     s = sub.add_parser("demo", help="write a small synthetic dataset for trying everything offline",
                        description=f"Draw {len(CLASSES)} classes ({', '.join(sorted(CLASSES))}) of 64x64 pictures into "
@@ -136,13 +136,13 @@ def _dataset_dir(args: argparse.Namespace, workspace: Workspace) -> Path:
 
 
 def _report_path(workspace: Workspace, data_dir: Path) -> Path:
-    from core.curation import report_path_for
+    from core.data.curation import report_path_for
 
     return report_path_for(workspace.root, data_dir)
 
 
 def _cache_path(workspace: Workspace, data_dir: Path, kind: str) -> Path:
-    from core.curation import cache_path_for
+    from core.data.curation import cache_path_for
 
     return cache_path_for(workspace.root, data_dir, kind)
 
@@ -195,8 +195,8 @@ def _err(message: str) -> None:
 
 
 def run_stats(args: argparse.Namespace, workspace: Workspace) -> int:
-    from core.curation import load_report
-    from core.dataset_stats import DatasetFolderError, dataset_stats
+    from core.data.curation import load_report
+    from core.data.stats import DatasetFolderError, dataset_stats
 
     data_dir = _dataset_dir(args, workspace)
     report = load_report(_report_path(workspace, data_dir))
@@ -258,7 +258,7 @@ def _print_stats(st, have_report: bool) -> None:
 
 
 def run_scan(args: argparse.Namespace, workspace: Workspace) -> int:
-    from core.curation import DatasetFolderError, ScanOptions, scan_dataset
+    from core.data.curation import DatasetFolderError, ScanOptions, scan_dataset
 
     data_dir = _dataset_dir(args, workspace)
     try:
@@ -338,7 +338,8 @@ def _rule(reason: str, threshold: float | None) -> str:
 
 
 def run_quarantine(args: argparse.Namespace, workspace: Workspace) -> int:
-    from core.curation import CurationError, load_report, quarantine_flagged
+    from core.data.curation import CurationError, load_report
+    from core.data.quarantine import quarantine_flagged
 
     data_dir = _dataset_dir(args, workspace)
     report_path = _report_path(workspace, data_dir)
@@ -377,7 +378,7 @@ def _print_moves(moves: list, line: Callable) -> list:
 
 
 def run_restore(args: argparse.Namespace, workspace: Workspace) -> int:
-    from core.quarantine import quarantined_files, restore
+    from core.data.quarantine import quarantined_files, restore
 
     qdir = workspace.quarantine_dir
     if args.all and args.paths:
@@ -404,7 +405,7 @@ def run_restore(args: argparse.Namespace, workspace: Workspace) -> int:
 
 
 def run_demo(args: argparse.Namespace, workspace: Workspace) -> int:
-    from core.demo_data import make_demo_dataset
+    from core.data.demo import make_demo_dataset
 
     if args.per_class < 1:
         raise CLIError(f"--per-class must be at least 1, got {args.per_class}")

@@ -11,8 +11,8 @@ import argparse
 import json
 from dataclasses import asdict
 
-from core.options import AMP_MODES, MAX_SEED, SAMPLER_NAMES
-from core.safe_text import shown
+from core.training.options import AMP_MODES, MAX_SEED, SAMPLER_NAMES
+from core.io.safe_text import shown
 from ddpm_tui.commands._common import CLIError, add_workspace_arg
 from ddpm_tui.commands.train import bounded
 
@@ -63,8 +63,9 @@ def _progress_bar():
 
 
 def run(args: argparse.Namespace, workspace) -> int:
-    from core.device import resolve_device
-    from core.evaluate import EvalError, EvalSettings, evaluate_checkpoint
+    from core.diffusion.device import resolve_device
+    from core.training import runs
+    from core.quality.evaluate import EvalError, EvalSettings, evaluate_checkpoint
     from ddpm_tui.commands.sample import resolve_source
 
     settings = EvalSettings(n=args.n, sampler=args.sampler, steps=args.steps, eta=args.eta,
@@ -78,7 +79,8 @@ def run(args: argparse.Namespace, workspace) -> int:
         device = resolve_device(args.device)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
-    kwargs = dict(run_dir=run_dir, settings=settings, data_dir=args.data, features=args.features,
+    kwargs = dict(run_dir=run_dir, run_config=runs.read_config(run_dir) if run_dir is not None else None,
+                  settings=settings, data_dir=args.data, features=args.features,
                   fid_weights=args.fid_weights, cache_dir=workspace.cache_dir, device=device,
                   amp=args.amp, batch_size=args.batch_size)
     try:

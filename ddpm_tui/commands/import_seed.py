@@ -35,7 +35,7 @@ def load_seed_state_dict(path: Path) -> dict:
     """The tensors of a seed ``model_state.pth``; CLIError naming the file otherwise."""
     import torch
 
-    from core.checkpoint import CheckpointError, safe_torch_load
+    from core.diffusion.checkpoint import CheckpointError, safe_torch_load
 
     try:
         obj = safe_torch_load(path)
@@ -56,12 +56,12 @@ def load_seed_state_dict(path: Path) -> dict:
 
 
 def run(args: argparse.Namespace, workspace) -> int:
-    from core import runs
-    from core.checkpoint import CheckpointError, save_checkpoint
-    from core.diffusion import DiffusionConfig
-    from core.ema import EMA
-    from core.train import TrainConfig
-    from core.unet import count_parameters, from_seed_state_dict
+    from core.training import runs
+    from core.diffusion.checkpoint import CheckpointError, save_checkpoint
+    from core.diffusion.process import DiffusionConfig
+    from core.diffusion.ema import EMA
+    from core.training.train import TrainConfig
+    from core.diffusion.unet import count_parameters, from_seed_state_dict
 
     name = args.run or time.strftime("seed-%Y%m%d-%H%M%S")
     if not RUN_NAME_RE.match(name):

@@ -32,8 +32,8 @@ def _ago(ts: float | None) -> str:
 
 
 def run(args: argparse.Namespace, workspace) -> int:
-    from core.eval_log import best_fid, format_best_fid
-    from core.runs import list_runs  # no torch needed
+    from core.quality.eval_log import best_fid, format_best_fid
+    from core.training.runs import list_runs  # no torch needed
 
     infos = list_runs(workspace.runs_dir)
     best = {r.name: best_fid(r.path) for r in infos}

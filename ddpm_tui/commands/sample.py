@@ -12,7 +12,7 @@ import re
 import secrets
 from pathlib import Path
 
-from core.options import AMP_MODES, MAX_SEED, SAMPLER_NAMES
+from core.training.options import AMP_MODES, MAX_SEED, SAMPLER_NAMES
 from ddpm_tui.commands._common import CLIError, add_workspace_arg
 from ddpm_tui.commands.train import bounded
 
@@ -66,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def resolve_source(source: str, workspace) -> tuple[Path, Path | None]:
     """(checkpoint path, run folder or None) for a run name or a .pt path."""
-    from core import runs
+    from core.training import runs
 
     path = Path(source).expanduser()
     if path.is_file():
@@ -105,8 +105,8 @@ def check_output(path: Path, *, force: bool, workspace, checkpoint: Path) -> Non
     wrote only with --force."""
     from PIL import Image
 
-    from core.grid import written_by_ddpm_tui
-    from core.runs import CHECKPOINTS_DIR
+    from core.io.grid import written_by_ddpm_tui
+    from core.training.runs import CHECKPOINTS_DIR
 
     known = Image.registered_extensions()
     if path.suffix.lower() in PROTECTED_SUFFIXES or path.suffix.lower() not in known:
@@ -132,11 +132,11 @@ def check_output(path: Path, *, force: bool, workspace, checkpoint: Path) -> Non
 
 
 def run(args: argparse.Namespace, workspace) -> int:
-    from core import runs
-    from core.checkpoint import CheckpointError
-    from core.device import resolve_device
-    from core.grid import save_uint8_grid
-    from core.sampling import SampleRequest, SamplingError, generate, load_for_sampling, resolve_labels, sampler_tag
+    from core.training import runs
+    from core.diffusion.checkpoint import CheckpointError
+    from core.diffusion.device import resolve_device
+    from core.io.grid import save_uint8_grid
+    from core.diffusion.sampling import SampleRequest, SamplingError, generate, load_for_sampling, resolve_labels, sampler_tag
 
     ckpt_path, run_dir = resolve_source(args.source, workspace)
     try:

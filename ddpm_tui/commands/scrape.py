@@ -12,7 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
-from core.safe_text import shown
+from core.io.safe_text import shown
 from ddpm_tui.commands._common import CLIError, add_workspace_arg
 
 _EPILOG = """\

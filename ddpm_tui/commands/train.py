@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core import options
-from core.safe_text import shown, shown_markup
+from core.training import options
+from core.io.safe_text import shown, shown_markup
 from ddpm_tui.commands._common import CLIError, add_workspace_arg
 
 RUN_NAME_RE = options.RUN_NAME_RE
@@ -71,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--resume", action="store_true", help="require that the run exists (it is continued either way)")
     g.add_argument("--examples", action="store_true",
                    help="write examples.png (training images) and forward_diffusion.png into the run folder")
-    options.add_train_arguments(p, {options.GROUPS[0]: g})  # every option, from core/options.py
+    options.add_train_arguments(p, {options.GROUPS[0]: g})  # every option, from core/training/options.py
     p.add_argument("--quiet", "-q", action="store_true", help="no progress display (for scripts and the studio)")
     p.set_defaults(func=run)
 
@@ -83,8 +83,8 @@ def _timestamp_name() -> str:
 def build_config(args: argparse.Namespace, workspace, run_dir: Path) -> Any:
     """The run's TrainConfig: the saved one (existing run) or the recipe's defaults, then
     the options given on this command line."""
-    from core import runs
-    from core.train import TrainConfig
+    from core.training import runs
+    from core.training.train import TrainConfig
 
     given = {o.name: getattr(args, o.name) for o in options.OPTIONS if hasattr(args, o.name)}
     if "data" in given:
@@ -109,7 +109,7 @@ def _saved_config(run_dir: Path) -> dict | None:
     checkpoint) but whose config.json is missing or unreadable is refused, naming the file."""
     import json
 
-    from core import runs
+    from core.training import runs
 
     path = run_dir / runs.CONFIG_FILE
     has_checkpoint = (runs.checkpoints_dir(run_dir) / runs.LAST_CHECKPOINT).exists()
@@ -150,7 +150,7 @@ def run(args: argparse.Namespace, workspace) -> int:
         known = ", ".join(sorted(p.name for p in workspace.runs_dir.glob("*") if p.is_dir())) or "none"
         raise CLIError(f"no run named {name!r} to resume in {workspace.runs_dir} (runs: {known})")
 
-    from core.train import LOGGER_NAME, TrainError, train  # torch is imported here
+    from core.training.train import LOGGER_NAME, TrainError, train  # torch is imported here
 
     config = build_config(args, workspace, run_dir)
     if Path(config.data).exists() and not Path(config.data).is_dir():

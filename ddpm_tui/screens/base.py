@@ -3,7 +3,8 @@ and small helpers for messages that replace older ones instead of piling up."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, cast
+from pathlib import Path
+from typing import Iterable, Protocol, cast
 
 from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
@@ -11,10 +12,25 @@ from textual.screen import Screen
 from textual.widgets import Footer
 from textual.worker import Worker, WorkerState
 
+from ddpm_tui.jobs import JobTable
 from ddpm_tui.widgets.navbar import NavBar
+from ddpm_tui.workspace import Workspace
 
-if TYPE_CHECKING:
-    from ddpm_tui.app import StudioApp
+
+class Studio(Protocol):
+    """What a screen may use of the app (ddpm_tui.app.StudioApp), named here so that
+    screens do not import the app that imports them."""
+
+    workspace: Workspace
+    jobs: JobTable
+    poll_interval: float
+
+    @property
+    def dataset_dir(self) -> Path: ...
+
+    def set_dataset(self, path: Path) -> None: ...
+
+    def color_note(self) -> str: ...
 
 
 class StudioScreen(Screen):
@@ -24,8 +40,8 @@ class StudioScreen(Screen):
     MAIN = ""  # the widget (a selector) that gets focus when the screen opens or its data arrives
 
     @property
-    def studio(self) -> "StudioApp":
-        return cast("StudioApp", self.app)
+    def studio(self) -> Studio:
+        return cast(Studio, self.app)
 
     def compose(self) -> ComposeResult:
         yield NavBar(self.MODE)

@@ -19,7 +19,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Static
 from textual.worker import get_current_worker
 
-from core.safe_text import shown, shown_markup
+from core.io.safe_text import shown, shown_markup
 from ddpm_tui.screens.base import StudioScreen
 from ddpm_tui.screens.confirm import ConfirmScreen
 from ddpm_tui.widgets.halfblock import HalfBlockImage, tile_images, to_rgb_array
@@ -45,7 +45,7 @@ def flag_summary(flagged: dict[str, int]) -> str:
 
 def report_path_for(workspace, data_dir: Path) -> Path:
     """The scan report of a dataset folder, where `ddpm-tui data scan` writes it too."""
-    from core.curation import report_path_for as curation_report_path
+    from core.data.curation import report_path_for as curation_report_path
 
     return curation_report_path(workspace.root, data_dir)
 
@@ -181,13 +181,13 @@ class DatasetScreen(StudioScreen):
             call(self._finished, stats, error, note)
 
     def _count(self, progress):
-        from core.dataset_stats import DatasetFolderError, dataset_stats
+        from core.data.stats import DatasetFolderError, dataset_stats
 
-        from core.curation import load_report
+        from core.data.curation import load_report
 
         # a garbled report reads as None (counts still come; a new scan rewrites it)
         report = load_report(report_path_for(self.studio.workspace, self.data_dir))
-        from core.curation import cache_path_for
+        from core.data.curation import cache_path_for
 
         stats_cache = cache_path_for(self.studio.workspace.root, self.data_dir, "stats")
         try:
@@ -312,7 +312,7 @@ class DatasetScreen(StudioScreen):
                      thumb: int = THUMB, zoom: bool = False) -> None:
         from PIL import Image
 
-        from core.images import ImageLoadError, is_image_file, load_rgb
+        from core.data.images import ImageLoadError, is_image_file, load_rgb
 
         folder = self.data_dir / breed
         try:
@@ -378,7 +378,7 @@ class DatasetScreen(StudioScreen):
         self._begin_job("counting images", lambda progress: None)
 
     def action_scan(self) -> None:
-        from core.curation import ScanOptions, cache_path_for, scan_dataset
+        from core.data.curation import ScanOptions, cache_path_for, scan_dataset
 
         report = report_path_for(self.studio.workspace, self.data_dir)
 
@@ -392,7 +392,8 @@ class DatasetScreen(StudioScreen):
         self._begin_job("checking images", job)
 
     def action_quarantine(self) -> None:
-        from core.curation import load_report, quarantine_flagged
+        from core.data.curation import load_report
+        from core.data.quarantine import quarantine_flagged
 
         report_file = report_path_for(self.studio.workspace, self.data_dir)
         report = load_report(report_file)
@@ -418,7 +419,7 @@ class DatasetScreen(StudioScreen):
             yes="Move them", no="Cancel"), answered)
 
     def action_restore(self) -> None:
-        from core.curation import restore
+        from core.data.quarantine import restore
 
         qdir = self.studio.workspace.quarantine_dir
 
@@ -431,7 +432,7 @@ class DatasetScreen(StudioScreen):
         self._begin_job("restoring quarantined images", job)
 
     def action_demo(self) -> None:
-        from core.demo_data import make_demo_dataset
+        from core.data.demo import make_demo_dataset
 
         # its own dataset folder (data/demo), so it never mixes with scraped photos
         out = self.studio.workspace.dataset_dir(DEMO_DATASET)

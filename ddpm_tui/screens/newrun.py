@@ -1,5 +1,5 @@
 """The new-run form (a modal over the Train screen). Its fields are generated from the
-option declaration (core/options.py); it only collects and checks values, and the Train
+option declaration (core/training/options.py); it only collects and checks values, and the Train
 screen launches `ddpm-tui train ...` with them."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Select
 
-from core import options
+from core.training import options
 from ddpm_tui.devices import find_choices_for, known_choices, provisional_choices
 
 # Without a GPU the seed's 93M network at 64 px takes hours an epoch: start small enough

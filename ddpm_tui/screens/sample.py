@@ -1,6 +1,6 @@
 """Sample: pick a run and checkpoint, EMA or raw weights, a sampler (DDIM, DPM-Solver++(2M),
 Heun, DDPM), steps, eta, count, seed, breed and guidance (conditional runs) and a device;
-generate through core.sampling.generate (the path `ddpm-tui sample` uses) with a progress
+generate through core.diffusion.sampling.generate (the path `ddpm-tui sample` uses) with a progress
 bar and a live half-block preview of the images forming from noise; save PNGs with `w`.
 The status line names the weights and the device actually used.
 
@@ -29,13 +29,13 @@ from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Input, Label, ProgressBar, Select, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from core.safe_text import shown_markup
+from core.io.safe_text import shown_markup
 from ddpm_tui.devices import find_choices_for, gpu_of, known_choices, provisional_choices, runs_training_on
 from ddpm_tui.sampler import SamplerProcess
 from ddpm_tui.screens.base import StudioScreen
 
 if TYPE_CHECKING:
-    from core.sampling import SampleRequest as CoreSampleRequest
+    from core.diffusion.sampling import SampleRequest as CoreSampleRequest
 from ddpm_tui.widgets.halfblock import HalfBlockImage
 
 UPSCALE = 4  # the enlarged copies Ctrl+U adds for viewing
@@ -44,14 +44,14 @@ NO_BREED = "__any__"
 
 @dataclass
 class SampleJob:
-    """What the form asked for: a checkpoint and the fields of core.sampling's SampleRequest
+    """What the form asked for: a checkpoint and the fields of core.diffusion.sampling's SampleRequest
     (built in the worker: importing torch must not stall the event loop)."""
 
     checkpoint: Path
     run_name: str
     options: dict
     request: "CoreSampleRequest | None" = None  # set by the worker
-    device: str = "auto"  # a device spec (core.device.resolve_device)
+    device: str = "auto"  # a device spec (core.diffusion.device.resolve_device)
 
 
 @dataclass
@@ -206,7 +206,7 @@ class SampleScreen(StudioScreen):
     # -- choices -------------------------------------------------------------------------------
 
     def refresh_runs(self) -> None:
-        from core.runs import latest_checkpoint, list_runs
+        from core.training.runs import latest_checkpoint, list_runs
 
         runs = [r for r in list_runs(self.studio.workspace.runs_dir) if latest_checkpoint(r.path)]
         select = self.query_one("#run", Select)
@@ -232,7 +232,7 @@ class SampleScreen(StudioScreen):
             self.query_one("#eta", Input).disabled = event.value != "ddim"
 
     def _run_changed(self) -> None:
-        from core.runs import checkpoints_dir, read_config
+        from core.training.runs import checkpoints_dir, read_config
 
         name = self.query_one("#run", Select).value
         ckpt_select = self.query_one("#checkpoint", Select)
@@ -317,7 +317,7 @@ class SampleScreen(StudioScreen):
 
     def _generate(self, job: SampleJob) -> None:
         """Thread worker: hand the job to the sampling process and relay what it says."""
-        from core.sampling import SampleRequest
+        from core.diffusion.sampling import SampleRequest
 
         worker = get_current_worker()
         call = self.app.call_from_thread
@@ -427,7 +427,7 @@ def save_upscaled(paths: list[Path], out_dir: Path, factor: int = 4) -> list[Pat
     import torch
     from PIL import Image
 
-    from core.grid import save_uint8_grid
+    from core.io.grid import save_uint8_grid
 
     copies = []
     for path in paths:
@@ -439,11 +439,11 @@ def save_upscaled(paths: list[Path], out_dir: Path, factor: int = 4) -> list[Pat
 
 
 def save_pngs(images: np.ndarray, out_dir: Path) -> list[Path]:
-    """Write each image and a grid of them as PNG with core.grid's writer (atomic, marked as
+    """Write each image and a grid of them as PNG with core.io.grid's writer (atomic, marked as
     ddpm-tui's, byte-identical to `ddpm-tui sample --individual` for the same images)."""
     import torch
 
-    from core.grid import save_uint8_grid
+    from core.io.grid import save_uint8_grid
 
     batch = torch.from_numpy(np.ascontiguousarray(images))
     paths = [save_uint8_grid(batch[i : i + 1], out_dir / f"{i:03d}.png", padding=0) for i in range(len(batch))]

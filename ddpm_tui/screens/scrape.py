@@ -19,7 +19,7 @@ from textual.widgets import Button, DataTable, Input, Label, RichLog, Select, Se
 from textual.widgets.selection_list import Selection
 from textual.worker import get_current_worker
 
-from core.safe_text import shown
+from core.io.safe_text import shown
 from ddpm_tui.jobs import JobError, ScrapeJob, current_scrape, launch_scrape, read_jsonl, terminate
 from ddpm_tui.screens.base import StudioScreen
 from ddpm_tui.workspace import DEFAULT_DATASET

@@ -23,8 +23,8 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, DataTable, Label, Static
 from textual.worker import get_current_worker
 
-from core.eval_log import format_best_fid
-from core.safe_text import shown_markup
+from core.quality.eval_log import format_best_fid
+from core.io.safe_text import shown_markup
 from ddpm_tui.jobs import TRAIN_LOG, JobError, launch_train, log_tail, stop_run
 from ddpm_tui.screens.base import StudioScreen
 from ddpm_tui.screens.newrun import NewRun, NewRunScreen
@@ -179,9 +179,9 @@ class TrainScreen(StudioScreen):
                         exit_on_error=False)
 
     def _read(self, selected: str | None) -> None:
-        from core.images import ImageLoadError, load_rgb
-        from core.eval_log import best_fid, read_eval
-        from core.runs import latest_samples, list_runs, read_metrics, read_status
+        from core.data.images import ImageLoadError, load_rgb
+        from core.quality.eval_log import best_fid, read_eval
+        from core.training.runs import latest_samples, list_runs, read_metrics, read_status
 
         try:
             runs = list_runs(self.studio.workspace.runs_dir)

@@ -11,7 +11,7 @@ from textual.binding import Binding
 from textual.screen import ModalScreen
 from textual.widgets import Label
 
-from core.safe_text import shown
+from core.io.safe_text import shown
 from ddpm_tui.widgets.halfblock import HalfBlockImage, to_rgb_array
 
 MAX_ZOOM = 16

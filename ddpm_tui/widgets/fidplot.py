@@ -1,6 +1,6 @@
 """The FID-against-step plot beside the loss: points from the run's eval.jsonl.
 
-The Train screen's poller reads eval.jsonl incrementally (``core.eval_log.read_eval``) in
+The Train screen's poller reads eval.jsonl incrementally (``core.quality.eval_log.read_eval``) in
 its thread and hands the new records to :meth:`FidPlot.add_records` on the event loop.
 FIDs of different feature nets are not comparable, so the plot shows the feature net of
 the latest evaluation only.
@@ -8,7 +8,7 @@ the latest evaluation only.
 
 from __future__ import annotations
 
-from core.eval_log import fid_points
+from core.quality.eval_log import fid_points
 from ddpm_tui.widgets.lossplot import StepPlot
 
 

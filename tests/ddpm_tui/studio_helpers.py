@@ -33,11 +33,11 @@ def make_checkpoint_run(ws: Workspace, name: str = "tiny-run", *, image_size: in
     """A run directory with a real (untrained) tiny checkpoint, config and status."""
     import torch
 
-    from core.checkpoint import save_checkpoint
-    from core.diffusion import Diffusion, DiffusionConfig
-    from core.ema import EMA
-    from core.runs import checkpoints_dir, write_config, write_status
-    from core.unet import UNet, get_preset
+    from core.diffusion.checkpoint import save_checkpoint
+    from core.diffusion.process import Diffusion, DiffusionConfig
+    from core.diffusion.ema import EMA
+    from core.training.runs import checkpoints_dir, write_config, write_status
+    from core.diffusion.unet import UNet, get_preset
 
     torch.manual_seed(0)
     classes = sorted(BREEDS) if conditional else []

@@ -364,7 +364,7 @@ def test_train_launch_watch_reattach_and_stop(workspace, monkeypatch):
 
 
 def test_dead_process_shows_as_died(workspace):
-    from core.runs import write_status
+    from core.training.runs import write_status
 
     run_dir = workspace.run_dir("ghost")
     # a pid far above pid_max: no such process on this host
@@ -385,7 +385,7 @@ def test_dead_process_shows_as_died(workspace):
 def test_train_figures_are_steady_and_say_when_settling(workspace):
     """Windows of ~300 img/s between stalls (a checkpoint, a sample grid): the screen shows
     the median, not the stall the last line happened to be, and says when it is settling."""
-    from core.runs import write_status
+    from core.training.runs import write_status
 
     run_dir = make_checkpoint_run(workspace, "busy", state="running")
     # another host: the studio cannot see its process, so it counts as running
@@ -422,7 +422,7 @@ def test_train_figures_are_steady_and_say_when_settling(workspace):
 
 
 def test_stopped_run_says_the_studio_key(workspace):
-    from core.runs import write_status
+    from core.training.runs import write_status
 
     run_dir = make_checkpoint_run(workspace, "paused")
     write_status(run_dir, state="stopped", pid=0, host="test", step=12, epoch=3,

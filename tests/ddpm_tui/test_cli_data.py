@@ -72,7 +72,7 @@ def test_demo_then_stats(capsys, ws: Path) -> None:
 
 
 def _small_dataset(root: Path) -> None:
-    from core.demo_data import render
+    from core.data.demo import render
 
     for breed, cls in (("beagle", "goldfish"), ("pug", "snowman")):
         (root / breed).mkdir(parents=True)
@@ -152,7 +152,7 @@ HOSTILE = ("\x1b]0;pwned\x07title.png", "clear\x1b[2J.png", "two\nlines.png")
 
 def test_names_from_disk_are_printed_escaped(capsys, ws: Path, tmp_path: Path) -> None:
     """A file or breed name cannot retitle or clear the terminal, or forge an output line."""
-    from core.demo_data import render
+    from core.data.demo import render
 
     data = tmp_path / "d"
     breed = data / "pug\x1b[31m"
@@ -180,7 +180,7 @@ def test_names_from_disk_are_printed_escaped(capsys, ws: Path, tmp_path: Path) -
 
 def test_symlinked_breed_folder_is_not_a_class_and_quarantine_keeps_its_files(capsys, ws: Path, tmp_path: Path) -> None:
     """labrador -> labrador_retrievers_dog_pictures: no self-duplicates, nothing to move."""
-    from core.demo_data import render
+    from core.data.demo import render
 
     data = tmp_path / "dogs"
     real = data / "labrador_retrievers_dog_pictures"
@@ -202,7 +202,7 @@ def test_symlinked_breed_folder_is_not_a_class_and_quarantine_keeps_its_files(ca
 def test_quarantine_refuses_a_kept_copy_that_is_the_same_file(capsys, ws: Path, tmp_path: Path) -> None:
     """A report written before symlinks were resolved (each file its own 'duplicate'):
     quarantine moves nothing, so both names keep the file."""
-    from core.curation import Flag, ScanReport, ScanOptions, report_path_for
+    from core.data.curation import Flag, ScanReport, ScanOptions, report_path_for
 
     data = tmp_path / "dogs"
     real = data / "labrador_retrievers_dog_pictures"

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from core.demo_data import make_demo_dataset
-from core.runs import read_config, write_config
+from core.data.demo import make_demo_dataset
+from core.training.runs import read_config, write_config
 from ddpm_tui.cli import main
 from studio_helpers import make_checkpoint_run
 

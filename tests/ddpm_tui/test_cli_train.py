@@ -16,9 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from core import runs
-from core.checkpoint import load_checkpoint
-from core.train import TrainConfig, weights_digest
+from core.training import runs
+from core.diffusion.checkpoint import load_checkpoint
+from core.training.train import TrainConfig, weights_digest
 from ddpm_tui.cli import main
 from ddpm_tui.commands.train import parse_duration
 
@@ -312,7 +312,7 @@ def test_two_trainers_released_at_the_same_instant_exactly_one_trains(ws: Path, 
     go = tmp_path / "go"
     code = ("import os, sys, time\n"
             "from ddpm_tui.cli import main\n"  # imports done before the start line
-            "import core.train\n"
+            "import core.training.train\n"
             f"while not os.path.exists({str(go)!r}): time.sleep(0.001)\n"
             f"sys.exit(main(['--workspace', {str(ws)!r}, 'train', '--run', 'same', *{TINY!r}, '--epochs', '2']))\n")
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env(), stdout=subprocess.PIPE,
@@ -393,7 +393,7 @@ def test_checkpoint_on_a_full_disk_says_no_space(ws: Path, small_disk, capsys):
 
 RANK0_FAILS = """
 import os, sys, torch
-import core.train as t
+import core.training.train as t
 def boom(self, *a, **k):
     if self.world.rank == 0:
         raise torch.OutOfMemoryError("CUDA out of memory (rank 0 only, while sampling the grids)")
@@ -418,13 +418,13 @@ def test_ddp_a_rank0_only_failure_ends_every_rank(ws: Path, tmp_path: Path):
     assert status["state"] == "failed" and "out of memory" in status["message"]
     assert "another rank failed or left" in done.stderr, done.stderr[-3000:]
     # Each rank says one line; the only traceback is torchrun's own report of the failed job.
-    assert "core/train.py" not in done.stderr and "ddpm_tui/" not in done.stderr, done.stderr[-3000:]
+    assert "core/training/train.py" not in done.stderr and "ddpm_tui/" not in done.stderr, done.stderr[-3000:]
 
 
 RANK1_BLIND = """
 import os, sys
 from pathlib import Path
-import core.train as t
+import core.training.train as t
 if os.environ.get("RANK") == "1":  # this rank's disk has no run folder (no shared disk)
     t.runs.checkpoints_dir = lambda run_dir: Path("/nonexistent-ddpm-tui") / "checkpoints"
 from ddpm_tui.cli import main
@@ -442,6 +442,6 @@ def test_ddp_a_rank_that_cannot_see_the_checkpoint_fails_loudly(ws: Path, tmp_pa
     done = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=240)
     assert done.returncode != 0
     assert "rank 1 cannot see" in done.stderr and "shared disk" in done.stderr, done.stderr[-3000:]
-    assert "core/train.py" not in done.stderr, done.stderr[-3000:]
+    assert "core/training/train.py" not in done.stderr, done.stderr[-3000:]
     assert runs.read_status(ws / "runs" / "d")["step"] == 4  # nothing trained from step 0
     assert load_checkpoint(ws / "runs" / "d" / "checkpoints" / "last.pt")["step"] == 4

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from textual.widgets import DataTable
 
-from core.eval_log import append_records, eval_path
+from core.quality.eval_log import append_records, eval_path
 from ddpm_tui.app import StudioApp
 from ddpm_tui.widgets.fidplot import FidPlot
 from studio_helpers import make_checkpoint_run, run_async, wait_for

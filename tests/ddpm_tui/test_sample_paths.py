@@ -23,7 +23,7 @@ def cli(ws, *args: str) -> int:
 
 def _drop_ema(run_dir: Path) -> None:
     """Rewrite the run's checkpoint without EMA weights (as an imported or early checkpoint)."""
-    from core.checkpoint import load_checkpoint, save_checkpoint
+    from core.diffusion.checkpoint import load_checkpoint, save_checkpoint
 
     path = run_dir / "checkpoints" / "last.pt"
     c = load_checkpoint(path)
@@ -120,7 +120,7 @@ def test_sample_bad_seed_is_one_line(workspace, capsys):
 
 
 def test_nan_weights_fail_clearly(workspace, capsys):
-    from core.checkpoint import load_checkpoint, save_checkpoint
+    from core.diffusion.checkpoint import load_checkpoint, save_checkpoint
 
     run_dir = make_checkpoint_run(workspace, "tiny-run", image_size=16, T=10)
     path = run_dir / "checkpoints" / "last.pt"

@@ -89,7 +89,7 @@ def test_new_run_form_offers_each_gpu_and_passes_the_choice_on(workspace, two_gp
 
 
 def test_sample_screen_says_when_a_run_trains_on_the_chosen_gpu(workspace, two_gpus):
-    from core.runs import write_status
+    from core.training.runs import write_status
 
     make_checkpoint_run(workspace, "done", image_size=16, T=10)
     busy = make_checkpoint_run(workspace, "busy", image_size=16, T=10)
@@ -157,7 +157,7 @@ def test_sampling_process_ends_when_leaving_the_sample_screen(workspace, no_gpu,
 
 
 def test_an_unavailable_device_is_one_line_from_the_sampling_process(workspace, one_thread_children):
-    """The device reaches core.device in the child: cuda:1 on a machine without CUDA says so."""
+    """The device reaches core.diffusion.device in the child: cuda:1 on a machine without CUDA says so."""
     make_checkpoint_run(workspace, "tiny-run", image_size=16, T=10)
     sampler = SamplerProcess(workspace.cache_dir / "sampler.log")
     job = {"checkpoint": str(workspace.run_dir("tiny-run") / "checkpoints" / "last.pt"),

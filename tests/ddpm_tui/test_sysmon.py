@@ -194,7 +194,7 @@ def test_the_runs_gpus_are_marked_and_kept_in_view():
 
 def test_train_screen_marks_the_gpu_of_the_running_run(workspace, monkeypatch):
     """A run training here on cuda:1 (status.json says so): its line in the panel is marked."""
-    from core.runs import write_config, write_status
+    from core.training.runs import write_config, write_status
     from ddpm_tui.app import StudioApp
     from ddpm_tui.widgets import sysmon as panel_module
 

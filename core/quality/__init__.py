@@ -1,0 +1,1 @@
+"""Sample quality: FID/KID/precision-recall, the feature networks, the evaluator and eval.jsonl."""

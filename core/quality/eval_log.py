@@ -1,0 +1,115 @@
+"""``<run>/eval.jsonl``: one JSON object a line per metric of an evaluation. Torch-free, so
+the run lists and the studio read it without loading torch.
+
+A line: ``step, metric, value, sampler, steps, n, features, time`` plus ``std`` (KID),
+``eval_id`` (hash of the checkpoint identity and every setting that changes the numbers;
+an evaluation with the same id is reused, not recomputed), ``checkpoint`` (that identity),
+``seconds`` and the remaining settings. All lines of one evaluation go out in one
+``write`` on an O_APPEND file, then fsync; a reader skips a half-written last line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from core.io.jsonio import read_jsonl_tail
+
+EVAL_FILE = "eval.jsonl"
+RECORD_KEYS = ("step", "metric", "value", "sampler", "steps", "n", "features", "time")
+
+
+def eval_path(run_dir: Path | str) -> Path:
+    return Path(run_dir) / EVAL_FILE
+
+
+def eval_id(identity: dict, settings: dict) -> str:
+    """A stable hash of what makes two evaluations the same."""
+    blob = json.dumps({"checkpoint": identity, "settings": settings}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def append_records(run_dir: Path | str, records: Iterable[dict]) -> None:
+    """Append ``records`` as one write (all or nothing but a torn tail a reader skips)."""
+    lines = [json.dumps({k: _clean(v) for k, v in r.items()}, allow_nan=False, default=str) for r in records]
+    if not lines:
+        return
+    path = eval_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        data = ("\n".join(lines) + "\n").encode("utf-8")
+        size = os.fstat(fd).st_size
+        if size:
+            # A writer killed mid-line left a fragment: start our lines on a line of their own.
+            with open(path, "rb") as fh:
+                fh.seek(size - 1)
+                if fh.read(1) != b"\n":
+                    data = b"\n" + data
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_eval(run_dir: Path | str, offset: int = 0) -> tuple[list[dict], int]:
+    """Records appended since ``offset`` and the next offset (complete lines only)."""
+    return read_jsonl_tail(eval_path(run_dir), offset)
+
+
+def find_evaluation(run_dir: Path | str, wanted_id: str) -> dict[str, dict]:
+    """The records (by metric) of an earlier evaluation with this id; {} when none."""
+    found: dict[str, dict] = {}
+    for record in read_eval(run_dir)[0]:
+        if record.get("eval_id") == wanted_id and isinstance(record.get("metric"), str):
+            found[record["metric"]] = record
+    return found if "fid" in found else {}
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def fid_points(records: Iterable[dict], features: str | None = None) -> list[tuple[int, float, str]]:
+    """(step, fid, features) of the FID records, in file order (optionally one feature net)."""
+    out = []
+    for r in records:
+        value, step = _number(r.get("value")), _number(r.get("step"))
+        if r.get("metric") != "fid" or value is None or step is None:
+            continue
+        if features is not None and r.get("features") != features:
+            continue
+        out.append((int(step), value, str(r.get("features") or "")))
+    return out
+
+
+def best_fid(run_dir: Path | str) -> tuple[float, int, str] | None:
+    """(lowest FID, its step, its features) of a run, or None before any evaluation. FIDs
+    of different feature nets are not comparable: the best is taken among the feature net
+    of the latest evaluation."""
+    points = fid_points(read_eval(run_dir)[0])
+    if not points:
+        return None
+    latest = points[-1][2]
+    value, step = min((v, s) for s, v, f in points if f == latest)
+    return value, step, latest
+
+
+def format_best_fid(best: tuple[float, int, str] | None) -> str:
+    """'12.3@1200' for a table cell, '–' when the run has no evaluation."""
+    if best is None:
+        return "–"
+    value, step, _ = best
+    return f"{value:.3g}@{step}" if value < 1000 else f"{value:.0f}@{step}"

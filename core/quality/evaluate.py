@@ -1,0 +1,322 @@
+"""Evaluate a model's samples against its training images: FID, KID ± std, precision,
+recall, and (with the dataset feature net) class accuracy of conditional samples or class
+entropy of unconditional ones.
+
+Two entry points:
+- :class:`Evaluator` holds the real side (the feature net and the real images' features),
+  so the trainer can build it once and call :meth:`Evaluator.evaluate` every N steps with
+  its EMA model in-process;
+- :func:`evaluate_checkpoint` does the whole job for a checkpoint file (``ddpm-tui eval``),
+  reusing an evaluation already in ``<run>/eval.jsonl`` for the same checkpoint and settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.quality import eval_log, metrics
+from core.quality.features import (FEATURES, FeatureError, FeatureNet, dataset_feature_net, inception_available,
+                           load_inception)
+
+from core.diffusion.registry import SAMPLER_NAMES as SAMPLERS
+AUTO_FEATURES = "auto"  # inception when its weights are on disk, else dataset
+KID_SUBSETS = 100
+KID_SUBSET_SIZE = 1000
+REAL_CACHE_VERSION = 1
+
+Progress = Callable[[int, int, str], None]
+_log = logging.getLogger(__name__)
+
+
+class EvalError(Exception):
+    """An evaluation that cannot run; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Everything that changes the numbers (batch size and device do not, statistically)."""
+
+    n: int = 1000
+    sampler: str = "ddim"
+    steps: int = 50  # DDIM steps (ddpm always runs all T)
+    eta: float = 0.0
+    guidance: float = 1.0  # conditional runs: 1 = plain conditional sampling
+    seed: int = 0
+    weights: str = "ema"  # "ema" | "raw"
+
+    def validate(self) -> None:
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 2:
+            raise EvalError(f"n must be at least 2 images (FID needs a covariance), got {self.n!r}")
+        if self.sampler not in SAMPLERS:
+            raise EvalError(f"unknown sampler {self.sampler!r}; use one of {', '.join(SAMPLERS)}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise EvalError(f"steps must be a positive integer, got {self.steps!r}")
+        if self.weights not in ("ema", "raw"):
+            raise EvalError(f"weights must be 'ema' or 'raw', got {self.weights!r}")
+
+
+@dataclass
+class EvalResult:
+    values: dict[str, float]  # fid, kid, kid_std, precision, recall, class_accuracy | class_entropy
+    step: int
+    features: str
+    settings: EvalSettings
+    seconds: float
+    reused: bool = False
+    records: list[dict] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------- sampling
+
+
+def generate_images(model: nn.Module, diffusion, n: int, settings: EvalSettings, *,
+                    device: torch.device | str = "cpu", amp: str = "auto", batch_size: int = 100,
+                    progress: Progress | None = None) -> torch.Tensor:
+    """n samples as uint8 (n, C, H, W) on the CPU, like the dataset's images, drawn through core.diffusion.sampling.generate (the
+    one sampling path): a conditional model draws its classes in turn, every class equally often."""
+    from core.diffusion.sampling import SampleRequest, generate
+
+    request = SampleRequest(n=n, sampler=settings.sampler, steps=settings.steps, eta=settings.eta,
+                            guidance=settings.guidance, seed=settings.seed, weights=settings.weights,
+                            amp=amp, batch_size=batch_size)
+    out = []
+    for step in generate((model, diffusion), request, device=device):
+        if progress is not None:
+            progress(step.batch * step.total + step.index + 1, step.batches * step.total, "sampling")
+        if step.images is not None:
+            out.append(step.images.permute(0, 3, 1, 2).contiguous().cpu())
+    return torch.cat(out)
+
+
+# ---------------------------------------------------------------------------- the real side
+
+
+def resolve_features(name: str, fid_weights: str | os.PathLike | None = None) -> str:
+    """'auto' -> 'inception' when its weights are on disk (or a weights file was named:
+    a wrong path is then an error, not a silent switch), else 'dataset'."""
+    if name == AUTO_FEATURES:
+        return "inception" if fid_weights or inception_available() else "dataset"
+    if name not in FEATURES:
+        raise EvalError(f"unknown features {name!r}; use one of {', '.join((AUTO_FEATURES,) + FEATURES)}")
+    return name
+
+
+def _real_cache_file(cache_dir: Path, net: FeatureNet, images: torch.Tensor) -> Path:
+    h = hashlib.sha256(f"{REAL_CACHE_VERSION}|{net.name}|{net.key}|{tuple(images.shape)}".encode())
+    h.update(images.contiguous().numpy().tobytes())
+    return cache_dir / f"realfeat-{h.hexdigest()[:24]}.npy"
+
+
+class Evaluator:
+    """The real images of a dataset, a feature net and the real features, built once."""
+
+    def __init__(self, data_dir: str | os.PathLike, *, image_size: int, resize: str = "squash",
+                 classes: Sequence[str] | None = None, features: str = AUTO_FEATURES,
+                 fid_weights: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
+                 device: torch.device | str = "cpu", feature_seconds: float | None = None,
+                 progress: Progress | None = None) -> None:
+        from core.data.dataset import DataOptions, DatasetError, ImageFolderDataset
+
+        self.device = torch.device(device)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.features = resolve_features(features, fid_weights)
+        root = Path(data_dir).expanduser()
+        if not str(data_dir) or not root.is_dir():
+            raise EvalError(f"dataset folder {root} not found (the run's training images; pass --data DIR)")
+        try:
+            data = ImageFolderDataset(root, DataOptions(image_size=int(image_size), resize=resize, flip=False),
+                                      cache_dir=self.cache_dir, classes=list(classes) if classes else None,
+                                      progress=progress)
+        except (DatasetError, ValueError) as exc:
+            raise EvalError(str(exc)) from None
+        if len(data) < 2:
+            raise EvalError(f"{root}: at least 2 readable images are needed, found {len(data)}")
+        self.classes = list(data.classes)
+        self.real_labels = data.labels.numpy()
+        if self.features == "inception":
+            try:
+                self.net: FeatureNet = load_inception(fid_weights, self.device)
+            except FeatureError as exc:
+                raise EvalError(str(exc)) from None
+        else:
+            extra = {"seconds": feature_seconds} if feature_seconds is not None else {}
+            try:
+                self.net = dataset_feature_net(data.images, data.labels, data.classes, root=root,
+                                               cache_dir=self.cache_dir, device=self.device,
+                                               progress=progress, **extra)
+            except FeatureError as exc:
+                raise EvalError(str(exc)) from None
+        self.real_features = self._real_features(data.images, progress)
+        self.real_count = len(data)
+
+    def _real_features(self, images: torch.Tensor, progress: Progress | None) -> np.ndarray:
+        path = _real_cache_file(self.cache_dir, self.net, images) if self.cache_dir is not None else None
+        if path is not None and path.is_file():
+            try:
+                return np.load(path, allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                _log.warning("ignoring the real-feature cache %s: %s", path, exc)
+        feats, _ = self.net.embed(images, progress=progress)
+        if path is not None:
+            from core.io.atomic import atomic_write
+
+            try:
+                atomic_write(path, lambda fh: np.save(fh, feats, allow_pickle=False))
+            except OSError as exc:
+                _log.warning("cannot cache real features at %s: %s", path, exc)
+        return feats
+
+    def settings_record(self, settings: EvalSettings) -> dict:
+        return {**asdict(settings), "features": self.features, "feature_key": self.net.key}
+
+    def score(self, samples: torch.Tensor, labels: Sequence[int] | None = None,
+              progress: Progress | None = None) -> dict[str, float]:
+        """The metrics of generated images (float [-1, 1] or uint8) against the real set."""
+        fake, probs = self.net.embed(samples, progress=progress)
+        real = self.real_features
+        kid_mean, kid_std = metrics.kid(real, fake, subsets=KID_SUBSETS, subset_size=kid_subset_size(len(real), len(fake)))
+        # k-NN manifolds over equal-sized sets (the paper's protocol), bounded memory.
+        rng = np.random.default_rng(0)
+        m = min(len(real), len(fake))
+        real_pr = real[rng.choice(len(real), m, replace=False)] if len(real) > m else real
+        values = {"fid": metrics.fid(real, fake), "kid": kid_mean, "kid_std": kid_std}
+        if m > metrics.PR_NEIGHBOURS:
+            values["precision"], values["recall"] = metrics.precision_recall(real_pr, fake[:m])
+        if probs is not None:
+            if labels is not None:
+                values["class_accuracy"] = metrics.class_accuracy(probs.argmax(1), labels)
+            else:
+                values["class_entropy"] = metrics.class_entropy(probs)
+        return values
+
+    def evaluate(self, model: nn.Module, diffusion, settings: EvalSettings, *, step: int,
+                 identity: dict | None = None, run_dir: str | os.PathLike | None = None,
+                 amp: str = "auto", batch_size: int = 100, progress: Progress | None = None) -> EvalResult:
+        """Sample ``settings.n`` images from ``model`` (already holding the weights to judge),
+        score them and, with ``run_dir``, append the result to eval.jsonl. An evaluation
+        already there with the same identity and settings is returned instead."""
+        settings.validate()
+        identity = identity if identity is not None else {"step": int(step)}
+        eid = eval_log.eval_id(identity, self.settings_record(settings))
+        if run_dir is not None:
+            earlier = eval_log.find_evaluation(run_dir, eid)
+            if earlier:
+                return _result_from_records(earlier, settings, self.features)
+        t0 = time.perf_counter()
+        labels = None
+        num_classes = int(getattr(model.config, "num_classes", 0) or 0)
+        if num_classes:
+            labels = [i % num_classes for i in range(settings.n)]  # every breed equally often
+            if self.net.classes is not None and len(self.net.classes) != num_classes:
+                raise EvalError(f"the model knows {num_classes} classes but the dataset has {len(self.net.classes)}")
+        device = _model_device(model)
+        samples = generate_images(model, diffusion, settings.n, settings, device=device, amp=amp,
+                                  batch_size=batch_size, progress=progress)
+        values = self.score(samples, labels if self.net.classes is not None else None, progress)
+        seconds = time.perf_counter() - t0
+        records = _records(values, step=step, settings=settings, features=self.features, eid=eid,
+                           identity=identity, extra={"feature_key": self.net.key, "seconds": round(seconds, 3),
+                                                     "real_n": self.real_count})
+        if run_dir is not None:
+            eval_log.append_records(run_dir, records)
+        return EvalResult(values, int(step), self.features, settings, seconds, False, records)
+
+
+def kid_subset_size(n_real: int, n_fake: int) -> int:
+    """1000 (the usual size) when both sets are larger; else half the smaller set, so the
+    subsets differ and the std means something (subsets of a whole set are all the same)."""
+    smaller = min(n_real, n_fake)
+    return KID_SUBSET_SIZE if smaller > KID_SUBSET_SIZE else max(2, smaller // 2)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _records(values: dict[str, float], *, step: int, settings: EvalSettings, features: str, eid: str,
+             identity: dict, extra: dict) -> list[dict]:
+    now = time.time()
+    out = []
+    for metric, value in values.items():
+        if metric == "kid_std":
+            continue
+        r = {"step": int(step), "metric": metric, "value": float(value), "sampler": settings.sampler,
+             "steps": settings.steps, "n": settings.n, "features": features, "time": now}
+        if metric == "kid":
+            r["std"] = float(values["kid_std"])
+        r.update(eta=settings.eta, guidance=settings.guidance, seed=settings.seed, weights=settings.weights,
+                 eval_id=eid, checkpoint=identity, **extra)
+        out.append(r)
+    return out
+
+
+def _result_from_records(records: dict[str, dict], settings: EvalSettings, features: str) -> EvalResult:
+    values = {m: float(r["value"]) for m, r in records.items() if isinstance(r.get("value"), (int, float))}
+    if "kid" in records and isinstance(records["kid"].get("std"), (int, float)):
+        values["kid_std"] = float(records["kid"]["std"])
+    any_record = records["fid"]
+    return EvalResult(values, int(any_record.get("step") or 0), features, settings,
+                      float(any_record.get("seconds") or 0.0), True, list(records.values()))
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_identity(path: str | os.PathLike, step: int) -> dict:
+    """What makes a checkpoint file the same one later: name, step, size and mtime."""
+    st = Path(path).stat()
+    return {"file": Path(path).name, "step": int(step), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def evaluate_checkpoint(ckpt_path: str | os.PathLike, *, run_dir: str | os.PathLike | None,
+                        run_config: dict | None = None,
+                        settings: EvalSettings, data_dir: str | os.PathLike | None = None,
+                        features: str = AUTO_FEATURES, fid_weights: str | os.PathLike | None = None,
+                        cache_dir: str | os.PathLike | None = None, device: torch.device | str = "cpu",
+                        amp: str = "auto", batch_size: int = 100,
+                        progress: Progress | None = None) -> EvalResult:
+    """Load a checkpoint, evaluate it against its run's dataset (or ``data_dir``) and append
+    the result to ``run_dir``/eval.jsonl (reused when already there). ``run_config`` is the
+    run's config.json (its dataset, classes and resize), read by the caller."""
+    from core.diffusion.checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
+
+    settings.validate()
+    try:
+        ckpt = load_checkpoint(ckpt_path)
+    except CheckpointError as exc:
+        raise EvalError(str(exc)) from None
+    config = dict(run_config or {})
+    extra = ckpt.get("extra") or {}
+    classes = list(extra.get("classes") or config.get("classes") or [])
+    model_cfg = ckpt.get("model_config") or {}
+    data = data_dir or config.get("data") or extra.get("data")
+    if not data:
+        raise EvalError(f"{ckpt_path}: no dataset recorded for this checkpoint; pass --data DIR")
+    use_ema = settings.weights == "ema" and bool(ckpt.get("ema"))
+    try:
+        model, diffusion = build_model_from_checkpoint(ckpt, use_ema=use_ema)
+    except CheckpointError as exc:
+        raise EvalError(str(exc)) from None
+    step = int(ckpt.get("step") or 0)
+    del ckpt
+    if settings.weights == "ema" and not use_ema:
+        settings = EvalSettings(**{**asdict(settings), "weights": "raw"})  # say what was used
+    evaluator = Evaluator(data, image_size=int(model_cfg.get("image_size") or model.config.image_size),
+                          resize=str(config.get("resize") or "squash"),
+                          classes=classes if model.config.num_classes else None, features=features,
+                          fid_weights=fid_weights, cache_dir=cache_dir, device=device, progress=progress)
+    model, diffusion = model.to(device), diffusion.to(device)
+    return evaluator.evaluate(model, diffusion, settings, step=step,
+                              identity=checkpoint_identity(ckpt_path, step), run_dir=run_dir,
+                              amp=amp, batch_size=batch_size, progress=progress)

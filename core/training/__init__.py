@@ -1,0 +1,1 @@
+"""Training: every option declared once, the trainer and the run directory it writes."""

@@ -1,0 +1,388 @@
+"""Every training option, declared once (torch-free).
+
+``OPTIONS`` holds each option's name, type, default, choices, bounds, help, group and
+whether a resume may change it. From it come ``TrainOptions`` (the dataclass TrainConfig
+extends), the `ddpm-tui train` flags (``add_train_arguments``), the studio's new-run form
+(ddpm_tui/screens/newrun.py) and the keys of config.json. Adding an option is one entry
+here plus its use.
+
+Recipes are named bundles of defaults for some options (``RECIPES``): ``seed`` is the seed
+repository's training, exactly; ``fast`` a modern recipe. Explicit values override the
+recipe, and config.json stores the resolved values, so a run never depends on what a
+recipe meant when it was started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from dataclasses import MISSING, asdict, dataclass, field, fields, make_dataclass
+from typing import Any, Iterable
+
+from core.diffusion.registry import (AMP_MODES, DEVICE_SUGGESTIONS, LOSS_WEIGHTING_NAMES, MAX_SEED,  # noqa: F401
+                                     PREDICTION_NAMES, PRESET_IMAGE_SIZE, PRESET_NAMES, SAMPLER_NAMES,
+                                     SCHEDULE_NAMES, WEIGHT_NAMES)
+
+RESIZE_MODES = ("squash", "crop")
+RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+RUN_NAME_RULE = "use letters, digits, '.', '_' or '-' (at most 64, not starting with . _ -)"
+GROUPS = ("run and data", "model and diffusion", "optimisation", "saving and samples", "hardware")
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    type: type  # int | float | str | bool
+    default: Any
+    help: str
+    group: str
+    label: str  # the new-run form's label (short)
+    choices: tuple[str, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    resumable: bool = True  # may a resumed run change it?
+    flags: tuple[str, ...] = ()  # extra command-line spellings (the seed's come first)
+    metavar: str | None = None
+    duration: bool = False  # the command line also takes 30m, 1.5h, 2d
+    internal: bool = False  # set by the program (not a flag, not in the form), kept in config.json
+    basic: bool = False  # shown in the form's first section
+
+    @property
+    def cli_flags(self) -> tuple[str, ...]:
+        if self.type is bool and self.default is True:
+            return (f"--no-{self.name.replace('_', '-')}",)
+        names = [*self.flags, f"--{self.name.replace('_', '-')}", f"--{self.name}"]
+        return tuple(dict.fromkeys(names))  # ordered, no repeats
+
+    def check(self, value: Any) -> Any:
+        """``value`` as this option's type, or ValueError naming the option and the value."""
+        if self.type is bool:
+            if not isinstance(value, bool):
+                raise ValueError(f"{self.name} must be true or false, got {value!r}")
+            return value
+        if self.type is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{self.name} must be an integer, got {value!r}")
+        elif self.type is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{self.name} must be a finite number, got {value!r}")
+            value = float(value)
+        elif not isinstance(value, str):
+            raise ValueError(f"{self.name} must be text, got {value!r}")
+        if self.choices and value not in self.choices:
+            raise ValueError(f"unknown {self.name} {value!r}; use one of {', '.join(self.choices)}")
+        if self.type in (int, float) and not self.in_bounds(value):
+            raise ValueError(f"{self.name} must be {self.bounds_text()}, got {value!r}")
+        return value
+
+    def in_bounds(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return not (self.high is not None and (value >= self.high if self.high_open else value > self.high))
+
+    def bounds_text(self) -> str:
+        low, high = self.low, self.high
+        if self.type is int:  # exact, not 9.22337e+18
+            low, high = (None if v is None else int(v) for v in (low, high))
+            fmt = str
+        else:
+            fmt = "{:g}".format
+        if low is not None and high is not None:
+            return f"in {'(' if self.low_open else '['}{fmt(low)}, {fmt(high)}{')' if self.high_open else ']'}"
+        if low is not None:
+            return f"{'>' if self.low_open else '>='} {fmt(low)}"
+        return f"{'<' if self.high_open else '<='} {fmt(high)}" if high is not None else "a number"
+
+    def parse(self, text: str) -> Any:
+        """Text from the command line or the form -> the value (ValueError naming it)."""
+        text = str(text).strip()
+        if self.type is bool:
+            low = text.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"{self.name}: {text!r} is not true or false")
+        if self.type is str:
+            return self.check(text)
+        try:
+            value = parse_duration(text) if self.duration else self.type(text)
+        except ValueError:
+            kind = "an integer" if self.type is int else "a number"
+            raise ValueError(f"{self.name}: {text!r} is not {kind}") from None
+        return self.check(value)
+
+    def show(self, value: Any) -> str:
+        """A value as the form and --help write it (parse(show(v)) == v)."""
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        if isinstance(value, float):
+            short = f"{value:g}"
+            return short if float(short) == value else repr(value)
+        return str(value)
+
+
+def _opt(name, type_, default, group, label, help, **kw) -> Option:
+    return Option(name, type_, default, help, group, label, **kw)
+
+
+_DATA, _MODEL, _OPT, _SAVE, _HW = GROUPS
+OPTIONS: tuple[Option, ...] = (
+    # -- run and data
+    _opt("data", str, "", _DATA, "Dataset folder", "folder of breed folders (default: WORKSPACE/data/dogs)",
+         metavar="DIR", basic=True),
+    _opt("run", str, "", _DATA, "Run name", "the run's name (the run folder's name)", internal=True),
+    _opt("image_size", int, 64, _DATA, "Image size px", "image side in pixels", low=1, metavar="PX",
+         resumable=False, basic=True),
+    _opt("resize", str, "squash", _DATA, "Resize", "squash to a square (the seed) or crop the centre square",
+         choices=RESIZE_MODES),
+    _opt("flip", bool, True, _DATA, "Random flips", "random horizontal flips"),
+    _opt("workers", int, 0, _DATA, "Workers", "image-decoding workers (0 = one per CPU)", low=0, metavar="N"),
+    _opt("cache_dir", str, "", _DATA, "Cache folder", "decoded-image cache (set by the workspace)",
+         internal=True),
+    # -- model and diffusion
+    _opt("recipe", str, "seed", _MODEL, "Recipe",
+         "a bundle of defaults: seed (the seed's training, exactly) or fast (v prediction, cosine "
+         "schedule, min-SNR, AdamW with warm-up, grad clip, EMA 0.999, batch 32); explicit options override it",
+         choices=("seed", "fast"), basic=True),
+    _opt("preset", str, "seed", _MODEL, "Preset",
+         "network: seed (the seed's 93M UNet), small, tiny (the seed's design, smaller); res-small, res-tiny (ResNet blocks, attention at 16 px and below: more quality per CPU minute)", choices=PRESET_NAMES, resumable=False, basic=True),
+    _opt("T", int, 1000, _MODEL, "Noise steps T", "diffusion steps for training and sampling", low=1,
+         metavar="STEPS", resumable=False),
+    _opt("schedule", str, "linear", _MODEL, "Schedule", "beta schedule", choices=SCHEDULE_NAMES, resumable=False),
+    _opt("prediction", str, "eps", _MODEL, "Prediction", "what the network predicts: eps (noise), x0 or v",
+         choices=PREDICTION_NAMES, resumable=False),
+    _opt("loss_weighting", str, "uniform", _MODEL, "Loss weighting", "per-timestep loss weights",
+         choices=LOSS_WEIGHTING_NAMES, resumable=False),
+    _opt("min_snr_gamma", float, 5.0, _MODEL, "Min-SNR gamma", "gamma of min-SNR loss weighting", low=0.0,
+         low_open=True, metavar="G", resumable=False),
+    _opt("zero_terminal_snr", bool, False, _MODEL, "Zero terminal SNR",
+         "rescale the schedule so x_T is pure noise", resumable=False),
+    _opt("conditional", bool, False, _MODEL, "Breed labels",
+         "condition on the breed (enables --breed and --guidance when sampling)", resumable=False, basic=True),
+    _opt("label_dropout", float, 0.1, _MODEL, "Label dropout",
+         "share of labels dropped for classifier-free guidance", low=0.0, high=1.0, high_open=True, metavar="P"),
+    # -- optimisation
+    _opt("batch_size", int, 16, _OPT, "Batch size", "training batch size per process", low=1, metavar="N",
+         flags=("--batch_size",), basic=True),
+    _opt("lr", float, 3e-4, _OPT, "Learning rate", "learning rate", low=0.0, low_open=True, basic=True),
+    _opt("optimizer", str, "adam", _OPT, "Optimizer", "adam (the seed) or adamw", choices=("adam", "adamw")),
+    _opt("weight_decay", float, 0.0, _OPT, "Weight decay", "AdamW weight decay", low=0.0, metavar="WD"),
+    _opt("lr_warmup", int, 0, _OPT, "LR warm-up steps", "steps of linear learning-rate warm-up", low=0,
+         metavar="STEPS"),
+    _opt("lr_schedule", str, "constant", _OPT, "LR schedule",
+         "constant, or cosine decay to 0 over the run's steps", choices=("constant", "cosine")),
+    _opt("grad_clip", float, 0.0, _OPT, "Grad clip", "clip the gradient norm (0 = off, as in the seed)",
+         low=0.0, metavar="NORM"),
+    _opt("ema_decay", float, 0.995, _OPT, "EMA decay", "EMA decay", low=0.0, high=1.0, metavar="D"),
+    _opt("ema_warmup", int, 0, _OPT, "EMA warm-up", "EMA warm-up W: decay min(D, (1+n)/(W+n)); 0 = off",
+         low=0, metavar="W"),
+    _opt("epochs", int, 500, _OPT, "Epochs", "epochs to run", low=1, basic=True),
+    _opt("seed", int, 0, _OPT, "Seed", "random seed", low=0, high=MAX_SEED),
+    _opt("max_steps", int, 0, _OPT, "Max steps", "finish at this global step (0 = no limit)", low=0,
+         metavar="N"),
+    _opt("max_time", float, 0.0, _OPT, "Max time s",
+         "stop after this long, e.g. 90m or 8h; the run can be continued (0 = no limit)", low=0.0,
+         metavar="DUR", duration=True, basic=True),
+    _opt("max_nonfinite", int, 5, _OPT, "Max NaN steps", "NaN/inf losses in a row before the run fails", low=1,
+         metavar="N"),
+    # -- saving and samples
+    _opt("samples", int, 10, _SAVE, "Samples/save", "images per sample grid", low=0, metavar="N", basic=True),
+    _opt("save_frequency", int, 10, _SAVE, "Save every N ep", "epochs between checkpoints and sample grids",
+         low=1, metavar="EPOCHS", flags=("--save_frequency",), basic=True),
+    _opt("save_every_steps", int, 0, _SAVE, "Save every N steps", "also checkpoint every N steps (0 = off)",
+         low=0, metavar="N"),
+    _opt("keep_milestones", int, 0, _SAVE, "Keep milestones",
+         "keep N epoch_NNNN.pt checkpoints besides last.pt (-1 all)", low=-1, metavar="N"),
+    _opt("sample_steps", int, 25, _SAVE, "Sample steps", "DDIM steps for the sample grids", low=1, metavar="N"),
+    _opt("sample_guidance", float, 3.0, _SAVE, "Sample guidance", "guidance for the grids of conditional runs",
+         low=0.0, metavar="W"),
+    _opt("log_every", int, 10, _SAVE, "Log every N steps", "steps per metrics line", low=1, metavar="N"),
+    _opt("eval_every", int, 0, _SAVE, "Eval every N steps",
+         "evaluate the EMA weights (FID, KID, precision/recall into eval.jsonl) every N steps (0 = off)",
+         low=0, metavar="N"),
+    _opt("eval_n", int, 1000, _SAVE, "Eval images",
+         "images generated per evaluation (with --sample-steps DDIM steps); small n is quick but noisy",
+         low=2, metavar="N"),
+    # -- hardware
+    _opt("device", str, "auto", _HW, "Device", "auto (CUDA, then MPS, then CPU), cuda, cuda:1, mps or cpu",
+         basic=True),
+    _opt("amp", str, "auto", _HW, "Autocast", "autocast: auto = bf16 where the device does it fast; "
+         "fp16 is refused until a gradient scaler exists", choices=AMP_MODES),
+    _opt("channels_last", bool, False, _HW, "channels_last", "channels_last memory format (often faster on GPUs)"),
+    _opt("compile", bool, False, _HW, "torch.compile",
+         "torch.compile the network (opt-in; the first step compiles, minutes on a GPU, cached in the "
+         "workspace's cache/ for later runs)"),
+    _opt("deterministic", bool, False, _HW, "Deterministic",
+         "deterministic kernels (cuDNN, cuBLAS workspace, torch.use_deterministic_algorithms): "
+         "bit-exact resume on CUDA; slower"),
+)
+BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
+
+# Named bundles of defaults. "seed" is the declared defaults (the seed's training); others
+# change only what they list.
+RECIPES: dict[str, dict[str, Any]] = {
+    "seed": {},
+    "fast": {
+        "prediction": "v", "schedule": "cosine", "loss_weighting": "min_snr", "min_snr_gamma": 5.0,
+        "optimizer": "adamw", "weight_decay": 0.0, "lr_warmup": 200, "lr_schedule": "constant", "lr": 2e-4,
+        "grad_clip": 1.0, "ema_decay": 0.999, "ema_warmup": 10, "batch_size": 32, "amp": "auto",
+    },
+}
+# Keys config.json carries besides the options (written by the trainer).
+CONFIG_META_KEYS = ("model", "diffusion", "classes", "created_at", "num_images", "world_size", "imported_from")
+
+
+# The recipe a new run gets when none is named (the CLI and the studio's form): the best one
+# measured by `python -m bench.quality` (README). The declared defaults above stay the seed
+# recipe's, so a config.json older than an option reads as the seed's training.
+NEW_RUN_RECIPE = "fast"
+
+
+def recipe_defaults(recipe: str) -> dict[str, Any]:
+    """Every option's value under ``recipe`` (declared defaults, then the recipe's)."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; use one of {', '.join(RECIPES)}")
+    return {**{o.name: o.default for o in OPTIONS}, **RECIPES[recipe], "recipe": recipe}
+
+
+def resolve(given: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Option values: ``base`` (a saved run's; default the recipe's), a recipe named in
+    ``given`` re-applied under it, then ``given`` itself. Explicit values always win."""
+    values = dict(base) if base is not None else recipe_defaults(given.get("recipe", NEW_RUN_RECIPE))
+    if base is not None and "recipe" in given and given["recipe"] != base.get("recipe"):
+        values.update(RECIPES[given["recipe"]] if given["recipe"] in RECIPES else {})
+    values.update(given)
+    return values
+
+
+# -- the dataclass ---------------------------------------------------------------------------
+
+
+class _Methods:
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        """Build from a dict (e.g. config.json). Missing keys take the declared (seed) defaults,
+        so config.json files older than an option still load; trainer metadata keys are
+        ignored; any other unknown key is an error naming it."""
+        if not isinstance(data, dict):
+            raise ValueError(f"train config must be a dict, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(k for k in data if k not in known and k not in CONFIG_META_KEYS)
+        if unknown:
+            raise ValueError(f"unknown train option(s) {', '.join(unknown)}")
+        values = {k: v for k, v in data.items() if k in known}
+        for name, value in values.items():  # JSON writes 1.0 as 1 in some writers
+            if BY_NAME[name].type is float and isinstance(value, int) and not isinstance(value, bool):
+                values[name] = float(value)
+        return cls(**values)
+
+    def check_options(self) -> None:
+        """ValueError naming the first option whose value is not allowed by its declaration."""
+        for option in OPTIONS:
+            option.check(getattr(self, option.name))
+        if self.recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {self.recipe!r}")
+
+    def refused_changes(self, saved: dict[str, Any]) -> list[str]:
+        """'name: run has X, asked for Y' for each option a resume may not change."""
+        out = []
+        for option in OPTIONS:
+            before = saved.get(option.name, option.default)  # older runs: the seed's value
+            if not option.resumable and before != getattr(self, option.name):
+                out.append(f"{option.name}: run has {before!r}, asked for {getattr(self, option.name)!r}")
+        return out
+
+
+TrainOptions = make_dataclass(
+    "TrainOptions",
+    [(o.name, o.type, field(default=o.default)) for o in OPTIONS],
+    bases=(_Methods,),
+    namespace={"__doc__": "Every training option, with the seed recipe's values as defaults."},
+)
+
+
+# -- the command line ------------------------------------------------------------------------
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([smhd]?)\s*$", re.IGNORECASE)
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '30m', '1.5h', '2d' -> seconds."""
+    match = _DURATION_RE.match(str(text))
+    if not match:
+        raise ValueError(f"bad duration {text!r}: use seconds or e.g. 30m, 1.5h, 2d")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2).lower()]
+
+
+def _argparse_type(option: Option):
+    def parse(text: str):
+        try:
+            return option.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{option.name}: ")) from None
+
+    parse.__name__ = option.type.__name__  # argparse names the type in its messages
+    return parse
+
+
+def help_text(option: Option) -> str:
+    """An option's --help line: its default, or its value under each recipe where they differ."""
+    if option.default == "":
+        return option.help  # the help says what the default is
+    if option.name == "recipe":
+        return f"{option.help} (default for a new run: {NEW_RUN_RECIPE})"
+    per_recipe = {name: values.get(option.name, option.default) for name, values in RECIPES.items()}
+    if len({repr(v) for v in per_recipe.values()}) == 1:
+        return f"{option.help} (default: {option.show(option.default)})"
+    parts = [f"{name} recipe{' (default)' if name == NEW_RUN_RECIPE else ''}: {option.show(value)}"
+             for name, value in sorted(per_recipe.items(), key=lambda kv: kv[0] != NEW_RUN_RECIPE)]
+    return f"{option.help} ({'; '.join(parts)})"
+
+
+def add_train_arguments(parser: argparse.ArgumentParser, groups: dict[str, Any] | None = None) -> None:
+    """One flag per option. Unset flags stay unset (argparse.SUPPRESS) so a resumed run
+    keeps its own values and a recipe can fill them."""
+    groups = groups if groups is not None else {}
+    for option in OPTIONS:
+        if option.internal:
+            continue
+        group = groups.get(option.group)
+        if group is None:
+            group = groups[option.group] = parser.add_argument_group(option.group)
+        kw: dict[str, Any] = {"dest": option.name, "default": argparse.SUPPRESS, "help": help_text(option)}
+        if option.type is bool:
+            kw["action"] = "store_false" if option.default is True else "store_true"
+        else:
+            kw["type"] = _argparse_type(option)
+            if option.choices:
+                kw["choices"] = option.choices
+            if option.metavar:
+                kw["metavar"] = option.metavar
+        group.add_argument(*option.cli_flags, **kw)
+
+
+def to_argv(values: dict[str, Any]) -> list[str]:
+    """Flags that give ``values`` ({option name: value}) to `ddpm-tui train`."""
+    args: list[str] = []
+    for name, value in values.items():
+        option = BY_NAME[name]
+        flag = option.cli_flags[0] if option.type is bool else f"--{name.replace('_', '-')}"
+        if option.type is bool:
+            if value != option.default:
+                args.append(flag)
+        elif value is not None and value != "":
+            args += [flag, option.show(value)]
+    return args
+
+
+def form_options() -> Iterable[Option]:
+    """The options the new-run form shows, basic ones first, in declaration order."""
+    shown = [o for o in OPTIONS if not o.internal]
+    return [o for o in shown if o.basic] + [o for o in shown if not o.basic]

@@ -1,0 +1,143 @@
+"""Evaluation orchestration: eval.jsonl written, reused, read tolerantly; the real side scores 0."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from core.quality import eval_log, evaluate
+from core.diffusion.checkpoint import save_checkpoint
+from core.data.demo import make_demo_dataset
+from core.diffusion.process import Diffusion, DiffusionConfig
+from core.diffusion.ema import EMA
+from core.training.runs import checkpoints_dir, write_config
+from core.diffusion.unet import UNet, get_preset
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval") / "demo"
+    make_demo_dataset(root, per_class=8, size=16, seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One cache for the module: the feature net trains once, the tests reuse it."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def _run(tmp_path, data, *, conditional=False):
+    torch.manual_seed(0)
+    classes = sorted(p.name for p in data.iterdir()) if conditional else []
+    config = get_preset("tiny", image_size=16, num_classes=len(classes))
+    model = UNet(config)
+    run_dir = tmp_path / "run"
+    ckpt = checkpoints_dir(run_dir) / "last.pt"
+    save_checkpoint(ckpt, model_config=config, diffusion_config=DiffusionConfig(T=10), model_state=model.state_dict(),
+                    ema_state=EMA(model).state_dict(), step=7, extra={"classes": classes})
+    write_config(run_dir, {"preset": "tiny", "image_size": 16, "data": str(data), "classes": classes})
+    return run_dir, ckpt
+
+
+def test_real_images_against_themselves_score_zero(data, cache, one_thread):
+    ev = evaluate.Evaluator(data, image_size=16, features="dataset", cache_dir=cache)
+    from core.data.dataset import DataOptions, ImageFolderDataset
+
+    real = ImageFolderDataset(data, DataOptions(image_size=16, flip=False))
+    values = ev.score(real.images, labels=real.labels.tolist())
+    assert values["fid"] == pytest.approx(0.0, abs=1e-6)
+    assert values["precision"] == 1.0 and values["recall"] == 1.0
+    assert values["class_accuracy"] >= 0.9
+    # a second Evaluator reuses the cached net and the cached real features
+    again = evaluate.Evaluator(data, image_size=16, features="dataset", cache_dir=cache)
+    assert again.net.cached
+    np.testing.assert_array_equal(again.real_features, ev.real_features)
+
+
+def test_evaluate_checkpoint_appends_then_reuses(data, cache, tmp_path, monkeypatch, one_thread):
+    run_dir, ckpt = _run(tmp_path, data)
+    settings = evaluate.EvalSettings(n=12, steps=2)
+    first = evaluate.evaluate_checkpoint(ckpt, run_dir=run_dir, run_config=read_config(run_dir),
+                                         settings=settings, features="dataset",
+                                         cache_dir=cache, batch_size=5)
+    assert not first.reused and first.step == 7
+    assert set(first.values) >= {"fid", "kid", "kid_std", "precision", "recall", "class_entropy"}
+    records, _ = eval_log.read_eval(run_dir)
+    assert {r["metric"] for r in records} == {"fid", "kid", "precision", "recall", "class_entropy"}
+    for r in records:
+        assert all(k in r for k in eval_log.RECORD_KEYS)
+        assert r["step"] == 7 and r["n"] == 12 and r["sampler"] == "ddim" and r["features"] == "dataset"
+
+    def no_sampling(*a, **k):
+        raise AssertionError("a reused evaluation must not sample")
+
+    monkeypatch.setattr(evaluate, "generate_images", no_sampling)
+    second = evaluate.evaluate_checkpoint(ckpt, run_dir=run_dir, run_config=read_config(run_dir),
+                                         settings=settings, features="dataset",
+                                          cache_dir=cache)
+    assert second.reused and second.values == first.values
+    assert len(eval_log.read_eval(run_dir)[0]) == len(records)
+    # other settings are a new evaluation
+    with pytest.raises(AssertionError, match="must not sample"):
+        evaluate.evaluate_checkpoint(ckpt, run_dir=run_dir, run_config=read_config(run_dir),
+                                         settings=evaluate.EvalSettings(n=12, steps=3),
+                                     features="dataset", cache_dir=cache)
+
+
+def test_conditional_run_reports_class_accuracy(data, cache, tmp_path, one_thread):
+    run_dir, ckpt = _run(tmp_path, data, conditional=True)
+    result = evaluate.evaluate_checkpoint(ckpt, run_dir=run_dir, run_config=read_config(run_dir),
+                                         settings=evaluate.EvalSettings(n=10, steps=1),
+                                          features="dataset", cache_dir=cache)
+    assert 0.0 <= result.values["class_accuracy"] <= 1.0 and "class_entropy" not in result.values
+
+
+def test_eval_log_tolerates_torn_lines_and_finds_best_fid(tmp_path):
+    run_dir = tmp_path / "run"
+    base = {"metric": "fid", "sampler": "ddim", "steps": 5, "n": 4, "features": "dataset", "time": 0}
+    eval_log.append_records(run_dir, [{**base, "step": 100, "value": 50.0}])
+    with open(eval_log.eval_path(run_dir), "ab") as fh:
+        fh.write(b'{"step": 150, "metric": "fi')  # a writer killed mid-line
+    records, offset = eval_log.read_eval(run_dir)
+    assert [r["step"] for r in records] == [100]
+    eval_log.append_records(run_dir, [{**base, "step": 200, "value": 20.0},
+                                      {**base, "step": 200, "metric": "kid", "value": 0.1}])
+    more, _ = eval_log.read_eval(run_dir, offset)
+    assert [(r["step"], r["metric"]) for r in more] == [(200, "fid"), (200, "kid")]
+    assert eval_log.best_fid(run_dir) == (20.0, 200, "dataset")
+    assert eval_log.format_best_fid(eval_log.best_fid(run_dir)) == "20@200"
+    # a later evaluation with another feature net: its own scale decides the best
+    eval_log.append_records(run_dir, [{**base, "step": 300, "value": 80.0, "features": "inception"}])
+    assert eval_log.best_fid(run_dir) == (80.0, 300, "inception")
+    assert eval_log.best_fid(tmp_path / "none") is None and eval_log.format_best_fid(None) == "–"
+    json.loads(eval_log.eval_path(run_dir).read_text().splitlines()[-1])  # plain JSON lines
+
+
+def test_bad_settings_and_inputs_are_one_line_errors(data, tmp_path):
+    with pytest.raises(evaluate.EvalError, match="at least 2 images"):
+        evaluate.EvalSettings(n=1).validate()
+    with pytest.raises(evaluate.EvalError, match="not found"):
+        evaluate.Evaluator(tmp_path / "missing", image_size=16, features="dataset")
+    with pytest.raises(evaluate.EvalError, match="Inception weights not found"):
+        evaluate.Evaluator(data, image_size=16, features="inception", fid_weights=tmp_path / "absent.pth")
+    assert evaluate.resolve_features("auto", tmp_path / "absent.pth") == "inception"  # named: then it must exist
+
+
+def test_in_process_evaluation_as_the_trainer_calls_it(data, cache, tmp_path, one_thread):
+    """Evaluator built once, evaluate() every N steps with the live (EMA) model."""
+    torch.manual_seed(0)
+    model = UNet(get_preset("tiny", image_size=16)).eval()
+    diffusion = Diffusion(DiffusionConfig(T=10))
+    ev = evaluate.Evaluator(data, image_size=16, features="dataset", cache_dir=cache)
+    run_dir = tmp_path / "run"
+    settings = evaluate.EvalSettings(n=8, steps=1)
+    for step in (10, 20):
+        result = ev.evaluate(model, diffusion, settings, step=step, run_dir=run_dir)
+        assert not result.reused and result.step == step
+    assert ev.evaluate(model, diffusion, settings, step=20, run_dir=run_dir).reused
+    steps = [s for s, _, _ in eval_log.fid_points(eval_log.read_eval(run_dir)[0])]
+    assert steps == [10, 20]
