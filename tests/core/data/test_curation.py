@@ -30,10 +30,9 @@ from core.data.curation import (
     collage_score,
     dataset_stats,
     load_report,
-    quarantine_flagged,
-    restore,
     scan_dataset,
 )
+from core.data.quarantine import quarantine_flagged, restore
 
 # ---------------------------------------------------------------------------- image makers
 
