@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import fmt_seconds, median, time_repeats
-from core.data.curation import ScanOptions, analysis_view, collage_score, dataset_stats, near_pairs, scan_dataset
+from core.data.curation import ScanOptions, dataset_stats, near_pairs, scan_dataset
+from core.data.image_features import analysis_view, collage_score
 from core.data.demo import CLASSES, render
 
 
@@ -196,7 +197,7 @@ def _thresholds_on(photo, collage, n: int, rng: np.random.Generator) -> None:
 def _entropy_and_grey(clean: list, n: int, rng: np.random.Generator) -> None:
     from PIL import Image
 
-    from core.data.curation import _entropy_bits
+    from core.data.image_features import _entropy_bits
 
     def ent_chroma(im) -> tuple[float, float]:
         arr = np.asarray(analysis_view(im))

@@ -20,7 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("core", "scraper", "ddpm_tui")
 CORE_LAYERS = ("io", "diffusion", "data", "quality", "training")
-TORCH_FREE = ("core.io.atomic", "core.io.jsonio", "core.io.safe_text", "core.diffusion.registry",
+TORCH_FREE = ("core.io.atomic", "core.data.image_features", "core.io.jsonio", "core.io.safe_text", "core.diffusion.registry",
               "core.training.options", "core.training.runs", "core.quality.eval_log", "core.data.files",
               "core.data.curation", "core.data.quarantine", "core.data.stats", "scraper.job")
 

@@ -271,9 +271,9 @@ class _Judge:
     MAX_ATTEMPTS = 50
 
     def __init__(self) -> None:
-        from core.data import curation
+        from core.data import curation, image_features
 
-        self.c = curation
+        self.features = image_features.image_features
         d = curation.ScanOptions()
         self.collage = d.collage_threshold - 0.15
         self.near_p, self.near_d = d.near_phash + 2, d.near_dhash + 2
@@ -284,7 +284,7 @@ class _Judge:
         self.ph, self.dh = [], []
 
     def accept(self, jpeg: bytes) -> bool:
-        ft = self.c.image_features(Image.open(io.BytesIO(jpeg)).convert("RGB"))
+        ft = self.features(Image.open(io.BytesIO(jpeg)).convert("RGB"))
         p, d = int(ft["phash"], 16), int(ft["dhash"], 16)
         if ft["collage"] >= self.collage:
             return False

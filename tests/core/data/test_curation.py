@@ -26,12 +26,11 @@ from core.data import quarantine as qmod
 from core.data.curation import (
     REASONS,
     ScanOptions,
-    analyse_image,
-    collage_score,
     dataset_stats,
     load_report,
     scan_dataset,
 )
+from core.data.image_features import analyse_image, collage_score
 from core.data.quarantine import quarantine_flagged, restore
 
 # ---------------------------------------------------------------------------- image makers
