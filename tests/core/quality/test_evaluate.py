@@ -13,7 +13,7 @@ from core.diffusion.checkpoint import save_checkpoint
 from core.data.demo import make_demo_dataset
 from core.diffusion.process import Diffusion, DiffusionConfig
 from core.diffusion.ema import EMA
-from core.training.runs import checkpoints_dir, write_config
+from core.training.runs import checkpoints_dir, read_config, write_config
 from core.diffusion.unet import UNet, get_preset
 
 
