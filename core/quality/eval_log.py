@@ -10,6 +10,7 @@ an evaluation with the same id is reused, not recomputed), ``checkpoint`` (that 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -18,9 +19,16 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from core.io.jsonio import read_jsonl_tail
+from core.io.safe_text import shown
 
 EVAL_FILE = "eval.jsonl"
 RECORD_KEYS = ("step", "metric", "value", "sampler", "steps", "n", "features", "time")
+# What an evaluation written before records listed their metrics must hold to be reused.
+CORE_METRICS = ("fid", "kid", "precision", "recall")
+
+
+class EvalLogError(Exception):
+    """eval.jsonl cannot be written; the message is one line naming the file."""
 
 
 def eval_path(run_dir: Path | str) -> Path:
@@ -39,14 +47,33 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def check_writable(run_dir: Path | str) -> None:
+    """Raise EvalLogError now, before minutes of sampling, if eval.jsonl is something that
+    cannot take records (a folder, a device)."""
+    path = eval_path(run_dir)
+    if path.exists() and not path.is_file():
+        raise EvalLogError(f"{shown(str(path))} is not a file; move it away so evaluations can be recorded")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:  # os.write may write less than asked (a nearly full disk) without raising
+        view = view[os.write(fd, view):]
+
+
 def append_records(run_dir: Path | str, records: Iterable[dict]) -> None:
-    """Append ``records`` as one write (all or nothing but a torn tail a reader skips)."""
+    """Append ``records`` whole or not at all: a write that fails part-way (full disk) is
+    cut back to the old end of the file and raised as EvalLogError."""
     lines = [json.dumps({k: _clean(v) for k, v in r.items()}, allow_nan=False, default=str) for r in records]
     if not lines:
         return
     path = eval_path(run_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    check_writable(run_dir)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise EvalLogError(f"cannot write {shown(str(path))}: {exc.strerror or exc}") from None
     try:
         data = ("\n".join(lines) + "\n").encode("utf-8")
         size = os.fstat(fd).st_size
@@ -56,8 +83,14 @@ def append_records(run_dir: Path | str, records: Iterable[dict]) -> None:
                 fh.seek(size - 1)
                 if fh.read(1) != b"\n":
                     data = b"\n" + data
-        os.write(fd, data)
-        os.fsync(fd)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise EvalLogError(f"cannot record the evaluation in {shown(str(path))}: {exc.strerror or exc}; "
+                               "nothing was appended") from None
     finally:
         os.close(fd)
 
@@ -68,12 +101,24 @@ def read_eval(run_dir: Path | str, offset: int = 0) -> tuple[list[dict], int]:
 
 
 def find_evaluation(run_dir: Path | str, wanted_id: str) -> dict[str, dict]:
-    """The records (by metric) of an earlier evaluation with this id; {} when none."""
+    """The records (by metric) of an earlier evaluation with this id; {} when there is
+    none, or when what is there is incomplete or not numbers (a cut or hand-edited file):
+    such an evaluation is computed again, never trusted."""
     found: dict[str, dict] = {}
     for record in read_eval(run_dir)[0]:
         if record.get("eval_id") == wanted_id and isinstance(record.get("metric"), str):
             found[record["metric"]] = record
-    return found if "fid" in found else {}
+    return found if found and _complete(found) else {}
+
+
+def _complete(found: dict[str, dict]) -> bool:
+    listed = {tuple(r["metrics"]) for r in found.values() if isinstance(r.get("metrics"), list)}
+    expected = set(listed.pop()) if len(listed) == 1 else set(CORE_METRICS)
+    if listed or not expected <= set(found):
+        return False  # records of two evaluations disagree, or some are missing
+    if "kid" in expected and _number(found["kid"].get("std")) is None:
+        return False
+    return all(_number(found[m].get("value")) is not None for m in expected)
 
 
 def _number(value: Any) -> float | None:

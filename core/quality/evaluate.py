@@ -209,6 +209,7 @@ class Evaluator:
         identity = identity if identity is not None else {"step": int(step)}
         eid = eval_log.eval_id(identity, self.settings_record(settings))
         if run_dir is not None:
+            _check_log(run_dir)
             earlier = eval_log.find_evaluation(run_dir, eid)
             if earlier:
                 return _result_from_records(earlier, settings, self.features)
@@ -228,8 +229,18 @@ class Evaluator:
                            identity=identity, extra={"feature_key": self.net.key, "seconds": round(seconds, 3),
                                                      "real_n": self.real_count})
         if run_dir is not None:
-            eval_log.append_records(run_dir, records)
+            try:
+                eval_log.append_records(run_dir, records)
+            except eval_log.EvalLogError as exc:
+                raise EvalError(str(exc)) from None
         return EvalResult(values, int(step), self.features, settings, seconds, False, records)
+
+
+def _check_log(run_dir: str | os.PathLike) -> None:
+    try:
+        eval_log.check_writable(run_dir)
+    except eval_log.EvalLogError as exc:
+        raise EvalError(str(exc)) from None
 
 
 def kid_subset_size(n_real: int, n_fake: int) -> int:
@@ -256,7 +267,7 @@ def _records(values: dict[str, float], *, step: int, settings: EvalSettings, fea
         if metric == "kid":
             r["std"] = float(values["kid_std"])
         r.update(eta=settings.eta, guidance=settings.guidance, seed=settings.seed, weights=settings.weights,
-                 eval_id=eid, checkpoint=identity, **extra)
+                 eval_id=eid, checkpoint=identity, metrics=sorted(m for m in values if m != "kid_std"), **extra)
         out.append(r)
     return out
 
