@@ -9,6 +9,7 @@ import threading
 import zlib
 import os
 from pathlib import Path
+from typing import get_type_hints
 
 # --deterministic on CUDA needs this before the process's first cuBLAS call; the trainer
 # sets it too, but other tests in this process may have used CUDA first.
@@ -22,7 +23,7 @@ from PIL import Image
 import core.training.build as build_mod
 import core.training.records as records_mod
 import core.training.saving as saving_mod
-from core.training import runs
+from core.training import events, runs
 from core.diffusion.checkpoint import load_checkpoint
 from core.diffusion.unet import get_preset
 from core.training.train import TrainConfig, TrainError, epoch_order, train, weights_digest
@@ -550,3 +551,39 @@ def test_an_op_without_a_deterministic_kernel_is_one_line(tmp_path: Path, data: 
     assert final["message"].startswith("--deterministic: this network uses upsample_bilinear2d_backward_out_cuda, "
                                        "which has no deterministic kernel")
     assert final["message"].endswith("train without --deterministic")
+
+
+# -- the contract of events and status.json (core/training/events.py) ---------------------------
+
+
+def check_keys(record: dict, contract: type) -> None:
+    """``record`` has every key ``contract`` requires and none it does not declare."""
+    assert contract.__required_keys__ <= record.keys(), (contract.__name__, record)
+    assert record.keys() <= contract.__required_keys__ | contract.__optional_keys__, (contract.__name__, record)
+
+
+def test_the_event_kinds_and_their_types_are_declared_once():
+    assert set(events.EVENT_TYPES) == set(events.EVENT_KINDS)
+    for kind, cls in events.EVENT_TYPES.items():
+        assert get_type_hints(cls)["event"].__args__ == (kind,)
+    assert runs.RUN_STATES == events.RUN_STATES
+
+
+def test_every_event_the_trainer_emits_is_declared(tmp_path: Path, monkeypatch):
+    data = make_dataset(tmp_path / "dogs")
+    (data / "pug" / "broken.jpg").write_bytes(b"not an image")  # a bad_files event
+    # A stand-in for torch.compile: the compiling/compiled events without minutes of compiling.
+    monkeypatch.setattr(build_mod, "compile_network", lambda model: model)
+    seen: list[dict] = []
+    cfg = tiny(data, epochs=2, compile=True, eval_every=8, eval_n=4, cache_dir=str(tmp_path / "cache"))
+    final = train(cfg, tmp_path / "run", progress=seen.append, examples=True)
+    assert final["state"] == events.FINISHED
+    for event in seen:
+        assert event["event"] in events.EVENT_KINDS, event
+        check_keys(event, events.EVENT_TYPES[event["event"]])
+    assert {e["event"] for e in seen} == set(events.EVENT_KINDS)  # this run goes through every kind
+    status = runs.read_status(tmp_path / "run")
+    assert status["state"] in events.RUN_STATES
+    assert status.keys() <= events.RunStatus.__optional_keys__, status.keys() - events.RunStatus.__optional_keys__
+    assert final.keys() <= events.RunStatus.__optional_keys__
+    assert status["step"] == final["step"] == 8
