@@ -260,7 +260,7 @@ def test_ddp_gloo_two_processes_one_run_same_weights(ws: Path):
 # -- the seed's checkpoints ----------------------------------------------------------------
 
 
-SEED_KEYS = REPO / "tests" / "core" / "seed_state_dict_keys.tsv"  # from the seed's model_state.pth
+SEED_KEYS = REPO / "tests" / "core" / "diffusion" / "seed_state_dict_keys.tsv"  # from the seed's model_state.pth
 
 
 def _seed_state_dict() -> dict[str, torch.Tensor]:
