@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.io.jsonio import read_jsonl_tail
+from core.training.events import RunStatus
 from ddpm_tui.workspace import Workspace
 
 TRAIN_LOG = "console.log"  # the trainer's stdout/stderr; it writes its own train.log too
@@ -142,7 +143,7 @@ def log_tail(path: Path, lines: int = 1, max_bytes: int = 8192) -> str:
     return "\n".join(found[-lines:])
 
 
-def stop_run(run_dir: Path, status: dict | None) -> bool:
+def stop_run(run_dir: Path, status: RunStatus | None) -> bool:
     """SIGTERM the trainer of a run (pid from status.json, only on this host)."""
     if not status:
         raise JobError(f"{run_dir}: no status.json, nothing to stop")

@@ -191,3 +191,12 @@ def free_device_memory(device: torch.device) -> int | None:
     except (RuntimeError, AssertionError, AttributeError):
         return None
     return None
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether ``exc`` says the device ran out of memory: CUDA raises torch.OutOfMemoryError;
+    MPS and CPU allocators a RuntimeError saying "out of memory" or "can't allocate memory"."""
+    if isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)

@@ -46,6 +46,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from core.diffusion.device import is_oom
 from core.diffusion.process import Diffusion
 from core.diffusion.registry import MAX_SEED, SAMPLER_NAMES, WEIGHT_NAMES
 
@@ -578,12 +579,6 @@ def resolve_labels(request: SampleRequest, num_classes: int, classes: Sequence[s
     return [i % num_classes for i in range(request.n)]
 
 
-def _is_oom(exc: BaseException) -> bool:
-    # CUDA raises torch.OutOfMemoryError; MPS and some CPU allocators a RuntimeError saying so.
-    return isinstance(exc, torch.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
-
-
 def _iterate(sampler: str, model, diffusion, shape, request: SampleRequest, **kw: Any) -> Iterator[SampleStep]:
     if sampler == "ddpm":
         return iter_ddpm(model, diffusion, shape, clip_x0=request.clip_x0, **kw)
@@ -668,7 +663,7 @@ def generate(source: "str | os.PathLike | Sampleable | tuple[nn.Module, Diffusio
                 yield step
             first += b
     except (torch.OutOfMemoryError, RuntimeError) as exc:
-        if not _is_oom(exc):
+        if not is_oom(exc):
             raise
         raise SamplingError(f"out of memory on {dev} drawing a batch of {min(request.batch_size, request.n)} "
                             f"image(s); use a smaller batch size") from None

@@ -31,8 +31,10 @@ from typing import Any
 
 from core.io.atomic import atomic_write_text
 from core.io.jsonio import read_json, read_jsonl_tail
+from core.training import events
+from core.training.events import RunStatus
 
-RUN_STATES = ("running", "stopped", "finished", "failed")
+RUN_STATES = events.RUN_STATES  # declared with status.json's fields in core/training/events.py
 # What effective_state() can return on top of RUN_STATES.
 DIED = "died"
 UNKNOWN = "unknown"
@@ -118,7 +120,7 @@ def process_identity() -> dict:
     }
 
 
-def write_status(run_dir: Path | str, **fields: Any) -> dict:
+def write_status(run_dir: Path | str, **fields: Any) -> RunStatus:
     """Merge ``fields`` into status.json (atomic replace) and return the new status.
 
     ``updated_at`` (Unix seconds) is always set. Writing ``state="running"`` without a pid
@@ -130,19 +132,19 @@ def write_status(run_dir: Path | str, **fields: Any) -> dict:
         raise ValueError(f"unknown run state {state!r}; expected one of {', '.join(RUN_STATES)}")
     status = read_status(run_dir) or {}
     status.update(fields)
-    if state == "running" and "pid" not in fields:
+    if state == events.RUNNING and "pid" not in fields:
         status.update(process_identity())
     status["updated_at"] = time.time()
     try:
         atomic_write_json(run_dir / STATUS_FILE, status)
     except OSError as exc:
-        if not (exc.errno == errno.ENOSPC and state is not None and state != "running"):
+        if not (exc.errno == errno.ENOSPC and state is not None and state != events.RUNNING):
             raise
         _rewrite_in_place(run_dir / STATUS_FILE, status)
     return status
 
 
-def _rewrite_in_place(path: Path, status: dict) -> None:
+def _rewrite_in_place(path: Path, status: RunStatus) -> None:
     """The final state on a full disk, where the temp file of an atomic write has no room:
     truncate and rewrite the small file in place (its freed blocks take the new text).
     Better a status that could be torn by a crash in these microseconds than one that says
@@ -158,7 +160,7 @@ def _rewrite_in_place(path: Path, status: dict) -> None:
         os.close(fd)
 
 
-def read_status(run_dir: Path | str) -> dict | None:
+def read_status(run_dir: Path | str) -> RunStatus | None:
     return _read_json_dict(Path(run_dir) / STATUS_FILE)
 
 
@@ -212,7 +214,7 @@ def is_pid_alive(pid: Any, host: str | None = None, started: float | None = None
     return pid_status(pid, host, started) != "dead"
 
 
-def effective_state(status: dict | None) -> str:
+def effective_state(status: RunStatus | None) -> str:
     """The state a reader should show: status["state"], except a "running" run whose
     process is gone on this host is "died". Missing/invalid status -> "unknown"."""
     if not status:
@@ -220,7 +222,7 @@ def effective_state(status: dict | None) -> str:
     state = status.get("state")
     if state not in RUN_STATES:
         return UNKNOWN
-    if state == "running":
+    if state == events.RUNNING:
         if pid_status(status.get("pid"), status.get("host"), status.get("pid_started")) == "dead":
             return DIED
     return state
@@ -416,7 +418,7 @@ class RunInfo:
     config: dict = field(default_factory=dict)
     message: str = ""
     host: str | None = None
-    status: dict = field(default_factory=dict)
+    status: RunStatus = field(default_factory=dict)
 
 
 def _as_int(value: Any) -> int | None:
@@ -453,7 +455,7 @@ def run_info(run_dir: Path | str) -> RunInfo:
             epoch = epoch if epoch is not None else _as_int(record.get("epoch"))
 
     alive: bool | None = None
-    if status.get("state") == "running":
+    if status.get("state") == events.RUNNING:
         seen = pid_status(status.get("pid"), status.get("host"), status.get("pid_started"))
         alive = None if seen == "unknown" else seen == "alive"
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.training import options
+from core.training import events, options
 from core.io.safe_text import shown, shown_markup
 from ddpm_tui.commands._common import CLIError, add_workspace_arg
 
@@ -167,13 +167,13 @@ def run(args: argparse.Namespace, workspace) -> int:
         display.finish(final)
     state = final.get("state")
     message = final.get("message", "")
-    if state == "failed":
+    if state == events.FAILED:
         print(f"ddpm-tui: training failed: {shown(message)}", file=sys.stderr)
         return 1
     if not quiet:
         display.console.print(f"[bold]{state}[/]: {shown_markup(message)}")
         display.console.print(f"run folder: {shown_markup(run_dir)}")
-        if state == "stopped":
+        if state == events.STOPPED:
             display.console.print(f"continue with: ddpm-tui train --run {name}")
     return 0
 
@@ -237,25 +237,25 @@ class _Display:
         if self.progress is not None and self._started:
             self.progress.stop()
 
-    def finish(self, final: dict[str, Any]) -> None:
+    def finish(self, final: events.RunStatus) -> None:
         """Leave the bar showing where training ended, not the last phase it went through."""
         if self.progress is not None and self.task is not None:
             self.progress.update(self.task, completed=final.get("step", 0),
                                  description=f"{final.get('state', 'done')} {self.run_name}")
 
-    def update(self, event: dict[str, Any]) -> None:
+    def update(self, event: events.ProgressEvent) -> None:
         if self.progress is None:
             return
         if not self._started:  # started on the first event: an early error prints nothing else
             self.progress.start()
             self._started = True
         kind = event.get("event")
-        if kind == "loading":
+        if kind == events.LOADING:
             if self.load_task is None:
                 self.load_task = self.progress.add_task("loading images", total=event.get("total") or None,
                                                         info="", eta="")
             self.progress.update(self.load_task, completed=event.get("done", 0), total=event.get("total") or None)
-        elif kind == "step":
+        elif kind == events.STEP:
             if self.load_task is not None:
                 self.progress.update(self.load_task, visible=False)
                 self.load_task = None
@@ -271,9 +271,9 @@ class _Display:
             eta_text = f"ETA {_fmt_eta(eta)}" if isinstance(eta, (int, float)) else ""
             self.progress.update(self.task, completed=event["step"], total=event.get("total_steps"),
                                  info=info, eta=eta_text, description=f"train {self.run_name}")
-        elif kind in ("saving", "sampling", "evaluating") and self.task is not None:
+        elif kind in (events.SAVING, events.SAMPLING, events.EVALUATING) and self.task is not None:
             self.progress.update(self.task, description=f"{kind} {self.run_name}")
-        elif kind == "eval" and isinstance(event.get("fid"), float):
+        elif kind == events.EVAL and isinstance(event.get("fid"), float):
             self.last_fid = f"  FID {event['fid']:.3g} @ {event.get('step')}"
         # "wrote" and "bad_files" events also reach the log, which this display shows.
 

@@ -25,6 +25,7 @@ from textual.worker import get_current_worker
 
 from core.quality.eval_log import format_best_fid
 from core.io.safe_text import shown_markup
+from core.training.events import FAILED, FINISHED, RUNNING, STOPPED, RunStatus
 from ddpm_tui.jobs import TRAIN_LOG, JobError, launch_train, log_tail, stop_run
 from ddpm_tui.screens.base import StudioScreen
 from ddpm_tui.screens.newrun import NewRun, NewRunScreen
@@ -33,7 +34,7 @@ from ddpm_tui.widgets.fidplot import FidPlot
 from ddpm_tui.widgets.lossplot import LossPlot
 from ddpm_tui.widgets.sysmon import SysMonPanel
 
-STATE_STYLE = {"running": "bold green", "stopped": "yellow", "finished": "cyan", "failed": "bold red",
+STATE_STYLE = {RUNNING: "bold green", STOPPED: "yellow", FINISHED: "cyan", FAILED: "bold red",
                "died": "bold red", "unknown": "dim"}
 
 
@@ -277,7 +278,7 @@ class TrainScreen(StudioScreen):
         self.query_one("#run-summary", Static).update(self._summary(view.name, view.status, cur.last, cur.speed))
         self.query_one("#sysmon", SysMonPanel).run_device = self._run_device(view.name, view.status)
 
-    def _run_device(self, name: str, status: dict) -> tuple[str | None, int | None] | None:
+    def _run_device(self, name: str, status: RunStatus) -> tuple[str | None, int | None] | None:
         """The device and world size of a run training on this machine (its GPUs are marked)."""
         info = self._runs.get(name)
         if info is None or info.state != "running" or not info.alive:  # alive None: another host
@@ -285,7 +286,7 @@ class TrainScreen(StudioScreen):
         device = status.get("device") or (info.config or {}).get("device")
         return (str(device) if device else None), status.get("world_size")
 
-    def _summary(self, name: str, status: dict, last: dict, speed: Throughput | None = None) -> str:
+    def _summary(self, name: str, status: RunStatus, last: dict, speed: Throughput | None = None) -> str:
         info = self._runs.get(name)
         state = getattr(info, "state", status.get("state", "unknown"))
         style = STATE_STYLE.get(state, "")
@@ -295,13 +296,13 @@ class TrainScreen(StudioScreen):
         epochs = (getattr(info, "config", {}) or {}).get("epochs")
         speed = speed or Throughput()
         ips = speed.images_per_s or status.get("images_per_s", last.get("images_per_s"))
-        eta = (speed.eta(step, total) or status.get("eta_s")) if state == "running" else None
-        settling = " [dim](settling)[/]" if state == "running" and speed.settling else ""
+        eta = (speed.eta(step, total) or status.get("eta_s")) if state == RUNNING else None
+        settling = " [dim](settling)[/]" if state == RUNNING and speed.settling else ""
         parts = [f"[b]{name}[/]  [{style}]{state}[/]"]
         msg = status.get("message")
         if state == "died":
             msg = "its process is gone without saying why (killed?); e resumes from the last checkpoint"
-        elif state == "stopped" and msg:  # the trainer's hint is for the command line
+        elif state == STOPPED and msg:  # the trainer's hint is for the command line
             msg = msg.split(";")[0] + "; e resumes it from the last checkpoint"
         if msg:
             parts[0] += f"  {msg}"
@@ -313,7 +314,7 @@ class TrainScreen(StudioScreen):
         if ips is not None:
             line2.append(f"{ips:.1f} img/s" + settling)
         line2.append(f"loss {fmt_loss(last.get('loss', status.get('last_loss')))}")
-        if state == "running":
+        if state == RUNNING:
             line2.append(f"ETA {fmt_duration(eta)}" + settling)
         return parts[0] + "\n" + "  ".join(line2)
 

@@ -9,6 +9,7 @@ import threading
 import zlib
 import os
 from pathlib import Path
+from typing import get_type_hints
 
 # --deterministic on CUDA needs this before the process's first cuBLAS call; the trainer
 # sets it too, but other tests in this process may have used CUDA first.
@@ -19,9 +20,12 @@ import pytest
 import torch
 from PIL import Image
 
-import core.training.train as train_mod
-from core.training import runs
+import core.training.build as build_mod
+import core.training.records as records_mod
+import core.training.saving as saving_mod
+from core.training import events, runs
 from core.diffusion.checkpoint import load_checkpoint
+from core.diffusion.unet import get_preset
 from core.training.train import TrainConfig, TrainError, epoch_order, train, weights_digest
 
 
@@ -180,7 +184,7 @@ def test_conditional_resume_keeps_its_breeds(tmp_path: Path, data: Path):
     assert "corgi is not one of this run's classes" in (run / "train.log").read_text()
 
 
-class _NanAfter(train_mod.UNet):
+class _NanAfter(build_mod.UNet):
     """A network whose output turns NaN on chosen forward calls."""
 
     calls = 0
@@ -193,7 +197,7 @@ class _NanAfter(train_mod.UNet):
 
 
 def test_nan_steps_are_skipped_then_the_run_fails(tmp_path: Path, data: Path, monkeypatch):
-    monkeypatch.setattr(train_mod, "UNet", _NanAfter)
+    monkeypatch.setattr(build_mod, "UNet", _NanAfter)
     # Two bad steps in a row: skipped, counted, training goes on.
     _NanAfter.calls, _NanAfter.nan_calls = 0, {3, 4}
     final = train(tiny(data, epochs=2, samples=0), tmp_path / "ok")
@@ -214,7 +218,7 @@ def test_nan_steps_are_skipped_then_the_run_fails(tmp_path: Path, data: Path, mo
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
 
-class _NanWeights(train_mod.UNet):
+class _NanWeights(build_mod.UNet):
     """A network whose weights turn NaN on a chosen forward call (so every later loss is NaN)."""
 
     calls = 0
@@ -228,14 +232,12 @@ class _NanWeights(train_mod.UNet):
 
 
 def test_nan_guard_does_not_save_nan_weights_as_good(tmp_path: Path, data: Path):
-    import core.training.train as tm
-
-    before = tm.UNet
-    tm.UNet, _NanWeights.calls = _NanWeights, 0
+    before = build_mod.UNet
+    build_mod.UNet, _NanWeights.calls = _NanWeights, 0
     try:
         final = train(tiny(data, epochs=5, samples=0, save_frequency=100), tmp_path / "run")
     finally:
-        tm.UNet = before
+        build_mod.UNet = before
     assert final["state"] == "failed"
     assert "saved the last good weights" not in final["message"]
     assert "NaN too and were not saved" in final["message"] and "last checkpoint on disk: none" in final["message"]
@@ -243,11 +245,11 @@ def test_nan_guard_does_not_save_nan_weights_as_good(tmp_path: Path, data: Path)
 
 
 def test_out_of_memory_fails_with_batch_size_advice(tmp_path: Path, data: Path, monkeypatch):
-    class _Oom(train_mod.UNet):
+    class _Oom(build_mod.UNet):
         def forward(self, x, t, labels=None):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(train_mod, "UNet", _Oom)
+    monkeypatch.setattr(build_mod, "UNet", _Oom)
     final = train(tiny(data, batch_size=8), tmp_path / "run")
     assert final["state"] == "failed" and "--batch_size (e.g. 4)" in final["message"]
     assert runs.read_status(tmp_path / "run")["state"] == "failed"
@@ -287,7 +289,7 @@ def test_broken_files_are_skipped_and_reported(tmp_path: Path, data: Path):
 def test_a_failed_save_keeps_training_and_is_reported(tmp_path: Path, data: Path, monkeypatch):
     from core.diffusion.checkpoint import CheckpointError
 
-    real = train_mod.save_checkpoint
+    real = saving_mod.save_checkpoint
     calls = []
 
     def full_disk_after_first(path, **kw):
@@ -296,7 +298,7 @@ def test_a_failed_save_keeps_training_and_is_reported(tmp_path: Path, data: Path
             raise CheckpointError(f"could not write checkpoint {path}: No space left on device")
         real(path, **kw)
 
-    monkeypatch.setattr(train_mod, "save_checkpoint", full_disk_after_first)
+    monkeypatch.setattr(saving_mod, "save_checkpoint", full_disk_after_first)
     final = train(tiny(data, epochs=3, samples=0), tmp_path / "run")
     # Training went on after the failed save at step 8; the end retried once more.
     assert calls == [4, 8, 12, 12]
@@ -337,8 +339,8 @@ def test_missing_dataset_and_running_run_are_refused(tmp_path: Path, data: Path)
 
 
 def test_weights_digest_tells_weights_apart():
-    a = train_mod.UNet(train_mod.get_preset("tiny", image_size=16))
-    b = train_mod.UNet(train_mod.get_preset("tiny", image_size=16))
+    a = build_mod.UNet(get_preset("tiny", image_size=16))
+    b = build_mod.UNet(get_preset("tiny", image_size=16))
     b.load_state_dict(a.state_dict())
     assert weights_digest(a) == weights_digest(b)
     with torch.no_grad():
@@ -395,7 +397,7 @@ def test_trainer_end_to_end_with_compile(tmp_path: Path, data: Path):
 def test_nan_steps_are_counted_at_the_metrics_line(tmp_path: Path, data: Path, monkeypatch):
     """The step never reads the loss on the host: with a metrics line every 10 steps the
     skipped steps are still skipped on the device, then counted, and the EMA's count agrees."""
-    monkeypatch.setattr(train_mod, "UNet", _NanAfter)
+    monkeypatch.setattr(build_mod, "UNet", _NanAfter)
     _NanAfter.calls, _NanAfter.nan_calls = 0, {2, 6}
     final = train(tiny(data, epochs=2, samples=0, log_every=10), tmp_path / "run")
     assert final["state"] == "finished" and final["nonfinite_skipped"] == 2
@@ -432,7 +434,7 @@ def test_batches_built_on_the_device_train_the_same_weights(tmp_path: Path, data
     cfg = tiny(data, epochs=2, conditional=True, samples=0)
     train(cfg, tmp_path / "host")
     assert "data: the decoded images" in (tmp_path / "host" / "train.log").read_text()
-    monkeypatch.setattr(train_mod, "batches_on",
+    monkeypatch.setattr(build_mod, "batches_on",
                         lambda dataset, device: (DeviceBatches.from_dataset(dataset, device), "data: resident (test)"))
     train(cfg, tmp_path / "resident")
     assert "data: resident (test)" in (tmp_path / "resident" / "train.log").read_text()
@@ -483,7 +485,7 @@ def test_compile_is_announced_timed_and_cached_in_the_workspace(tmp_path: Path, 
     timed and said after, in train.log, status.json and the progress events; the compile
     cache goes under the workspace's cache/ unless TORCHINDUCTOR_CACHE_DIR is set."""
     wrapped = []
-    monkeypatch.setattr(train_mod, "compile_network", lambda m: wrapped.append(_CountingWrapper(m)) or wrapped[-1])
+    monkeypatch.setattr(build_mod, "compile_network", lambda m: wrapped.append(_CountingWrapper(m)) or wrapped[-1])
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     events: list[dict] = []
     cache = tmp_path / "ws" / "cache"
@@ -491,10 +493,10 @@ def test_compile_is_announced_timed_and_cached_in_the_workspace(tmp_path: Path, 
     cfg = tiny(data, epochs=2, batch_size=5, samples=0, compile=True, log_every=2, cache_dir=str(cache))
     final = train(cfg, tmp_path / "run", progress=events.append)
     assert final["state"] == "finished" and final["step"] == 8 and wrapped[0].calls == 8
-    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(cache / train_mod.COMPILE_CACHE_DIR)
-    assert (cache / train_mod.COMPILE_CACHE_DIR).is_dir()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(cache / build_mod.COMPILE_CACHE_DIR)
+    assert (cache / build_mod.COMPILE_CACHE_DIR).is_dir()
     log = (tmp_path / "run" / "train.log").read_text()
-    assert f"compile cache in {cache / train_mod.COMPILE_CACHE_DIR}" in log
+    assert f"compile cache in {cache / build_mod.COMPILE_CACHE_DIR}" in log
     assert "compiling the network (first step)..." in log and "compiling the network (batch of 1)..." in log
     assert log.count("compiled in ") == 2  # once per batch size, not again in epoch 2
     kinds = [(e["event"], e.get("what")) for e in events if e["event"] in ("compiling", "compiled")]
@@ -523,7 +525,7 @@ def test_routine_status_writes_leave_the_training_thread(tmp_path: Path, data: P
         return real(run_dir, **fields)
 
     monkeypatch.setattr(runs, "write_status", spy)
-    monkeypatch.setattr(train_mod, "STATUS_EVERY_S", 0.0)  # a routine write at every metrics line
+    monkeypatch.setattr(records_mod, "STATUS_EVERY_S", 0.0)  # a routine write at every metrics line
     final = train(tiny(data, epochs=2, samples=0), tmp_path / "run")
     assert final["state"] == "finished"
     routine = {name for name, per_line in writes if per_line}
@@ -533,7 +535,7 @@ def test_routine_status_writes_leave_the_training_thread(tmp_path: Path, data: P
     assert [r["step"] for r in runs.read_metrics(tmp_path / "run")[0]] == list(range(1, 9))
 
 
-class _NoDeterministicKernel(train_mod.UNet):
+class _NoDeterministicKernel(build_mod.UNet):
     """Raises what torch raises for an op without a deterministic kernel (as CUDA's
     bilinear-upsample backward does under torch.use_deterministic_algorithms)."""
 
@@ -543,9 +545,45 @@ class _NoDeterministicKernel(train_mod.UNet):
 
 
 def test_an_op_without_a_deterministic_kernel_is_one_line(tmp_path: Path, data: Path, monkeypatch):
-    monkeypatch.setattr(train_mod, "UNet", _NoDeterministicKernel)
+    monkeypatch.setattr(build_mod, "UNet", _NoDeterministicKernel)
     final = train(tiny(data, epochs=1, samples=0, deterministic=True), tmp_path / "run")
     assert final["state"] == "failed"
     assert final["message"].startswith("--deterministic: this network uses upsample_bilinear2d_backward_out_cuda, "
                                        "which has no deterministic kernel")
     assert final["message"].endswith("train without --deterministic")
+
+
+# -- the contract of events and status.json (core/training/events.py) ---------------------------
+
+
+def check_keys(record: dict, contract: type) -> None:
+    """``record`` has every key ``contract`` requires and none it does not declare."""
+    assert contract.__required_keys__ <= record.keys(), (contract.__name__, record)
+    assert record.keys() <= contract.__required_keys__ | contract.__optional_keys__, (contract.__name__, record)
+
+
+def test_the_event_kinds_and_their_types_are_declared_once():
+    assert set(events.EVENT_TYPES) == set(events.EVENT_KINDS)
+    for kind, cls in events.EVENT_TYPES.items():
+        assert get_type_hints(cls)["event"].__args__ == (kind,)
+    assert runs.RUN_STATES == events.RUN_STATES
+
+
+def test_every_event_the_trainer_emits_is_declared(tmp_path: Path, monkeypatch):
+    data = make_dataset(tmp_path / "dogs")
+    (data / "pug" / "broken.jpg").write_bytes(b"not an image")  # a bad_files event
+    # A stand-in for torch.compile: the compiling/compiled events without minutes of compiling.
+    monkeypatch.setattr(build_mod, "compile_network", lambda model: model)
+    seen: list[dict] = []
+    cfg = tiny(data, epochs=2, compile=True, eval_every=8, eval_n=4, cache_dir=str(tmp_path / "cache"))
+    final = train(cfg, tmp_path / "run", progress=seen.append, examples=True)
+    assert final["state"] == events.FINISHED
+    for event in seen:
+        assert event["event"] in events.EVENT_KINDS, event
+        check_keys(event, events.EVENT_TYPES[event["event"]])
+    assert {e["event"] for e in seen} == set(events.EVENT_KINDS)  # this run goes through every kind
+    status = runs.read_status(tmp_path / "run")
+    assert status["state"] in events.RUN_STATES
+    assert status.keys() <= events.RunStatus.__optional_keys__, status.keys() - events.RunStatus.__optional_keys__
+    assert final.keys() <= events.RunStatus.__optional_keys__
+    assert status["step"] == final["step"] == 8
