@@ -65,7 +65,7 @@ SAMPLER_SPECS: dict[str, SamplerSpec] = {s.name: s for s in (
     SamplerSpec("ddpm", "core.diffusion.samplers:iter_ddpm", "DDPM",
                 "ancestral sampling through all T steps, as the seed", False, False, None),
     SamplerSpec("ddim", "core.diffusion.samplers:iter_ddim", "DDIM",
-                "DDIM; eta 0 deterministic, 1 DDPM-like", True, True, 50),
+                "Song et al. 2021; deterministic at eta 0, DDPM-like at eta 1", True, True, 50),
     SamplerSpec("dpmpp2m", "core.diffusion.samplers:iter_dpmpp2m", "DPM-Solver++ 2M",
                 "DPM-Solver++(2M), good in 10-20 steps", True, False, 20),
     SamplerSpec("heun", "core.diffusion.samplers:iter_heun", "Heun",
