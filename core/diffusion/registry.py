@@ -4,8 +4,8 @@ config.json validation never import torch.
 
 Schedules, prediction targets, loss weightings and samplers are declared here once, each
 name with a one-line help; the modules that implement them (schedules.py, process.py,
-samplers.py) dispatch on these tables and check at import (or, for samplers, when one is
-resolved) that they implement exactly the declared names. Adding a sampler is one
+samplers.py) dispatch on these names, schedules.py and process.py check at import that they
+implement exactly the declared ones (tests/core/diffusion/test_registry.py checks all four). Adding a sampler is one
 :class:`SamplerSpec` entry in ``SAMPLER_SPECS`` plus its ``iter_*`` function."""
 
 from __future__ import annotations
