@@ -177,9 +177,9 @@ def sample_ours(checkpoint: Path, n: int, sampler: str, steps: int, seed: int) -
 
 
 def our_samplers() -> tuple[str, ...]:
-    from core.training.options import SAMPLER_NAMES
+    from core.diffusion.registry import SAMPLER_SPECS
 
-    return SAMPLER_NAMES
+    return tuple(SAMPLER_SPECS)
 
 
 # ---------------------------------------------------------------------------- the peer
@@ -316,7 +316,10 @@ def run(args) -> dict[str, Any]:
 
     sweep_rows: list[dict[str, Any]] = []
     if args.sweep and fast_ckpt is not None:
-        samplers = [s for s in our_samplers() if s != "ddpm" or args.sweep_ddpm]
+        from core.diffusion.registry import sampler_spec
+
+        # samplers that run all T steps (ddpm) only with --sweep-ddpm
+        samplers = [s for s in our_samplers() if sampler_spec(s).uses_steps or args.sweep_ddpm]
         for sampler in samplers:
             for steps in args.sweep_steps:
                 t0 = time.perf_counter()
@@ -326,8 +329,8 @@ def run(args) -> dict[str, Any]:
                     row.update(scorer(samples))
                 sweep_rows.append(row)
                 print(f"   sweep {json.dumps(row)}", flush=True)
-                if sampler == "ddpm":
-                    break  # ddpm runs all T steps whatever is asked
+                if not sampler_spec(sampler).uses_steps:
+                    break  # it runs all T steps whatever is asked
 
     print()
     columns = ["arm", "network", "parameters", "steps", "batch", "images_per_s"]

@@ -20,12 +20,9 @@ from textual.widget import Widget
 from textual.widgets import Input, Select, TextArea
 
 from ddpm_tui.jobs import TRAIN_LOG, JobError, JobTable, current_scrape, log_tail, stop_run, terminate
+from ddpm_tui.modes import SCREENS
 from ddpm_tui.screens.confirm import QuitScreen
-from ddpm_tui.screens.dataset import DatasetScreen
 from ddpm_tui.screens.help import HelpScreen
-from ddpm_tui.screens.sample import SampleScreen
-from ddpm_tui.screens.scrape import ScrapeScreen
-from ddpm_tui.screens.train import TrainScreen
 from ddpm_tui.widgets.halfblock import COLOR_ENV, COLOR_MODES, HalfBlockImage, resolve_color_mode
 from ddpm_tui.workspace import DEFAULT_DATASET, Workspace
 
@@ -45,23 +42,12 @@ class StudioApp(App[None]):
 
     CSS_PATH = "studio.tcss"
     TITLE = "ddpm-tui"
-    MODES = {
-        "dataset": DatasetScreen,
-        "scrape": ScrapeScreen,
-        "train": TrainScreen,
-        "sample": SampleScreen,
-    }
+    MODES = {mode.name: mode.screen_class() for mode in SCREENS}
     BINDINGS = [
         # priority: a focused list or table must not swallow them (check_action lets them
         # through to form fields). Not in the footer: the nav bar shows them.
-        Binding("1", "switch_mode('dataset')", "Dataset", priority=True, show=False),
-        Binding("2", "switch_mode('scrape')", "Scrape", priority=True, show=False),
-        Binding("3", "switch_mode('train')", "Train", priority=True, show=False),
-        Binding("4", "switch_mode('sample')", "Sample", priority=True, show=False),
-        Binding("d", "switch_mode('dataset')", "Dataset", show=False),
-        Binding("s", "switch_mode('scrape')", "Scrape", show=False),
-        Binding("t", "switch_mode('train')", "Train", show=False),
-        Binding("g", "switch_mode('sample')", "Sample", show=False),
+        *(Binding(m.key, f"switch_mode({m.name!r})", m.title, priority=True, show=False) for m in SCREENS),
+        *(Binding(m.letter, f"switch_mode({m.name!r})", m.title, show=False) for m in SCREENS),
         Binding("f1,question_mark", "help", "Help", key_display="F1", show=False),  # in the nav bar
         Binding("q", "quit_key", "Quit", show=False),  # not while a form field has focus
         Binding("ctrl+q", "quit", "Quit", priority=True),
@@ -213,8 +199,9 @@ class StudioApp(App[None]):
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        for mode, title in (("dataset", "Dataset"), ("scrape", "Scrape"), ("train", "Train"), ("sample", "Sample")):
-            yield SystemCommand(f"Go to {title}", f"Open the {title} screen", lambda m=mode: self.switch_mode(m))
+        for mode in SCREENS:
+            yield SystemCommand(f"Go to {mode.title}", f"Open the {mode.title} screen",
+                                lambda m=mode.name: self.switch_mode(m))
         yield SystemCommand("Help", "Show every key", self.action_help)
         for mode in COLOR_MODES:
             yield SystemCommand(f"Image colours: {mode}", "How half-block images are coloured "

@@ -17,16 +17,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.diffusion.registry import LOSS_WEIGHTING_NAMES, PREDICTION_NAMES, check_implemented
 from core.diffusion.schedules import SCHEDULES, make_betas
 
 ModelFn = Callable[..., torch.Tensor]
 
 # What the network predicts (Salimans & Ho 2022): the noise eps, the clean image x0, or the
-# velocity v = sqrt(ab) eps - sqrt(1 - ab) x0.
-PREDICTIONS: tuple[str, ...] = ("eps", "x0", "v")
+# velocity v = sqrt(ab) eps - sqrt(1 - ab) x0. Declared in the registry.
+PREDICTIONS: tuple[str, ...] = PREDICTION_NAMES
 # How the per-timestep losses are weighted: "uniform" (Ho et al.'s simple loss) or min-SNR-gamma
 # (Hang et al. 2023), adapted to the target so that each equals min(snr, gamma) times the x0 error.
-LOSS_WEIGHTINGS: tuple[str, ...] = ("uniform", "min_snr")
+LOSS_WEIGHTINGS: tuple[str, ...] = LOSS_WEIGHTING_NAMES
+# min(snr, g) x0-error == the target's error times these (eps: snr, v: snr + 1 times x0's);
+# (clipped snr, snr) -> weights, one per prediction target
+_MIN_SNR_WEIGHTS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "eps": lambda clipped, snr: clipped / snr,
+    "x0": lambda clipped, snr: clipped,
+    "v": lambda clipped, snr: clipped / (snr + 1.0),
+}
+# (snr, gamma) -> the per-timestep loss weights, one per loss weighting
+_LOSS_WEIGHTS: dict[str, Callable[[torch.Tensor, float, str], torch.Tensor]] = {
+    "uniform": lambda snr, gamma, prediction: torch.ones_like(snr),
+    "min_snr": lambda snr, gamma, prediction: _MIN_SNR_WEIGHTS[prediction](snr.clamp(max=gamma), snr),
+}
+check_implemented("prediction targets", PREDICTIONS, _MIN_SNR_WEIGHTS)
+check_implemented("loss weightings", LOSS_WEIGHTINGS, _LOSS_WEIGHTS)
 MAX_T = 100_000  # far beyond any use (1000 is standard); a bound so a crafted config cannot exhaust memory
 
 
@@ -128,12 +143,7 @@ class Diffusion(nn.Module):
         first = posterior_variance[1:2] if config.T > 1 else betas[:1]
         posterior_log_variance_clipped = torch.log(torch.cat([first, posterior_variance[1:]]))
         snr = alpha_bars / one_minus
-        if config.loss_weighting == "uniform":
-            loss_weights = torch.ones_like(snr)
-        else:
-            clipped = snr.clamp(max=config.min_snr_gamma)
-            # min(snr, g) x0-error == the target's error times these (eps: snr, v: snr + 1 times x0's)
-            loss_weights = {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1.0)}[config.prediction]
+        loss_weights = _LOSS_WEIGHTS[config.loss_weighting](snr, config.min_snr_gamma, config.prediction)
         with torch.no_grad():  # 1 / sqrt(0) = inf at a zero-terminal-SNR step; never used there
             recip = alpha_bars.rsqrt()
             recipm1 = (1.0 / alpha_bars - 1.0).sqrt()
@@ -212,6 +222,8 @@ class Diffusion(nn.Module):
             return eps
         if self.prediction == "x0":
             return x0
+        if self.prediction != "v":
+            raise ValueError(f"unknown prediction {self.prediction!r}")
         return self.v_from_x0_eps(x0, t, eps)
 
     def model_x0(self, x_t: torch.Tensor, t: torch.Tensor | int, out: torch.Tensor) -> torch.Tensor:
@@ -220,6 +232,8 @@ class Diffusion(nn.Module):
             return self.predict_x0_from_eps(x_t, t, out)
         if self.prediction == "x0":
             return out
+        if self.prediction != "v":
+            raise ValueError(f"unknown prediction {self.prediction!r}")
         return self.predict_x0_from_v(x_t, t, out)
 
     def model_eps(self, x_t: torch.Tensor, t: torch.Tensor | int, out: torch.Tensor) -> torch.Tensor:
@@ -228,6 +242,8 @@ class Diffusion(nn.Module):
             return out
         if self.prediction == "x0":
             return self.predict_eps_from_x0(x_t, t, out)
+        if self.prediction != "v":
+            raise ValueError(f"unknown prediction {self.prediction!r}")
         return self.predict_eps_from_v(x_t, t, out)
 
     def model_x0_eps(self, x_t: torch.Tensor, t: torch.Tensor | int, out: torch.Tensor,

@@ -1,17 +1,103 @@
 """The diffusion vocabulary, torch-free: the names of presets, schedules, targets, loss
 weightings, samplers, weights and autocast modes, so that `--help`, the studio's forms and
-config.json validation never import torch. The modules that implement each name check at
-import that they implement exactly these."""
+config.json validation never import torch.
+
+Schedules, prediction targets, loss weightings and samplers are declared here once, each
+name with a one-line help; the modules that implement them (schedules.py, process.py,
+samplers.py) dispatch on these names, schedules.py and process.py check at import that they
+implement exactly the declared ones (tests/core/diffusion/test_registry.py checks all four). Adding a sampler is one
+:class:`SamplerSpec` entry in ``SAMPLER_SPECS`` plus its ``iter_*`` function."""
 
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
 PRESET_NAMES = ("seed", "small", "tiny", "res-small", "res-tiny")
 PRESET_IMAGE_SIZE = {"seed": 64, "small": 64, "tiny": 32, "res-small": 32, "res-tiny": 32}  # the size a preset is made for
-SCHEDULE_NAMES = ("linear", "cosine", "sigmoid")
-PREDICTION_NAMES = ("eps", "x0", "v")
-LOSS_WEIGHTING_NAMES = ("uniform", "min_snr")
+
+# name -> one-line help, in the order shown in choices
+SCHEDULE_HELP: dict[str, str] = {
+    "linear": "betas evenly spaced from 1e-4 to 0.02 (the seed's)",
+    "cosine": "Nichol & Dhariwal (2021): alpha_bar follows a squared cosine",
+    "sigmoid": "Jabri et al. (2023): alpha_bar follows a sigmoid",
+}
+PREDICTION_HELP: dict[str, str] = {
+    "eps": "the noise eps (Ho et al. 2020)",
+    "x0": "the clean image x0",
+    "v": "the velocity v = sqrt(ab) eps - sqrt(1 - ab) x0 (Salimans & Ho 2022)",
+}
+LOSS_WEIGHTING_HELP: dict[str, str] = {
+    "uniform": "every timestep alike (Ho et al.'s simple loss)",
+    "min_snr": "min-SNR-gamma (Hang et al. 2023): min(snr, gamma) times the x0 error",
+}
+SCHEDULE_NAMES = tuple(SCHEDULE_HELP)
+PREDICTION_NAMES = tuple(PREDICTION_HELP)
+LOSS_WEIGHTING_NAMES = tuple(LOSS_WEIGHTING_HELP)
+
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 DEVICE_SUGGESTIONS = ("auto", "cpu", "cuda", "mps")
 MAX_SEED = 2**63 - 1
-SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp2m", "heun")
 WEIGHT_NAMES = ("ema", "raw")
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """One sampler. ``function`` names its iterator as "module:attribute" (a generator
+    function ``(model, diffusion, shape, *, clip_x0, [steps], [eta], **common)`` yielding
+    SampleSteps), imported only when sampling, so this table stays torch-free."""
+
+    name: str  # on the command line, in config and file names ("ddim50")
+    function: str
+    label: str  # for people: the studio's drop-down, messages
+    help: str  # one line
+    uses_steps: bool  # False: runs all T steps
+    uses_eta: bool
+    default_steps: int | None  # the function's own default; None when it runs all T steps
+
+    def resolve(self) -> Callable[..., Any]:
+        module, _, attr = self.function.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+SAMPLER_SPECS: dict[str, SamplerSpec] = {s.name: s for s in (
+    SamplerSpec("ddpm", "core.diffusion.samplers:iter_ddpm", "DDPM",
+                "ancestral sampling through all T steps, as the seed", False, False, None),
+    SamplerSpec("ddim", "core.diffusion.samplers:iter_ddim", "DDIM",
+                "Song et al. 2021; deterministic at eta 0, DDPM-like at eta 1", True, True, 50),
+    SamplerSpec("dpmpp2m", "core.diffusion.samplers:iter_dpmpp2m", "DPM-Solver++ 2M",
+                "DPM-Solver++(2M), good in 10-20 steps", True, False, 20),
+    SamplerSpec("heun", "core.diffusion.samplers:iter_heun", "Heun",
+                "Heun's 2nd order ODE step (2 model calls a step)", True, False, 20),
+)}
+SAMPLER_NAMES = tuple(SAMPLER_SPECS)  # the built-in ones; read SAMPLER_SPECS where a new entry must show
+DEFAULT_SAMPLER = "ddim"
+
+
+def sampler_spec(name: str) -> SamplerSpec:
+    """The table's entry for ``name``; ValueError naming the known samplers otherwise."""
+    spec = SAMPLER_SPECS.get(name)
+    if spec is None:
+        raise ValueError(f"unknown sampler {name!r}; known samplers: {', '.join(SAMPLER_SPECS)}")
+    return spec
+
+
+def sampler_help() -> str:
+    """One line for --sampler: every sampler with its help."""
+    return "; ".join(f"{s.name}: {s.help}" for s in SAMPLER_SPECS.values()) + f" (default: {DEFAULT_SAMPLER})"
+
+
+def steps_help() -> str:
+    """One line for --steps: which samplers take it."""
+    takes = [s.name for s in SAMPLER_SPECS.values() if s.uses_steps]
+    others = [s.name for s in SAMPLER_SPECS.values() if not s.uses_steps]
+    return f"steps for {', '.join(takes)}" + (f" ({', '.join(others)} uses T)" if others else "")
+
+
+def check_implemented(kind: str, declared: tuple[str, ...] | dict, implemented: dict) -> None:
+    """Raise unless ``implemented`` covers exactly the ``declared`` names (at import of the
+    implementing module, so a name cannot be declared without code or coded undeclared)."""
+    if set(declared) != set(implemented):
+        missing, extra = sorted(set(declared) - set(implemented)), sorted(set(implemented) - set(declared))
+        raise ImportError(f"{kind}: declared but not implemented {missing}, implemented but not declared {extra}")

@@ -25,7 +25,9 @@ import math
 
 import torch
 
-SCHEDULES: tuple[str, ...] = ("linear", "cosine", "sigmoid")
+from core.diffusion.registry import SCHEDULE_NAMES, check_implemented
+
+SCHEDULES: tuple[str, ...] = SCHEDULE_NAMES  # declared in the registry, with their help
 
 LINEAR_BETA_START = 1e-4
 LINEAR_BETA_END = 0.02
@@ -79,16 +81,15 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     return 1.0 - alphas
 
 
+BETAS = {"linear": linear_betas, "cosine": cosine_betas, "sigmoid": sigmoid_betas}  # name -> betas(T)
+check_implemented("schedules", SCHEDULES, BETAS)
+
+
 def make_betas(name: str, T: int, zero_terminal_snr: bool = False) -> torch.Tensor:
     """Betas of schedule ``name`` for ``T`` steps: float64 tensor of shape (T,)."""
     if isinstance(T, bool) or not isinstance(T, int) or T < 1:
         raise ValueError(f"number of diffusion steps T must be a positive integer, got {T!r}")
-    if name == "linear":
-        betas = linear_betas(T)
-    elif name == "cosine":
-        betas = cosine_betas(T)
-    elif name == "sigmoid":
-        betas = sigmoid_betas(T)
-    else:
+    if name not in BETAS:
         raise ValueError(f"unknown schedule {name!r}; known schedules: {', '.join(SCHEDULES)}")
+    betas = BETAS[name](T)
     return rescale_zero_terminal_snr(betas) if zero_terminal_snr else betas

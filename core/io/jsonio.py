@@ -23,12 +23,15 @@ from typing import Any
 from core.io.atomic import atomic_write_text
 
 
-def write_json(path: Path | str, data: Any, *, indent: int | None = None) -> None:
-    """``data`` as JSON (compact unless ``indent``), written atomically."""
+def write_json(path: Path | str, data: Any, *, indent: int | None = None, sort_keys: bool = False,
+               default: Any = None, allow_nan: bool = True) -> None:
+    """``data`` as JSON (compact unless ``indent``), written atomically. ``sort_keys``,
+    ``default`` and ``allow_nan`` are json.dumps's."""
+    options: dict[str, Any] = {"sort_keys": sort_keys, "default": default, "allow_nan": allow_nan}
     if indent is None:
-        text = json.dumps(data, separators=(",", ":"))
+        text = json.dumps(data, separators=(",", ":"), **options)
     else:
-        text = json.dumps(data, indent=indent) + "\n"
+        text = json.dumps(data, indent=indent, **options) + "\n"
     atomic_write_text(path, text)
 
 

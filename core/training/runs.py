@@ -29,8 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.io.atomic import atomic_write_text
-from core.io.jsonio import read_json, read_jsonl_tail
+from core.io.jsonio import read_json, read_jsonl_tail, write_json
 from core.training import events
 from core.training.events import RunStatus
 
@@ -79,9 +78,9 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def atomic_write_json(path: Path | str, obj: Any) -> None:
-    text = json.dumps(_finite(obj), indent=2, sort_keys=True, default=_json_default, allow_nan=False)
-    atomic_write_text(path, text + "\n")
+def _write_run_json(path: Path | str, obj: Any) -> None:
+    """config.json and status.json: sorted, indented, NaN as null, written atomically."""
+    write_json(path, _finite(obj), indent=2, sort_keys=True, default=_json_default, allow_nan=False)
 
 
 def _read_json_dict(path: Path) -> dict | None:
@@ -94,7 +93,7 @@ def _read_json_dict(path: Path) -> dict | None:
 
 
 def write_config(run_dir: Path | str, config: dict) -> None:
-    atomic_write_json(Path(run_dir) / CONFIG_FILE, config)
+    _write_run_json(Path(run_dir) / CONFIG_FILE, config)
 
 
 def read_config(run_dir: Path | str) -> dict | None:
@@ -136,7 +135,7 @@ def write_status(run_dir: Path | str, **fields: Any) -> RunStatus:
         status.update(process_identity())
     status["updated_at"] = time.time()
     try:
-        atomic_write_json(run_dir / STATUS_FILE, status)
+        _write_run_json(run_dir / STATUS_FILE, status)
     except OSError as exc:
         if not (exc.errno == errno.ENOSPC and state is not None and state != events.RUNNING):
             raise

@@ -11,10 +11,10 @@ import argparse
 import json
 from dataclasses import asdict
 
-from core.training.options import AMP_MODES, MAX_SEED, SAMPLER_NAMES
+from core.diffusion.registry import (AMP_MODES, DEFAULT_SAMPLER, MAX_SEED, SAMPLER_SPECS, sampler_help,
+                                     sampler_spec, steps_help)
 from core.io.safe_text import shown
-from ddpm_tui.commands._common import CLIError, add_workspace_arg
-from ddpm_tui.commands.train import bounded
+from ddpm_tui.commands._common import CLIError, add_workspace_arg, bounded
 
 _positive_int = bounded(int, low=1)
 _eta = bounded(float, low=0.0, high=1.0)
@@ -35,9 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_workspace_arg(p)
     p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="a run name in the workspace or a checkpoint .pt path")
     p.add_argument("--n", type=int, default=1000, help="number of generated images (default: 1000)")
-    p.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim",
-                   help=f"{', '.join(SAMPLER_NAMES)} (default: ddim; ddpm runs all T steps)")
-    p.add_argument("--steps", type=_positive_int, default=50, help="sampler steps (default: 50; ddpm uses T)")
+    p.add_argument("--sampler", choices=list(SAMPLER_SPECS), default=DEFAULT_SAMPLER, help=sampler_help())
+    p.add_argument("--steps", type=_positive_int, default=50, help=f"{steps_help()} (default: 50)")
     p.add_argument("--eta", type=_eta, default=0.0, help="DDIM eta (default: 0)")
     p.add_argument("--guidance", type=_guidance, default=1.0,
                    help="classifier-free guidance for conditional runs (default: 1 = plain conditional)")
@@ -106,7 +105,7 @@ def run(args: argparse.Namespace, workspace) -> int:
         return 0
     where = f"run {shown(run_dir.name)}" if run_dir is not None else shown(str(ckpt_path))
     head = (f"{where}, step {result.step}, {settings.n} images, {settings.sampler}"
-            f"{settings.steps if settings.sampler == 'ddim' else ''}, {result.settings.weights} weights, "
+            f"{settings.steps if sampler_spec(settings.sampler).uses_steps else ''}, {result.settings.weights} weights, "
             f"{result.features} features")
     print(head + (" (reused from eval.jsonl)" if result.reused else f" ({result.seconds:.0f} s)"))
     for metric, label in LABELS.items():

@@ -9,8 +9,7 @@ import shutil
 import time
 from pathlib import Path
 
-from ddpm_tui.commands._common import CLIError, add_workspace_arg
-from ddpm_tui.commands.train import RUN_NAME_RE
+from ddpm_tui.commands._common import RUN_NAME_RE, CLIError, add_workspace_arg
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

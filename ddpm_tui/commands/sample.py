@@ -1,8 +1,9 @@
 """`ddpm-tui sample RUN_OR_CHECKPOINT`: draw images from a run's latest checkpoint or a .pt file.
 
-EMA weights by default (--raw for the trained weights), DDIM or DDPM, a breed and a
-guidance scale for class-conditional runs. Writes one grid PNG (and, with --individual,
-one PNG per image) and prints the paths.
+EMA weights by default (--raw for the trained weights), any sampler of
+core.diffusion.registry's table (DDIM by default), a breed and a guidance scale for
+class-conditional runs. Writes one grid PNG (and, with --individual, one PNG per image)
+and prints the paths.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ import re
 import secrets
 from pathlib import Path
 
-from core.training.options import AMP_MODES, MAX_SEED, SAMPLER_NAMES
-from ddpm_tui.commands._common import CLIError, add_workspace_arg
-from ddpm_tui.commands.train import bounded
+from core.diffusion.registry import AMP_MODES, DEFAULT_SAMPLER, MAX_SEED, SAMPLER_SPECS, sampler_help, steps_help
+from ddpm_tui.commands._common import CLIError, add_workspace_arg, bounded
 
 
 _positive_int = bounded(int, low=1)
@@ -38,11 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_workspace_arg(p)
     p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="a run name in the workspace or a checkpoint .pt path")
     p.add_argument("--raw", action="store_true", help="use the trained weights instead of the EMA weights")
-    p.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim",
-                   help="ddim (default), dpmpp2m (DPM-Solver++(2M), good in 10-20 steps), heun (2 model "
-                        "calls a step), or ddpm (all T steps, as the seed)")
-    p.add_argument("--steps", type=_positive_int, default=50,
-                   help="steps for ddim, dpmpp2m and heun (default: 50; ddpm uses T)")
+    p.add_argument("--sampler", choices=list(SAMPLER_SPECS), default=DEFAULT_SAMPLER, help=sampler_help())
+    p.add_argument("--steps", type=_positive_int, default=50, help=f"{steps_help()} (default: 50)")
     p.add_argument("--eta", type=_eta, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like (default: 0)")
     p.add_argument("--n", type=_positive_int, default=16, help="number of images (default: 16)")
     p.add_argument("--batch-size", type=_positive_int, default=32,
@@ -131,12 +128,12 @@ def check_output(path: Path, *, force: bool, workspace, checkpoint: Path) -> Non
         raise CLIError(f"{path} exists and is not an image ddpm-tui wrote; use --force to replace it (nothing written)")
 
 
-def run(args: argparse.Namespace, workspace) -> int:
+def _load(args: argparse.Namespace, workspace):
+    """(checkpoint path, run folder or None, device, Sampleable) for the command line's source."""
     from core.training import runs
     from core.diffusion.checkpoint import CheckpointError
     from core.diffusion.device import resolve_device
-    from core.io.grid import save_uint8_grid
-    from core.diffusion.sampling import SampleRequest, SamplingError, generate, load_for_sampling, resolve_labels, sampler_tag
+    from core.diffusion.sampling import load_for_sampling
 
     ckpt_path, run_dir = resolve_source(args.source, workspace)
     try:
@@ -149,58 +146,86 @@ def run(args: argparse.Namespace, workspace) -> int:
         raise CLIError(str(exc)) from None
     if not loaded.classes and run_dir is not None:
         loaded.classes = [str(c) for c in (runs.read_config(run_dir) or {}).get("classes") or []]
+    return ckpt_path, run_dir, device, loaded
+
+
+def _request(args: argparse.Namespace, loaded, ckpt_path: Path):
+    """(SampleRequest, each image's label or None) from the command line; a new seed if none."""
+    from core.diffusion.sampling import SampleRequest, resolve_labels
+
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     try:
         request = SampleRequest(n=args.n, sampler=args.sampler, steps=args.steps, eta=args.eta,
                                 guidance=args.guidance, breed=args.breed, seed=seed,
                                 weights="raw" if args.raw else "ema", amp=args.amp, batch_size=args.batch_size)
-        labels = resolve_labels(request, loaded.model.config.num_classes, loaded.classes)
+        return request, resolve_labels(request, loaded.model.config.num_classes, loaded.classes)
     except ValueError as exc:
         raise CLIError(f"{ckpt_path}: {exc}") from None
 
-    tag = sampler_tag(request, loaded.diffusion.T)
+
+def _grid_path(args: argparse.Namespace, request, labels, loaded, ckpt_path: Path, run_dir: Path | None) -> Path:
+    """--out, or a name in the run's samples/ folder that says what was drawn."""
+    from core.diffusion.sampling import sampler_tag
+    from core.training import runs
+
+    if args.out:
+        out = Path(args.out).expanduser()
+        return out.with_suffix(".png") if out.suffix == "" and not out.is_dir() else out
     if args.breed is not None:
         names = loaded.classes or [str(i) for i in range(loaded.model.config.num_classes)]
         breed_tag = f"_{_slug(names[labels[0]])}" if labels else ""
     else:
         breed_tag = "_breeds" if labels is not None else ""
-    guidance = args.guidance if labels is not None else 1.0
-    if args.out:
-        out = Path(args.out).expanduser()
-        if out.suffix == "" and not out.is_dir():
-            out = out.with_suffix(".png")
-    else:
-        folder = runs.samples_dir(run_dir) if run_dir is not None else ckpt_path.parent
-        g = f"_g{guidance:g}" if labels is not None and guidance != 1.0 else ""
-        out = folder / f"sample_step{loaded.step:07d}_{loaded.weights}_{tag}{breed_tag}{g}_seed{seed}.png"
-    individual = [out.with_name(f"{out.stem}_{i:03d}{out.suffix}") for i in range(args.n)] if args.individual else []
-    for path in [out, *individual]:
-        check_output(path, force=args.force, workspace=workspace, checkpoint=ckpt_path)
+    folder = runs.samples_dir(run_dir) if run_dir is not None else ckpt_path.parent
+    g = f"_g{args.guidance:g}" if labels is not None and args.guidance != 1.0 else ""
+    tag = sampler_tag(request, loaded.diffusion.T)
+    return folder / f"sample_step{loaded.step:07d}_{loaded.weights}_{tag}{breed_tag}{g}_seed{request.seed}.png"
 
-    if not args.quiet:
-        print(f"sampling {args.n} image(s) from {ckpt_path} (step {loaded.step}, {loaded.weights_note} weights), "
-              f"{tag}, seed {seed}" + (f", guidance {guidance:g}" if labels is not None else ""))
+
+def _draw(args: argparse.Namespace, loaded, request, device, out: Path, individual: list[Path]) -> list[Path]:
+    """Generate with a progress bar; write the grid (and each image as drawn); the paths written."""
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+    from core.diffusion.sampling import generate
+    from core.io.grid import save_uint8_grid
 
     grid_parts: list[torch.Tensor] = []
     kept = 0
     written: list[Path] = []
     bar = Progress("[bold]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TimeRemainingColumn(), disable=args.quiet)
+    with bar:
+        task = bar.add_task("denoising", total=None)
+        for step in generate(loaded, request, device=device):
+            bar.update(task, total=step.total * step.batches, completed=step.batch * step.total + step.index + 1)
+            if step.images is None:
+                continue
+            if kept < GRID_LIMIT:
+                grid_parts.append(step.images[: GRID_LIMIT - kept])
+                kept += len(grid_parts[-1])
+            for i, image in enumerate(step.images if individual else ()):  # as drawn: one batch in memory
+                written.append(save_uint8_grid(image[None], individual[step.first + i], padding=0))
+    return [save_uint8_grid(torch.cat(grid_parts), out, nrow=args.nrow), *written]
+
+
+def run(args: argparse.Namespace, workspace) -> int:
+    from core.diffusion.sampling import SamplingError, sampler_tag
+
+    ckpt_path, run_dir, device, loaded = _load(args, workspace)
+    request, labels = _request(args, loaded, ckpt_path)
+    out = _grid_path(args, request, labels, loaded, ckpt_path, run_dir)
+    individual = [out.with_name(f"{out.stem}_{i:03d}{out.suffix}") for i in range(args.n)] if args.individual else []
+    for path in [out, *individual]:
+        check_output(path, force=args.force, workspace=workspace, checkpoint=ckpt_path)
+
+    if not args.quiet:
+        guidance = args.guidance if labels is not None else 1.0
+        print(f"sampling {args.n} image(s) from {ckpt_path} (step {loaded.step}, {loaded.weights_note} weights), "
+              f"{sampler_tag(request, loaded.diffusion.T)}, seed {request.seed}"
+              + (f", guidance {guidance:g}" if labels is not None else ""))
     try:
-        with bar:
-            task = bar.add_task("denoising", total=None)
-            for step in generate(loaded, request, device=device):
-                bar.update(task, total=step.total * step.batches, completed=step.batch * step.total + step.index + 1)
-                if step.images is None:
-                    continue
-                if kept < GRID_LIMIT:
-                    grid_parts.append(step.images[: GRID_LIMIT - kept])
-                    kept += len(grid_parts[-1])
-                for i, image in enumerate(step.images if individual else ()):  # as drawn: one batch in memory
-                    written.append(save_uint8_grid(image[None], individual[step.first + i], padding=0))
-        grid = save_uint8_grid(torch.cat(grid_parts), out, nrow=args.nrow)
+        paths = _draw(args, loaded, request, device, out, individual)
     except (SamplingError, ValueError) as exc:
         raise CLIError(f"{ckpt_path}: {exc}") from None
     except OSError as exc:
@@ -208,6 +233,6 @@ def run(args: argparse.Namespace, workspace) -> int:
     if args.n > GRID_LIMIT and not args.quiet:
         print(f"the grid shows the first {GRID_LIMIT} of {args.n} images" +
               ("" if args.individual else "; --individual writes every image"))
-    for path in [grid, *written]:
+    for path in paths:
         print(path)
     return 0

@@ -81,7 +81,18 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_workspace_arg(p)
-    what = p.add_argument_group("what to search")
+    _add_search_args(p.add_argument_group("what to search"))
+    _add_browser_args(p.add_argument_group("browser"))
+    _add_download_args(p.add_argument_group("downloads"))
+    out = p.add_argument_group("output")
+    out.add_argument("--events", metavar="FILE", help="append progress events as JSON lines to FILE")
+    out.add_argument("--quiet", "-q", action="store_true", help="no live table; print only errors and the summary")
+    p.set_defaults(func=run)
+    _register_export(p.add_subparsers(dest="scrape_action", metavar="ACTION",
+                                      title="actions", description="without an action: search and download"))
+
+
+def _add_search_args(what) -> None:
     breeds = what.add_mutually_exclusive_group()
     breeds.add_argument("--breeds", metavar="A,B,...", help="comma-separated breed names (default: the seed's 26)")
     breeds.add_argument("--breeds-file", metavar="FILE", help="breed names, one a line (# comments)")
@@ -95,7 +106,8 @@ def register(subparsers) -> None:
                       help="replace the engine's https://www.google.com / https://www.bing.com (e.g. a local copy)")
     what.add_argument("--urls-only", action="store_true", help="only collect URLs into the manifest; download nothing")
 
-    brw = p.add_argument_group("browser")
+
+def _add_browser_args(brw) -> None:
     brw.add_argument("--browsers", type=_positive_int, default=1, metavar="N",
                      help="parallel browser workers, one headless browser each (default: 1)")
     brw.add_argument("--delay", type=_seconds, default=1.0, metavar="S",
@@ -106,7 +118,8 @@ def register(subparsers) -> None:
     brw.add_argument("--chromedriver", metavar="PATH", help="chromedriver binary (default: search /usr/bin and PATH)")
     brw.add_argument("--show-browser", action="store_true", help="run the browser with a window (debugging)")
 
-    dl = p.add_argument_group("downloads")
+
+def _add_download_args(dl) -> None:
     dl.add_argument("--workers", type=_positive_int, default=8, metavar="N", help="download threads (default: 8)")
     dl.add_argument("--min-size", type=_positive_int, default=64, metavar="PX",
                     help="reject images whose shorter side is under PX pixels (default: 64)")
@@ -117,13 +130,8 @@ def register(subparsers) -> None:
     dl.add_argument("--max-attempts", type=_positive_int, default=3, metavar="N",
                     help="try a failing URL or search at most N times over all runs (default: 3)")
 
-    out = p.add_argument_group("output")
-    out.add_argument("--events", metavar="FILE", help="append progress events as JSON lines to FILE")
-    out.add_argument("--quiet", "-q", action="store_true", help="no live table; print only errors and the summary")
-    p.set_defaults(func=run)
 
-    actions = p.add_subparsers(dest="scrape_action", metavar="ACTION",
-                               title="actions", description="without an action: search and download")
+def _register_export(actions) -> None:
     e = actions.add_parser(
         "export",
         prog="ddpm-tui scrape export",

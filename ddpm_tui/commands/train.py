@@ -19,38 +19,9 @@ from typing import Any
 
 from core.training import events, options
 from core.io.safe_text import shown, shown_markup
-from ddpm_tui.commands._common import CLIError, add_workspace_arg
+from ddpm_tui.commands._common import RUN_NAME_RE, CLIError, add_workspace_arg
 
-RUN_NAME_RE = options.RUN_NAME_RE
 parse_duration = options.parse_duration
-
-
-def bounded(kind: type, *, low: float | None = None, high: float | None = None,
-            low_open: bool = False, high_open: bool = False):
-    """An argparse ``type``: ``kind(text)`` within [low, high] (or open ends), else a usage
-    error naming the value. Infinity and NaN are refused."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-        if value != value or value in (float("inf"), float("-inf")):
-            raise argparse.ArgumentTypeError(f"{text!r} must be a finite number")
-        too_low = low is not None and (value <= low if low_open else value < low)
-        too_high = high is not None and (value >= high if high_open else value > high)
-        if too_low or too_high:
-            fmt = str if kind is int else "{:g}".format  # a seed's bound exactly, not 9.22337e+18
-            if low is not None and high is not None:
-                where = f"in {'(' if low_open else '['}{fmt(low)}, {fmt(high)}{')' if high_open else ']'}"
-            elif low is not None:
-                where = f"{'>' if low_open else '>='} {fmt(low)}"
-            else:
-                where = f"{'<' if high_open else '<='} {fmt(high)}"
-            raise argparse.ArgumentTypeError(f"{text!r} must be {where}")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names the type in its messages
-    return parse
 
 
 

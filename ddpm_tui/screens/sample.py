@@ -1,10 +1,10 @@
-"""Sample: pick a run and checkpoint, EMA or raw weights, a sampler (DDIM, DPM-Solver++(2M),
-Heun, DDPM), steps, eta, count, seed, breed and guidance (conditional runs) and a device;
+"""Sample: pick a run and checkpoint, EMA or raw weights, a sampler (from
+core.diffusion.registry's table; it says which take steps and eta), steps, eta, count, seed, breed and guidance (conditional runs) and a device;
 generate through core.diffusion.sampling.generate (the path `ddpm-tui sample` uses) with a progress
 bar and a live half-block preview of the images forming from noise; save PNGs with `w`.
 The status line names the weights and the device actually used.
 
-Drawing runs in a child process (ddpm_tui/sampler.py) that keeps the loaded model while
+Drawing runs in a child process (ddpm_tui/draw_worker.py) that keeps the loaded model while
 this screen is shown and ends when the user leaves it (or, if it is drawing then, when it
 finishes), which gives back the model's memory and the CUDA context. A thread worker relays
 its messages; the child sends a preview at most 4 times a second (and always the last step),
@@ -29,9 +29,10 @@ from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Input, Label, ProgressBar, Select, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
+from core.diffusion.registry import DEFAULT_SAMPLER, SAMPLER_SPECS
 from core.io.safe_text import shown_markup
 from ddpm_tui.devices import find_choices_for, gpu_of, known_choices, provisional_choices, runs_training_on
-from ddpm_tui.sampler import SamplerProcess
+from ddpm_tui.draw_worker import DrawProcess
 from ddpm_tui.screens.base import StudioScreen
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ class SampleScreen(StudioScreen):
         self._result: SampleResult | None = None
         self._worker: Worker | None = None
         self._saved: tuple[SampleResult, Path] | None = None  # the result last saved, and where
-        self._sampler: SamplerProcess | None = None  # the child that draws; None when released
+        self._drawer: DrawProcess | None = None  # the child that draws; None when released
         self._release_when_done = False  # the user left while it was drawing
         self._breed_names: list[str] = []
         self.preview_x0 = False  # preview the model's x0 prediction instead of the noisy x_t
@@ -106,8 +107,8 @@ class SampleScreen(StudioScreen):
                     yield Label("Weights")
                     yield Select([("EMA", "ema"), ("raw", "raw")], value="ema", allow_blank=False, compact=True, id="weights")
                     yield Label("Sampler")
-                    yield Select([("DDIM", "ddim"), ("DPM-Solver++ 2M", "dpmpp2m"), ("Heun", "heun"), ("DDPM", "ddpm")],
-                                 value="ddim", allow_blank=False, compact=True, id="sampler")
+                    yield Select([(spec.label, spec.name) for spec in SAMPLER_SPECS.values()],
+                                 value=DEFAULT_SAMPLER, allow_blank=False, compact=True, id="sampler")
                     yield Label("Steps")
                     yield Input("50", compact=True, id="steps", type="integer")
                     yield Label("eta")
@@ -152,9 +153,9 @@ class SampleScreen(StudioScreen):
             self.release()
 
     def on_unmount(self) -> None:
-        if self._sampler is not None:
-            self._sampler.close()
-            self._sampler = None
+        if self._drawer is not None:
+            self._drawer.close()
+            self._drawer = None
 
     def release(self) -> None:
         """End the sampling process (and with it the model and its GPU memory); if it is
@@ -163,9 +164,9 @@ class SampleScreen(StudioScreen):
             self._release_when_done = True
             return
         self._release_when_done = False
-        if self._sampler is not None:
-            self._sampler.close()
-            self._sampler = None
+        if self._drawer is not None:
+            self._drawer.close()
+            self._drawer = None
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker is self._worker and event.state in (WorkerState.SUCCESS, WorkerState.ERROR,
@@ -228,8 +229,9 @@ class SampleScreen(StudioScreen):
         elif event.select.id == "device":
             self._update_gpu_note()
         elif event.select.id == "sampler":
-            self.query_one("#steps", Input).disabled = event.value == "ddpm"
-            self.query_one("#eta", Input).disabled = event.value != "ddim"
+            spec = SAMPLER_SPECS.get(str(event.value))
+            self.query_one("#steps", Input).disabled = spec is None or not spec.uses_steps
+            self.query_one("#eta", Input).disabled = spec is None or not spec.uses_eta
 
     def _run_changed(self) -> None:
         from core.training.runs import checkpoints_dir, read_config
@@ -301,7 +303,7 @@ class SampleScreen(StudioScreen):
         self._release_when_done = False
         self._update_gpu_note()
         self.query_one("#sample-saved", Static).update("")
-        starting = self._sampler is None or not self._sampler.running
+        starting = self._drawer is None or not self._drawer.running
         self.query_one("#sample-status", Static).update(
             ("starting the sampling process, " if starting else "") + f"loading {req.checkpoint.name}…")
         bar = self.query_one("#sample-progress", ProgressBar)
@@ -326,11 +328,11 @@ class SampleScreen(StudioScreen):
         except ValueError as exc:
             call(self._failed, str(exc))
             return
-        if self._sampler is None:
-            self._sampler = SamplerProcess(self.studio.workspace.cache_dir / "sampler.log")
+        if self._drawer is None:
+            self._drawer = DrawProcess(self.studio.workspace.cache_dir / "sampler.log")
         payload = {"checkpoint": str(job.checkpoint), "options": job.options, "device": job.device,
                    "preview_x0": self.preview_x0}
-        for message in self._sampler.run(payload, lambda: worker.is_cancelled):
+        for message in self._drawer.run(payload, lambda: worker.is_cancelled):
             kind = message[0]
             if kind == "progress":
                 _, done, total, preview = message
@@ -361,7 +363,8 @@ class SampleScreen(StudioScreen):
         self._result = result
         self.query_one("#sample-preview", HalfBlockImage).set_image(self._grid(result.images))
         r = result.job.request
-        what = f"{r.sampler.upper()} · {result.weights_note} weights · seed {r.seed} · {result.device}"
+        spec = SAMPLER_SPECS.get(r.sampler)
+        what = f"{spec.label if spec else r.sampler} · {result.weights_note} weights · seed {r.seed} · {result.device}"
         if r.label is not None and r.label < len(self._breed_names):
             what += f" · {self._breed_names[r.label]} x{r.guidance:g}"
         self.query_one("#sample-status", Static).update(
@@ -407,8 +410,8 @@ class SampleScreen(StudioScreen):
 
     def action_toggle_preview(self) -> None:
         self.preview_x0 = not self.preview_x0
-        if self._sampler is not None:
-            self._sampler.set_preview(self.preview_x0)
+        if self._drawer is not None:
+            self._drawer.set_preview(self.preview_x0)
         self.notify("preview: " + ("the model's guess of the final image (x0)" if self.preview_x0
                                    else "the noisy image as it is denoised (x_t)"))
 

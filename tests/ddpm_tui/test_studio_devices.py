@@ -15,7 +15,7 @@ from textual.widgets import Input, Select, Static
 from ddpm_tui import devices
 from ddpm_tui.app import StudioApp
 from ddpm_tui.jobs import pid_alive, train_command
-from ddpm_tui.sampler import SamplerProcess
+from ddpm_tui.draw_worker import DrawProcess
 from ddpm_tui.screens.newrun import NewRunScreen
 from studio_helpers import make_checkpoint_run, make_dataset, run_async, wait_for
 
@@ -136,14 +136,14 @@ def test_sampling_process_ends_when_leaving_the_sample_screen(workspace, no_gpu,
             await wait_for(pilot, lambda: screen._result is not None, 120, "the samples")
             assert screen._result.images.shape == (2, 16, 16, 3)
             assert "· cpu ·" in str(screen.query_one("#sample-status", Static).render())
-            pid = screen._sampler.pid
+            pid = screen._drawer.pid
             assert pid_alive(pid)  # kept while the screen shows: drawing again needs no reload
             await pilot.press("f1")  # a dialog over the screen keeps it
             await pilot.pause(0.3)
-            assert screen._sampler is not None and screen._sampler.pid == pid
+            assert screen._drawer is not None and screen._drawer.pid == pid
             await pilot.press("escape")
             await pilot.press("3")  # to Train: the process and its model go
-            await wait_for(pilot, lambda: screen._sampler is None, 10, "the release")
+            await wait_for(pilot, lambda: screen._drawer is None, 10, "the release")
             await wait_for(pilot, lambda: not pid_alive(pid), 30, "the sampling process to end")
             await pilot.press("4")  # back: a new process draws the same images
             first = screen._result.images
@@ -151,7 +151,7 @@ def test_sampling_process_ends_when_leaving_the_sample_screen(workspace, no_gpu,
             await wait_for(pilot, lambda: screen._result is not None and screen._result.images is not first, 120,
                            "the second samples")
             assert (screen._result.images == first).all()
-            assert screen._sampler.pid != pid
+            assert screen._drawer.pid != pid
 
     run_async(go())
 
@@ -159,7 +159,7 @@ def test_sampling_process_ends_when_leaving_the_sample_screen(workspace, no_gpu,
 def test_an_unavailable_device_is_one_line_from_the_sampling_process(workspace, one_thread_children):
     """The device reaches core.diffusion.device in the child: cuda:1 on a machine without CUDA says so."""
     make_checkpoint_run(workspace, "tiny-run", image_size=16, T=10)
-    sampler = SamplerProcess(workspace.cache_dir / "sampler.log")
+    sampler = DrawProcess(workspace.cache_dir / "sampler.log")
     job = {"checkpoint": str(workspace.run_dir("tiny-run") / "checkpoints" / "last.pt"),
            "options": {"n": 1, "steps": 2}, "device": "cuda:1"}
     try:
@@ -175,7 +175,7 @@ def test_an_unavailable_device_is_one_line_from_the_sampling_process(workspace, 
 
 def test_a_dead_sampling_process_is_said_and_replaced(workspace, one_thread_children):
     make_checkpoint_run(workspace, "tiny-run", image_size=16, T=10)
-    sampler = SamplerProcess(workspace.cache_dir / "sampler.log")
+    sampler = DrawProcess(workspace.cache_dir / "sampler.log")
     job = {"checkpoint": str(workspace.run_dir("tiny-run") / "checkpoints" / "last.pt"),
            "options": {"n": 1, "steps": 2, "seed": 4}, "device": "cpu"}
     try:

@@ -14,12 +14,12 @@ from core.diffusion.ema import EMA
 from core.diffusion.sampling import (
     SampleRequest,
     SamplingError,
-    ddim_sample,
     generate,
     generate_images,
     load_for_sampling,
     resolve_labels,
 )
+from core.diffusion.samplers import ddim_sample
 from core.io.grid import to_uint8_images
 from core.diffusion.unet import UNet, get_preset
 

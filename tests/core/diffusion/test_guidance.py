@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from core.diffusion.process import Diffusion, DiffusionConfig
-from core.diffusion.sampling import ddim_sample, ddpm_sample, iter_ddim
+from core.diffusion.samplers import ddim_sample, ddpm_sample, iter_ddim
 
 NUM_CLASSES = 3
 

@@ -40,9 +40,9 @@ import torch
 from torch import nn
 
 from core.diffusion.process import Diffusion, DiffusionConfig
-from core.diffusion.sampling import (
+from core.diffusion.registry import SAMPLER_NAMES
+from core.diffusion.samplers import (
     HEUN_SIGMA_MAX,
-    SAMPLERS,
     SampleStep,
     dpmpp2m_sample,
     heun_sample,
@@ -248,7 +248,7 @@ def _check_oracle_samples(x, schedule, sampler, steps, eta, variance, mean_allow
 
 
 def test_sampler_names() -> None:
-    assert SAMPLERS == ("ddpm", "ddim", "dpmpp2m", "heun")
+    assert SAMPLER_NAMES == ("ddpm", "ddim", "dpmpp2m", "heun")
 
 
 @pytest.mark.parametrize("schedule", SCHEDULE_NAMES)
@@ -278,7 +278,7 @@ def test_oracle_gaussian_zero_terminal_snr(prediction, sampler, steps, eta, vari
 
 
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
-@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("sampler", SAMPLER_NAMES)
 def test_every_target_gives_the_same_samples(prediction: str, sampler: str) -> None:
     """The ideal eps, x0 and v predictors are one denoiser: the samples agree to float32 rounding."""
     steps = T if sampler == "ddpm" else 10

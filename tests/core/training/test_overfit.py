@@ -45,7 +45,7 @@ import torch
 
 from core.diffusion.process import Diffusion, DiffusionConfig
 from core.diffusion.ema import EMA
-from core.diffusion.sampling import ddim_sample
+from core.diffusion.samplers import ddim_sample
 from core.diffusion.unet import UNet, get_preset
 
 SIZE = 16

@@ -1,14 +1,14 @@
-"""The Sample screen's sampler: core.diffusion.sampling.generate run in a child process.
+"""The Sample screen's drawing worker: core.diffusion.sampling.generate run in a child process.
 
 Why a process: a process that goes on running cannot give back a CUDA context (a few hundred
 MB on each GPU it touched) and gives back a model's memory only to its own allocator cache.
 A child that ends gives back all of it. The Sample screen keeps the child, and the model it
 loaded, while the screen is shown (drawing again is quick) and ends it when the user leaves
-the screen, so an idle sampler does not sit next to a training run on the same GPU for the
+the screen, so an idle worker does not sit next to a training run on the same GPU for the
 studio's life. The price is a start-up (importing torch, loading the checkpoint: seconds) at
 the first draw after entering the screen.
 
-The child is ``python -m ddpm_tui.sampler FD`` (a fresh interpreter: a forked copy of the
+The child is ``python -m ddpm_tui.draw_worker FD`` (a fresh interpreter: a forked copy of the
 studio would hold its threads' locks, and multiprocessing's spawn re-runs whatever script
 started the studio); it talks over a socket pair with multiprocessing's Connection:
 
@@ -37,7 +37,7 @@ PREVIEW_INTERVAL = 0.25  # seconds between previews (<= 4 Hz): a fast sampler mu
 JOIN_TIMEOUT = 10.0  # seconds a quitting child gets before it is terminated
 
 
-class SamplerProcess:
+class DrawProcess:
     """One child process at a time; ``run`` from one thread, the rest from any."""
 
     def __init__(self, log_path: Path | None = None) -> None:
@@ -71,7 +71,7 @@ class SamplerProcess:
         env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
         try:
             # its output goes to the log: the terminal is the studio's
-            self._proc = subprocess.Popen([sys.executable, "-m", "ddpm_tui.sampler", str(theirs.fileno())],
+            self._proc = subprocess.Popen([sys.executable, "-m", "ddpm_tui.draw_worker", str(theirs.fileno())],
                                           stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                           pass_fds=(theirs.fileno(),), env=env)
         finally:
@@ -151,7 +151,7 @@ class SamplerProcess:
             if conn is not None:
                 conn.close()
 
-        threading.Thread(target=reap, name="sampler reaper", daemon=True).start()
+        threading.Thread(target=reap, name="draw worker reaper", daemon=True).start()
 
 
 # -- the child ------------------------------------------------------------------------------
