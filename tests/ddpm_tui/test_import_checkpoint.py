@@ -1,4 +1,5 @@
-"""`ddpm-tui import-seed` on files that are not seed state dicts: one clear line, in our words."""
+"""`ddpm-tui import-checkpoint` on files that are not state dicts of the original project: one
+clear line, in our words."""
 
 from __future__ import annotations
 
@@ -22,12 +23,12 @@ class _RunsCode:
     ("cut.pth", b"\x80\x02garbage", "cut.pth: not a PyTorch state dict (truncated, corrupt or not a pickle)"),
     ("evil.pth", pickle.dumps({"w": _RunsCode()}), "evil.pth: refused, it contains Python objects that would run code"),
 ])
-def test_import_seed_bad_files_are_one_clean_line(tmp_path, capsys, name, content, expected):
+def test_import_checkpoint_bad_files_are_one_clean_line(tmp_path, capsys, name, content, expected):
     path = tmp_path / name
     path.write_bytes(content)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert main(["--workspace", str(tmp_path / "ws"), "import-seed", str(path), "--run", "x"]) == 2
+        assert main(["--workspace", str(tmp_path / "ws"), "import-checkpoint", str(path), "--run", "x"]) == 2
     err = capsys.readouterr().err
     assert expected in err
     assert err.strip().count("\n") == 0  # one line
