@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from core.diffusion.unet_classic import Attention  # the original's attention, also used here
 from core.diffusion.unet_config import UNetConfig
 
 
