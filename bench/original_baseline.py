@@ -1,4 +1,4 @@
-"""The original's UNet as the seed wrote it: the baseline the benchmarks measure against.
+"""The UNet of dogs-image-generator-DDPM (the original project) as the original wrote it: the baseline the benchmarks measure against.
 
 Not used by the project itself. It reproduces the original's computational choices: attention
 through ``nn.MultiheadAttention`` returning its (averaged) attention weights, attention

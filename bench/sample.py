@@ -11,7 +11,7 @@
   device has fast bf16 (else fp32, printed), channels_last, SDPA attention: timed end to end.
 
 The network is randomly initialised (the timing does not depend on the weights); both sides
-share the same weights. Seed steps are measured in short bursts interleaved with our runs so
+share the same weights. Steps of the original's procedure are measured in short bursts interleaved with our runs so
 that load from other processes hits both alike.
 """
 

@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--raw", action="store_true", help="use the trained weights instead of the EMA weights")
     p.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim",
                    help="ddim (default), dpmpp2m (DPM-Solver++(2M), good in 10-20 steps), heun (2 model "
-                        "calls a step), or ddpm (all T steps, as the seed)")
+                        "calls a step), or ddpm (all T steps, as the original)")
     p.add_argument("--steps", type=_positive_int, default=50,
                    help="steps for ddim, dpmpp2m and heun (default: 50; ddpm uses T)")
     p.add_argument("--eta", type=_eta, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like (default: 0)")

@@ -57,7 +57,7 @@ def test_the_fixture_is_an_old_run_that_says_seed():
     ["--recipe", "classic", "--preset", "classic"],  # today's names
     [],  # the run's own
 ])
-def test_old_seed_run_resumes_bit_exactly(old_run, model_args, capsys):
+def test_old_run_saying_seed_resumes_bit_exactly(old_run, model_args, capsys):
     ws, run = old_run
     maker = _maker()
     args = [a for a in maker.ARGS if a not in ("--recipe", "--preset", "seed")] + model_args
