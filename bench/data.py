@@ -1,12 +1,12 @@
 """Is loading ever the bottleneck? Images/s of the data pipeline against a training step.
 
-    python -m bench.data [--images 2000] [--presets tiny,small,seed] [--batch 16]
+    python -m bench.data [--images 2000] [--presets tiny,small,classic] [--batch 16]
 
 On a synthetic JPEG dataset (generated in a temp dir) it measures, medians over repeats:
   - first build: decoding + resizing every file (1 worker, then a thread pool and a
     process pool over all cores; which pool is faster decides core.data.dataset's default);
   - a rerun that loads the decoded-image cache;
-  - ``get_batch`` (gather + flip + scale) at batch 16 and 64, against the seed's way
+  - ``get_batch`` (gather + flip + scale) at batch 16 and 64, against the original's way
     (torchvision ImageFolder + transforms, decoding each JPEG every epoch) as baseline;
   - the training step (forward + backward + Adam) of each preset, which is what loading
     has to keep up with.
@@ -98,24 +98,24 @@ def bench_batches(ds: ImageFolderDataset, root: Path, repeats: int) -> dict[int,
     print("\nBatches of 64x64 images in [-1, 1] with random flips")
     out: dict[int, float] = {}
     n = len(ds)
-    seed_rate = None
+    original_rate = None
     try:
         from torchvision import datasets, transforms
 
-        seed_tf = transforms.Compose([
+        original_tf = transforms.Compose([
             transforms.Resize((64, 64)), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
             transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
         ])
-        folder = datasets.ImageFolder(str(root), transform=seed_tf)
+        folder = datasets.ImageFolder(str(root), transform=original_tf)
         k = min(256, len(folder))
         idx = torch.randperm(len(folder))[:k].tolist()
 
-        def seed_way() -> None:  # what the seed's DataLoader does per epoch (0 workers)
+        def original_way() -> None:  # what the original's DataLoader does per epoch (0 workers)
             torch.stack([folder[i][0] for i in idx])
 
-        seed_rate = line("seed way: ImageFolder + transforms (baseline)", k, time_repeats(seed_way, repeats, 1))
+        original_rate = line("original way: ImageFolder + transforms (baseline)", k, time_repeats(original_way, repeats, 1))
     except ImportError:
-        print("  (torchvision missing: no seed baseline)")
+        print("  (torchvision missing: no baseline of the original)")
     for batch in (16, 64):
         gen = torch.Generator().manual_seed(0)
         batches = [torch.randint(0, n, (batch,), generator=gen) for _ in range(200)]
@@ -126,8 +126,8 @@ def bench_batches(ds: ImageFolderDataset, root: Path, repeats: int) -> dict[int,
 
         r = line(f"get_batch, batch {batch}", batch * len(batches), time_repeats(run, repeats, 1))
         out[batch] = r
-        if seed_rate:
-            print(f"  {'':<44} {r / seed_rate:10,.0f}x the seed way")
+        if original_rate:
+            print(f"  {'':<44} {r / original_rate:10,.0f}x the original's way")
     return out
 
 
@@ -159,7 +159,7 @@ def bench_train_step(presets: list[str], batch: int, repeats: int) -> dict[str, 
             loss.backward()
             opt.step()
 
-        reps = repeats if name != "seed" else max(2, repeats // 2)
+        reps = repeats if name != "classic" else max(2, repeats // 2)
         out[name] = line(f"{name} ({count_parameters(model) / 1e6:.1f} M params)", batch,
                          time_repeats(step, reps, 1))
         del model, opt
@@ -170,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.data", description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=2000, help="synthetic JPEGs to generate (default 2000)")
     p.add_argument("--size", default="200x150", help="their size WxH (default 200x150)")
-    p.add_argument("--presets", default="tiny,small,seed", help="training-step presets ('' to skip)")
-    p.add_argument("--batch", type=int, default=16, help="training batch size (default 16, the seed's)")
+    p.add_argument("--presets", default="tiny,small,classic", help="training-step presets ('' to skip)")
+    p.add_argument("--batch", type=int, default=16, help="training batch size (default 16, the original's)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per figure (default 3)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
     args = p.parse_args(argv)
@@ -217,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in steps.items():
         print(f"  train step {name:<6} {fmt_rate(r):>8}   -> get_batch is {batches[16] / r:,.0f}x faster; "
               f"first-build decode {decode[best_pool] / r:,.1f}x")
-    if "seed" in steps:
-        print(f"  one seed-preset epoch of 14,000 images here: {fmt_seconds(14000 / steps['seed'])}")
+    if "classic" in steps:
+        print(f"  one classic-preset epoch of 14,000 images here: {fmt_seconds(14000 / steps['classic'])}")
     return 0
 
 

@@ -14,15 +14,15 @@ Sections (each prints its figures; a failing section says why and the others sti
    stop between (--deterministic on CUDA), weights digests compared (bit-exact resume, or
    not), then `sample` with DPM-Solver++ 20 steps.
 5. nccl: `torchrun --nproc_per_node 1 -m ddpm_tui train ...` (NCCL on CUDA, gloo on a CPU).
-6. speed: the seed preset's (--quick: tiny's) bare training step (model, MSE, fused Adam; bf16
+6. speed: the classic preset's (--quick: tiny's) bare training step (model, MSE, fused Adam; bf16
    autocast where chosen; no data, no EMA, no logging) at --batch, NCHW and channels_last,
    timed like the trainer times itself (windows of steps, one device sync per window, after
    a warm-up, cuDNN autotuning on), with FLOPs and MFU against --peak-tflops; the real
-   trainer on the same network, batch and optimiser (`--recipe seed`; metrics.jsonl, median
+   trainer on the same network, batch and optimiser (`--recipe classic`; metrics.jsonl, median
    after the first window) and its ratio to the bare step measured just before and after it;
    `--compile`: the first (compiling) step in a fresh process with an empty compile cache
    (cold) and again with that cache (warm), and compiled images/s.
-7. sampling: 10 seed-preset images (random weights), DDIM-50 and DPM-Solver++(2M)-20.
+7. sampling: 10 classic-preset images (random weights), DDIM-50 and DPM-Solver++(2M)-20.
 
 Prints a summary and writes OUT/gpu_check.json.
 """
@@ -235,7 +235,7 @@ def nccl(device: torch.device, ws: Path) -> dict:
 
 def bare_step(model: nn.Module, x: torch.Tensor, amp, device: torch.device):
     """One training step of ``model`` on fixed data: forward, MSE, backward, fused Adam
-    (the trainer's optimiser under --recipe seed), nothing else."""
+    (the trainer's optimiser under --recipe classic), nothing else."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type in ("cuda", "cpu", "mps"))
     t = torch.randint(0, 1000, (x.shape[0],), device=device)
     noise = torch.randn_like(x)
@@ -283,11 +283,11 @@ def step_flops(model: nn.Module, x: torch.Tensor, amp, device: torch.device) -> 
 
 def trainer_images_per_s(ws: Path, device: torch.device, preset: str, batch: int, steps: int,
                          log_every: int) -> tuple[float, list[str]]:
-    """The real trainer on the bare step's network, batch and optimiser (--recipe seed:
+    """The real trainer on the bare step's network, batch and optimiser (--recipe classic:
     Adam, no clipping; --no-flip changes nothing of the cost), median of its metrics lines
     after the first (which holds the warm-up). Returns the figure and the command."""
     data = ws / "data" / "demo"
-    args = ["train", "--run", "trainerspeed", "--recipe", "seed", "--data", str(data), "--preset", preset,
+    args = ["train", "--run", "trainerspeed", "--recipe", "classic", "--data", str(data), "--preset", preset,
             "--image-size", "64", "--batch_size", str(batch), "--max-steps", str(steps), "--log-every",
             str(log_every), "--save_frequency", "1000", "--samples", "0", "--device", str(device), "--quiet"]
     cli(ws, *args, timeout=900)
@@ -333,7 +333,7 @@ def speed(device: torch.device, ws: Path, batch: int, peak_tflops: float, quick:
     from core.diffusion.device import kernel_choices
 
     amp = autocast_dtype(device, "auto", training=True)
-    preset = "tiny" if quick else "seed"  # --quick checks the path, not the figures
+    preset = "tiny" if quick else "classic"  # --quick checks the path, not the figures
     windows, per_window, warmup = (3, 3, 3) if quick else (5, 10, 10)
     torch.manual_seed(0)
     model = UNet(get_preset(preset, image_size=64)).to(device)
@@ -395,7 +395,7 @@ def sampling(device: torch.device, quick: bool) -> dict:
     from core.diffusion.sampling import SampleRequest, generate_images
 
     torch.manual_seed(0)
-    model = UNet(get_preset("tiny" if quick else "seed", image_size=64)).to(device).eval()
+    model = UNet(get_preset("tiny" if quick else "classic", image_size=64)).to(device).eval()
     diffusion = Diffusion(DiffusionConfig(T=1000)).to(device)
     out = {}
     for sampler, steps in (("ddim", 50), ("dpmpp2m", 20)):
@@ -416,7 +416,7 @@ SECTIONS = ("env", "oracle", "tests", "loop", "nccl", "speed", "sampling")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu to check the script")
-    p.add_argument("--batch", type=int, default=128, help="seed-preset batch for the speed section (default 128)")
+    p.add_argument("--batch", type=int, default=128, help="classic-preset batch for the speed section (default 128)")
     p.add_argument("--peak-tflops", type=float, default=989.0,
                    help="the device's dense bf16 peak for MFU (default 989: H100/H200 SXM)")
     p.add_argument("--quick", action="store_true", help="tiny step counts (checks the script, not the GPU)")
@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="folder for gpu_check.json and the workspace")
     # The speed section's compile probe, run in a fresh process (cold / warm compile cache).
     p.add_argument("--compile-probe", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--preset", default="seed", help=argparse.SUPPRESS)
+    p.add_argument("--preset", default="classic", help=argparse.SUPPRESS)
     p.add_argument("--windows", type=int, default=5, help=argparse.SUPPRESS)
     p.add_argument("--per-window", type=int, default=10, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -1,13 +1,13 @@
 """Sample quality per CPU minute: our recipes against lucidrains' denoising-diffusion-pytorch.
 
     python -m bench.quality [--minutes 10] [--data DIR] [--n 500] [--image-size 32]
-                            [--arms seed,fast,peer] [--sweep] [--out DIR] [--smoke]
+                            [--arms classic,fast,peer] [--sweep] [--out DIR] [--smoke]
 
 Arms train one after another for the same wall-clock minutes on this machine, then draw
 ``--n`` samples each, scored against the training images with the evaluation's FID, KID and
 precision/recall (core.quality.evaluate; dataset features unless Inception weights are on disk):
-- ``seed``: the product's trainer with ``--recipe seed`` on the ``small`` preset (the issue's
-  measured baseline: today's training, batch 16);
+- ``classic``: the product's trainer with ``--recipe classic`` (the original project's training;
+  ``seed`` is its former name) on the ``small`` preset (the issue's measured baseline, batch 16);
 - ``fast``: the product's trainer with ``--recipe fast`` on the ``res-small`` preset;
   ``RECIPE@PRESET`` picks another network (e.g. ``fast@res-tiny``); ``~LR`` after an arm sets
   its learning rate (``fast~6e-4``, ``peer~3e-4``: a learning-rate sweep, ours and the peer's alike);
@@ -36,9 +36,11 @@ from typing import Any
 
 import torch
 
-SEED_PRESET = "small"
+from core.diffusion.registry import current_name
+
+CLASSIC_PRESET = "small"
 FAST_PRESET = "res-small"
-DEFAULT_ARMS = "seed,fast,peer"
+DEFAULT_ARMS = "classic,fast,peer"
 SWEEP_STEPS = (10, 20, 50, 100)
 PEER = {"dim": 32, "dim_mults": (1, 2, 4), "batch": 32, "lr": 8e-5, "betas": (0.9, 0.99),
         "grad_clip": 1.0, "ema_decay": 0.995, "ema_every": 10}
@@ -51,7 +53,7 @@ class BenchError(Exception):
 @dataclasses.dataclass(frozen=True)
 class Arm:
     name: str  # as given on the command line
-    recipe: str  # "seed" | "fast" | "peer"
+    recipe: str  # "classic" | "fast" | "peer"
     preset: str | None  # our network (None for the peer)
     lr: float | None = None  # "~LR" on the command line: the arm's learning rate instead of its recipe's
 
@@ -63,7 +65,7 @@ class Arm:
 
 def parse_arms(text: str, *, smoke: bool = False) -> list[Arm]:
     """``smoke``: the tiny presets by default (plumbing checks, not figures)."""
-    defaults = {"seed": "tiny", "fast": "res-tiny"} if smoke else {"seed": SEED_PRESET, "fast": FAST_PRESET}
+    defaults = {"classic": "tiny", "fast": "res-tiny"} if smoke else {"classic": CLASSIC_PRESET, "fast": FAST_PRESET}
     arms = []
     for spec in (s.strip() for s in text.split(",")):
         if not spec:
@@ -78,11 +80,14 @@ def parse_arms(text: str, *, smoke: bool = False) -> list[Arm]:
             if not (lr > 0 and lr < 1):
                 raise BenchError(f"arm {spec!r}: the learning rate after '~' must be a number in (0, 1)")
         recipe, _, preset = head.partition("@")
+        if current_name(recipe) != recipe:  # a former name ("seed"): the arm is named as today
+            recipe = current_name(recipe)
+            spec = recipe + spec[len(head.partition("@")[0]):]
         if recipe == "peer":
             if preset:
                 raise BenchError(f"arm {spec!r}: the peer's network is fixed (Unet(dim=32, dim_mults=(1, 2, 4)))")
             arms.append(Arm(spec, "peer", None, lr))
-        elif recipe in ("seed", "fast"):
+        elif recipe in ("classic", "fast"):
             from core.diffusion.unet import PRESETS
 
             preset = preset or defaults[recipe]
@@ -90,7 +95,7 @@ def parse_arms(text: str, *, smoke: bool = False) -> list[Arm]:
                 raise BenchError(f"arm {spec!r}: unknown preset {preset!r}; known: {', '.join(PRESETS)}")
             arms.append(Arm(spec, recipe, preset, lr))
         else:
-            raise BenchError(f"unknown arm {spec!r}; use seed, fast, peer, RECIPE@PRESET, each optionally ~LR")
+            raise BenchError(f"unknown arm {spec!r}; use classic, fast, peer, RECIPE@PRESET, each optionally ~LR")
     if not arms:
         raise BenchError("no arms given")
     if len({a.name for a in arms}) != len(arms):
@@ -337,7 +342,7 @@ def run(args) -> dict[str, Any]:
     if scorer is not None:
         columns += ["fid", "kid", "precision", "recall"]
         by_name = {r["arm"]: r for r in rows}
-        for ref in ("peer", "seed"):
+        for ref in ("peer", "classic"):
             if ref in by_name:
                 for r in rows:
                     r[f"fid/{ref}"] = r["fid"] / by_name[ref]["fid"] if by_name[ref]["fid"] > 0 else float("nan")
@@ -360,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="", help="folder of class folders (default: the demo set, generated)")
     p.add_argument("--n", type=int, default=500, help="samples per arm (default 500)")
     p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--arms", default=DEFAULT_ARMS, help=f"comma-separated: seed, fast, peer, RECIPE@PRESET; ~LR after an arm sets its "
+    p.add_argument("--arms", default=DEFAULT_ARMS, help=f"comma-separated: classic, fast, peer, RECIPE@PRESET; ~LR after an arm sets its "
                    f"learning rate, e.g. fast~6e-4,peer~3e-4 (default {DEFAULT_ARMS})")
     p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps for each arm's samples (default 50)")
     p.add_argument("--sweep", action="store_true", help="also FID against sampling steps for every sampler (fast arm)")

@@ -1,14 +1,14 @@
 """Training throughput of the real trainer (core.training.train.train) on this machine.
 
-    python -m bench.train [--presets tiny small seed] [--steps 4] [--rounds 2] [--batch-size 16]
+    python -m bench.train [--presets tiny small classic] [--steps 4] [--rounds 2] [--batch-size 16]
 
 For each preset, runs the trainer on the same synthetic 64x64 breed-folder dataset in two
 modes, alternated for --rounds rounds: fp32 (the baseline, --amp off) and --amp auto (bf16
 where the device does it fast), each run a few steps with samples off, and reads images/s
 from metrics.jsonl (one line per step). Prints the median over the steps after each run's
 first (warm-up), the
-bf16/fp32 ratio measured in the same run, and the estimated time of one seed-size epoch
-(14,000 images, the seed's scraped dataset).
+bf16/fp32 ratio measured in the same run, and the estimated time of one classic-size epoch
+(14,000 images, the original's scraped dataset).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from bench.common import fmt_seconds as _fmt_short
 from core.training import runs
 from core.diffusion.device import autocast_dtype, resolve_device
 from core.training.train import TrainConfig, train
+from core.diffusion.registry import current_name
 from core.diffusion.unet import count_parameters, get_preset, UNet
 
 SEED_EPOCH_IMAGES = 14_000
@@ -60,9 +61,9 @@ def measure(data: Path, workdir: Path, preset: str, amp: str, steps: int, args) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=["tiny", "small", "seed"])
+    parser.add_argument("--presets", nargs="+", default=["tiny", "small", "classic"])
     parser.add_argument("--steps", type=int, default=4, help="timed steps per run (after 1 warm-up)")
-    parser.add_argument("--seed-steps", type=int, default=2, help="timed steps per run for the seed preset")
+    parser.add_argument("--classic-steps", "--seed-steps", type=int, default=2, help="timed steps per run for the classic preset")
     parser.add_argument("--rounds", type=int, default=2, help="fp32/auto runs alternated this many times")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--image-size", type=int, default=64)
@@ -83,7 +84,7 @@ def main() -> None:
         for preset in args.presets:
             params = count_parameters(UNet(get_preset(preset, image_size=args.image_size)))
             start = time.perf_counter()
-            steps = args.seed_steps if preset == "seed" else args.steps
+            steps = args.classic_steps if current_name(preset) == "classic" else args.steps
             modes = ["off"] + (["auto"] if auto is not None else [])
             samples: dict[str, list[float]] = {m: [] for m in modes}
             for _ in range(args.rounds):  # alternate so machine noise hits both modes alike

@@ -1,20 +1,20 @@
-"""Training-step speed of the UNet: ours against the seed's computational choices, same run.
+"""Training-step speed of the UNet: ours against the original's computational choices, same run.
 
-    python -m bench.unet [--preset seed] [--batch 16] [--size 64] [--steps 3] [--profile]
+    python -m bench.unet [--preset classic] [--batch 16] [--size 64] [--steps 3] [--profile]
     python -m bench.unet --compare small,res-small,res-tiny,peer [--batch 32] [--size 32] [--steps 5]
-    python -m bench.unet --ab upsample|layout [--preset seed] [--batch 2] [--device cpu|cuda]
+    python -m bench.unet --ab upsample|layout [--preset classic] [--batch 2] [--device cpu|cuda]
     python -m bench.unet --compile-time [--preset tiny] [--size 16] [--batch 4]
 
 One step = forward + MSE loss + backward + Adam step.
-- baseline: the seed's choices: fp32, contiguous NCHW, ``nn.MultiheadAttention`` returning
-  its attention weights, the time embedding ``repeat``-ed (bench/seed_baseline.py), plain Adam;
+- baseline: the original's choices: fp32, contiguous NCHW, ``nn.MultiheadAttention`` returning
+  its attention weights, the time embedding ``repeat``-ed (bench/original_baseline.py), plain Adam;
 - ours: ``core.diffusion.unet.UNet`` under bf16 autocast (when the device has fast bf16, or --dtype
   bf16), channels_last, SDPA attention, broadcast embedding, fused Adam.
 Both start from the same weights; steps are interleaved so machine noise hits both alike.
 Also printed: the step's FLOPs (torch.utils.flop_counter) and the fraction of a bf16 matmul
 peak (a large bf16 matmul timed in the same run) that ours achieves.
 
-``--ab upsample``: the seed design's bilinear x2 up-sampling as F.interpolate ("native")
+``--ab upsample``: the classic design's bilinear x2 up-sampling as F.interpolate ("native")
 against the separable-matmul form ("matmul", core.diffusion.unet.upsample_bilinear2x), same model,
 same optimizer, interleaved steps; ``--ab upsample-op``: the up-sampling alone at the shapes the preset's Up
 blocks see; ``--ab layout``: NCHW against channels_last (two copies
@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import fmt_seconds, median, time_repeats
-from bench.seed_baseline import to_seed_style
+from bench.original_baseline import to_original_style
 from core.diffusion.device import autocast_context, autocast_dtype
 from core.diffusion.unet import (
     PRESETS,
@@ -57,6 +57,7 @@ from core.diffusion.unet import (
     upsample_bilinear2x,
     upsample_impl,
 )
+from core.diffusion.registry import current_name
 from core.training.options import BY_NAME
 
 TRAINER_CHANNELS_LAST = BY_NAME["channels_last"].default  # the layout a run trains in unless told
@@ -344,7 +345,7 @@ def compile_time(*, preset: str, batch: int, size: int, steps: int, dtype_arg: s
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.unet", description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="seed", choices=sorted(PRESETS))
+    p.add_argument("--preset", default="classic", type=current_name, choices=sorted(PRESETS))
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--size", type=int, default=None, help="image size (default: the preset's)")
     p.add_argument("--steps", type=int, default=3, help="timed steps of each variant (median reported)")
@@ -419,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     dtype = autocast_dtype("cpu", args.dtype)
     torch.manual_seed(0)
     model = UNet(config)
-    baseline_model = to_seed_style(model)  # same weights, the seed's way of computing
+    baseline_model = to_original_style(model)  # same weights, the original's way of computing
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, config.in_channels, size, size, generator=g)
     noise = torch.randn(x.shape, generator=g)

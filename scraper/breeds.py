@@ -1,8 +1,8 @@
-"""The breeds to search for: the seed's 26 defaults, safe folder slugs and query text.
+"""The breeds to search for: the original's 26 defaults, safe folder slugs and query text.
 
-A breed is known by its slug (``labrador_retrievers``). The seed stored its photos in
+A breed is known by its slug (``labrador_retrievers``). The original stored its photos in
 folders named after the whole query (``labrador_retrievers_dog_pictures``); such names map
-to the same slug, so an existing seed folder keeps receiving that breed's photos.
+to the same slug, so an existing folder of the original's keeps receiving that breed's photos.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import re
 import unicodedata
 from pathlib import Path
 
-# The seed's image_scrapper.py list, in its order (spelling kept: "jack russel").
+# The original's image_scrapper.py list, in its order (spelling kept: "jack russel").
 DEFAULT_BREEDS: tuple[str, ...] = (
     "jack russel terrier",
     "french bulldogs",
@@ -52,7 +52,7 @@ class BreedError(ValueError):
 
 def breed_slug(name: str) -> str:
     """Folder-safe slug: lower case, letters/digits joined by ``_``; never empty, ``.`` or
-    ``..``, never a path separator. The seed's ``<breed>_dog_pictures`` maps to ``<breed>``."""
+    ``..``, never a path separator. The original's ``<breed>_dog_pictures`` maps to ``<breed>``."""
     text = unicodedata.normalize("NFKC", str(name)).casefold().strip()
     # \w keeps letters of any script; everything else (/, \, ., spaces, quotes) separates words.
     slug = re.sub(r"[\W_]+", "_", text).strip("_")
@@ -70,7 +70,7 @@ def breed_label(name: str) -> str:
 
 
 def query_for(name: str) -> str:
-    """Search text for a breed, as the seed typed it: ``"<breed> dog pictures"``."""
+    """Search text for a breed, as the original typed it: ``"<breed> dog pictures"``."""
     return f"{breed_label(name)} {QUERY_SUFFIX}"
 
 
@@ -108,7 +108,7 @@ def _unique_slugs(parts) -> list[str]:
 def breed_folder(dataset_dir: str | Path, breed: str) -> Path:
     """The folder a breed's photos go to inside ``dataset_dir``.
 
-    An existing folder whose name has the same slug (the seed's
+    An existing folder whose name has the same slug (the original's
     ``labrador_retrievers_dog_pictures``, or ``Labrador Retrievers``) is reused, so one breed
     never ends up split over two class folders. Otherwise ``dataset_dir/<slug>``.
     """

@@ -1,4 +1,4 @@
-"""The breed-folder dataset: ``<root>/<breed>/*.jpg`` (the seed's ``data/dogs`` layout),
+"""The breed-folder dataset: ``<root>/<breed>/*.jpg`` (the original's ``data/dogs`` layout),
 label = index of the breed in the sorted list of breed names.
 
 Every image is decoded and resized once (in parallel threads: Pillow releases the GIL
@@ -55,7 +55,7 @@ DatasetError = DatasetFolderError
 @dataclass
 class DataOptions:
     image_size: int = 64
-    resize: str = "squash"  # "squash": plain resize to SxS (the seed); "crop": shorter side, centre crop
+    resize: str = "squash"  # "squash": plain resize to SxS (the original); "crop": shorter side, centre crop
     flip: bool = True  # random horizontal flip per image per batch
 
     def __post_init__(self) -> None:

@@ -1,6 +1,6 @@
 """What a dataset folder contains: the one rule every reader of a dataset uses.
 
-A dataset is ``<root>/<breed>/...`` (the seed's ``data/dogs/<breed>/`` layout). The rule:
+A dataset is ``<root>/<breed>/...`` (the original's ``data/dogs/<breed>/`` layout). The rule:
 
 * A breed is a non-hidden folder directly under ``root`` (a symlink to a folder counts).
   A file directly under ``root`` is not in any breed (listed in ``skipped``).

@@ -127,7 +127,7 @@ def load_rgb(path: Path | str) -> Image.Image:
 
 
 def resize_image(im: Image.Image, size: int, mode: str = "squash") -> Image.Image:
-    """``squash``: resize to size x size ignoring the aspect ratio (what the seed's
+    """``squash``: resize to size x size ignoring the aspect ratio (what the original's
     transforms.Resize((64, 64)) does); ``crop``: the centred largest square, resized —
     the same pixels as resizing the shorter side then centre-cropping, in one resample."""
     w, h = im.size

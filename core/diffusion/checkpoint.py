@@ -220,8 +220,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     if not isinstance(obj, Mapping) or obj.get("format") != FORMAT_NAME:
         if _looks_like_state_dict(obj):
             raise CheckpointError(
-                f"checkpoint {path}: a plain state_dict (e.g. the seed's model_state.pth), not a ddpm-tui "
-                f"checkpoint; convert it with `ddpm-tui import-seed`"
+                f"checkpoint {path}: a plain state_dict (e.g. dogs-image-generator-DDPM's model_state.pth), "
+                f"not a ddpm-tui checkpoint; convert it with `ddpm-tui import-checkpoint`"
             )
         raise CheckpointError(f"checkpoint {path}: not a ddpm-tui checkpoint (no format marker)")
     version = obj.get("format_version")
@@ -263,6 +263,15 @@ def _with_diffusion_defaults(config: dict[str, Any]) -> dict[str, Any]:
         return config  # compared as stored: the mismatch names the bad field
 
 
+def _with_model_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    from core.diffusion.unet_config import UNetConfig
+
+    try:  # also reads former names: a checkpoint's preset/block "seed" is "classic"
+        return UNetConfig.from_dict(config).to_dict()
+    except (ValueError, TypeError):
+        return config  # compared as stored: the mismatch names the bad field
+
+
 def check_compatible(
     ckpt: Mapping[str, Any],
     model_config: Any = None,
@@ -281,8 +290,9 @@ def check_compatible(
             continue
         exp = _config_dict(expected)
         got = _config_dict(stored or {})
-        if label == "diffusion":  # keys added later mean their defaults (what the run trained with)
-            exp, got = _with_diffusion_defaults(exp), _with_diffusion_defaults(got)
+        # Keys added later mean their defaults (what the run trained with).
+        with_defaults = _with_diffusion_defaults if label == "diffusion" else _with_model_defaults
+        exp, got = with_defaults(exp), with_defaults(got)
         # The preset name first: it is what the user chose and recognises.
         for key in sorted(set(exp) | set(got), key=lambda k: (k != "preset", k)):
             if exp.get(key, "<missing>") != got.get(key, "<missing>"):

@@ -90,7 +90,7 @@ class EMA:
     def applied(self, model: nn.Module):
         """``model`` holding the averaged weights inside the block and its own again after.
         The parameters' storages are swapped with the shadows, so nothing is copied and no
-        second model is made (a deep copy of the seed network is ~373 MB)."""
+        second model is made (a deep copy of the classic network is ~373 MB)."""
         params = self._params(model)
         for name, p in params.items():
             s = self.shadow[name]

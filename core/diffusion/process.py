@@ -4,7 +4,7 @@ All schedule tensors are computed in float64 and registered as float32 buffers w
 ``persistent=False``: they follow ``.to(device)`` but are never trained, never saved in a
 state_dict and never part of an EMA (they are rebuilt from ``DiffusionConfig``).
 
-Unlike the seed, x_t is never clamped: q(x_t | x0) is Gaussian and clamping it changes the
+Unlike the original, x_t is never clamped: q(x_t | x0) is Gaussian and clamping it changes the
 distribution the network is trained on and the one the sampler walks through.
 """
 
@@ -281,7 +281,7 @@ class Diffusion(nn.Module):
 
         t ~ U{0..T-1} and noise ~ N(0, I), both drawn with ``generator`` (which must live on
         x0's device) when one is given. "uniform" weighting is Ho et al.'s simple loss (for eps:
-        exactly the seed's); "min_snr" weights each sample's mean squared error by
+        exactly the original's); "min_snr" weights each sample's mean squared error by
         ``loss_weights[t]``. The loss is computed in float32 even when the model runs under
         autocast.
         """

@@ -14,12 +14,18 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
-PRESET_NAMES = ("seed", "small", "tiny", "res-small", "res-tiny")
-PRESET_IMAGE_SIZE = {"seed": 64, "small": 64, "tiny": 32, "res-small": 32, "res-tiny": 32}  # the size a preset is made for
+# The original project's (dogs-image-generator-DDPM's) training recipe, network preset and
+# block design are called "classic"; before that rename they were "seed", and configs,
+# checkpoints and command lines that say so still mean the same thing. Declared once here:
+# recipes, presets and block designs all read former names through current_name.
+FORMER_NAMES = {"seed": "classic"}
+PRESET_NAMES = ("classic", "small", "tiny", "res-small", "res-tiny")
+PRESET_IMAGE_SIZE = {"classic": 64, "small": 64, "tiny": 32, "res-small": 32, "res-tiny": 32}  # the size a preset is made for
+BLOCK_NAMES = ("classic", "resnet")  # UNet block designs
 
 # name -> one-line help, in the order shown in choices
 SCHEDULE_HELP: dict[str, str] = {
-    "linear": "betas evenly spaced from 1e-4 to 0.02 (the seed's)",
+    "linear": "betas evenly spaced from 1e-4 to 0.02 (the original's)",
     "cosine": "Nichol & Dhariwal (2021): alpha_bar follows a squared cosine",
     "sigmoid": "Jabri et al. (2023): alpha_bar follows a sigmoid",
 }
@@ -63,7 +69,7 @@ class SamplerSpec:
 
 SAMPLER_SPECS: dict[str, SamplerSpec] = {s.name: s for s in (
     SamplerSpec("ddpm", "core.diffusion.samplers:iter_ddpm", "DDPM",
-                "ancestral sampling through all T steps, as the seed", False, False, None),
+                "ancestral sampling through all T steps, as the original", False, False, None),
     SamplerSpec("ddim", "core.diffusion.samplers:iter_ddim", "DDIM",
                 "Song et al. 2021; deterministic at eta 0, DDPM-like at eta 1", True, True, 50),
     SamplerSpec("dpmpp2m", "core.diffusion.samplers:iter_dpmpp2m", "DPM-Solver++ 2M",
@@ -101,3 +107,9 @@ def check_implemented(kind: str, declared: tuple[str, ...] | dict, implemented: 
     if set(declared) != set(implemented):
         missing, extra = sorted(set(declared) - set(implemented)), sorted(set(implemented) - set(declared))
         raise ImportError(f"{kind}: declared but not implemented {missing}, implemented but not declared {extra}")
+
+
+def current_name(name):
+    """A recipe, preset or block name as spelled today: a former name (``seed``) gives its
+    current one (``classic``); anything else (including a non-string) is returned as is."""
+    return FORMER_NAMES.get(name, name) if isinstance(name, str) else name

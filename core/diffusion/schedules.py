@@ -1,6 +1,6 @@
 """Beta (noise) schedules by name, computed in float64.
 
-``linear``: betas evenly spaced from 1e-4 to 0.02, the seed's default. Like the seed, the
+``linear``: betas evenly spaced from 1e-4 to 0.02, the original's default. Like the original, the
 endpoints do not scale with T: any T gets 1e-4..0.02 (so a small T adds little noise in
 total; use T near 1000 or the cosine schedule when T is small).
 

@@ -99,8 +99,8 @@ def build_parts(config: TrainConfig, world: Dist, dataset: Any, classes: list[st
         model = model.to(memory_format=torch.channels_last)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
-    # Made after the weights are restored: a checkpoint without an EMA (an imported seed
-    # checkpoint) starts its average at those weights.
+    # Made after the weights are restored: a checkpoint without an EMA (one imported from
+    # the original project) starts its average at those weights.
     ema = EMA(model, decay=config.ema_decay, warmup_steps=config.ema_warmup)
     optimizer = make_optimizer(config, model, device)
     if ckpt is not None:
@@ -190,8 +190,8 @@ def synchronize(device: torch.device) -> None:
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    """Adam (the seed) or AdamW. The fused kernel updates all parameters in one pass: ~5x
-    faster than the per-tensor loop for the seed net on a CPU (82 ms vs ~400 ms a step,
+    """Adam (the original's) or AdamW. The fused kernel updates all parameters in one pass: ~5x
+    faster than the per-tensor loop for the classic network on a CPU (82 ms vs ~400 ms a step,
     measured), same maths."""
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     return cls(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,

@@ -44,7 +44,7 @@ class TrainConfig(options.TrainOptions):
 
     def diffusion_config(self) -> DiffusionConfig:
         """The diffusion fields this DiffusionConfig has. Options it does not know yet must
-        keep their seed values (they would silently change nothing otherwise)."""
+        keep their classic values (they would silently change nothing otherwise)."""
         known = {f.name for f in fields(DiffusionConfig)}
         values = {name: getattr(self, name) for name in DIFFUSION_OPTIONS}
         unknown = {k: v for k, v in values.items() if k not in known and v != options.BY_NAME[k].default}

@@ -6,8 +6,10 @@ extends), the `ddpm-tui train` flags (``add_train_arguments``), the studio's new
 (ddpm_tui/screens/newrun.py) and the keys of config.json. Adding an option is one entry
 here plus its use.
 
-Recipes are named bundles of defaults for some options (``RECIPES``): ``seed`` is the seed
-repository's training, exactly; ``fast`` a modern recipe. Explicit values override the
+Recipes are named bundles of defaults for some options (``RECIPES``): ``classic`` is the
+training of dogs-image-generator-DDPM (the original project), exactly; ``fast`` a modern
+recipe. Former names (``seed`` for classic, :data:`core.diffusion.registry.FORMER_NAMES`) are
+still read wherever a recipe or preset is given: flags, the form, config.json. Explicit values override the
 recipe, and config.json stores the resolved values, so a run never depends on what a
 recipe meant when it was started.
 """
@@ -22,7 +24,8 @@ from typing import Any, Iterable
 
 from core.diffusion.registry import (AMP_MODES, DEVICE_SUGGESTIONS, LOSS_WEIGHTING_NAMES, MAX_SEED,  # noqa: F401
                                      PREDICTION_NAMES, PRESET_IMAGE_SIZE, PRESET_NAMES, SAMPLER_NAMES,
-                                     SCHEDULE_NAMES, WEIGHT_NAMES)
+                                     SCHEDULE_NAMES, WEIGHT_NAMES, FORMER_NAMES,
+                                     current_name)
 
 RESIZE_MODES = ("squash", "crop")
 RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -44,7 +47,7 @@ class Option:
     low_open: bool = False
     high_open: bool = False
     resumable: bool = True  # may a resumed run change it?
-    flags: tuple[str, ...] = ()  # extra command-line spellings (the seed's come first)
+    flags: tuple[str, ...] = ()  # extra command-line spellings (the original's come first)
     metavar: str | None = None
     duration: bool = False  # the command line also takes 30m, 1.5h, 2d
     internal: bool = False  # set by the program (not a flag, not in the form), kept in config.json
@@ -72,11 +75,18 @@ class Option:
             value = float(value)
         elif not isinstance(value, str):
             raise ValueError(f"{self.name} must be text, got {value!r}")
+        else:
+            value = self.current(value)
         if self.choices and value not in self.choices:
             raise ValueError(f"unknown {self.name} {value!r}; use one of {', '.join(self.choices)}")
         if self.type in (int, float) and not self.in_bounds(value):
             raise ValueError(f"{self.name} must be {self.bounds_text()}, got {value!r}")
         return value
+
+    def current(self, value: Any) -> Any:
+        """A choice given by its former name (``seed``) as its current one (``classic``)."""
+        renamed = current_name(value)
+        return renamed if self.choices and renamed in self.choices else value
 
     def in_bounds(self, value: float) -> bool:
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
@@ -137,19 +147,22 @@ OPTIONS: tuple[Option, ...] = (
     _opt("run", str, "", _DATA, "Run name", "the run's name (the run folder's name)", internal=True),
     _opt("image_size", int, 64, _DATA, "Image size px", "image side in pixels", low=1, metavar="PX",
          resumable=False, basic=True),
-    _opt("resize", str, "squash", _DATA, "Resize", "squash to a square (the seed) or crop the centre square",
+    _opt("resize", str, "squash", _DATA, "Resize", "squash to a square (the original) or crop the centre square",
          choices=RESIZE_MODES),
     _opt("flip", bool, True, _DATA, "Random flips", "random horizontal flips"),
     _opt("workers", int, 0, _DATA, "Workers", "image-decoding workers (0 = one per CPU)", low=0, metavar="N"),
     _opt("cache_dir", str, "", _DATA, "Cache folder", "decoded-image cache (set by the workspace)",
          internal=True),
     # -- model and diffusion
-    _opt("recipe", str, "seed", _MODEL, "Recipe",
-         "a bundle of defaults: seed (the seed's training, exactly) or fast (v prediction, cosine "
-         "schedule, min-SNR, AdamW with warm-up, grad clip, EMA 0.999, batch 32); explicit options override it",
-         choices=("seed", "fast"), basic=True),
-    _opt("preset", str, "seed", _MODEL, "Preset",
-         "network: seed (the seed's 93M UNet), small, tiny (the seed's design, smaller); res-small, res-tiny (ResNet blocks, attention at 16 px and below: more quality per CPU minute)", choices=PRESET_NAMES, resumable=False, basic=True),
+    _opt("recipe", str, "classic", _MODEL, "Recipe",
+         "a bundle of defaults: classic (formerly seed: the training of dogs-image-generator-DDPM, the "
+         "original project, exactly) or fast (v prediction, cosine schedule, min-SNR, AdamW with warm-up, "
+         "grad clip, EMA 0.999, batch 32); explicit options override it",
+         choices=("classic", "fast"), basic=True),
+    _opt("preset", str, "classic", _MODEL, "Preset",
+         "network: classic (formerly seed: the original project's 93M UNet), small, tiny (its design, "
+         "smaller); res-small, res-tiny (ResNet blocks, attention at 16 px and below: more quality per CPU "
+         "minute)", choices=PRESET_NAMES, resumable=False, basic=True),
     _opt("T", int, 1000, _MODEL, "Noise steps T", "diffusion steps for training and sampling", low=1,
          metavar="STEPS", resumable=False),
     _opt("schedule", str, "linear", _MODEL, "Schedule", "beta schedule", choices=SCHEDULE_NAMES, resumable=False),
@@ -169,13 +182,13 @@ OPTIONS: tuple[Option, ...] = (
     _opt("batch_size", int, 16, _OPT, "Batch size", "training batch size per process", low=1, metavar="N",
          flags=("--batch_size",), basic=True),
     _opt("lr", float, 3e-4, _OPT, "Learning rate", "learning rate", low=0.0, low_open=True, basic=True),
-    _opt("optimizer", str, "adam", _OPT, "Optimizer", "adam (the seed) or adamw", choices=("adam", "adamw")),
+    _opt("optimizer", str, "adam", _OPT, "Optimizer", "adam (the original) or adamw", choices=("adam", "adamw")),
     _opt("weight_decay", float, 0.0, _OPT, "Weight decay", "AdamW weight decay", low=0.0, metavar="WD"),
     _opt("lr_warmup", int, 0, _OPT, "LR warm-up steps", "steps of linear learning-rate warm-up", low=0,
          metavar="STEPS"),
     _opt("lr_schedule", str, "constant", _OPT, "LR schedule",
          "constant, or cosine decay to 0 over the run's steps", choices=("constant", "cosine")),
-    _opt("grad_clip", float, 0.0, _OPT, "Grad clip", "clip the gradient norm (0 = off, as in the seed)",
+    _opt("grad_clip", float, 0.0, _OPT, "Grad clip", "clip the gradient norm (0 = off, as in the original)",
          low=0.0, metavar="NORM"),
     _opt("ema_decay", float, 0.995, _OPT, "EMA decay", "EMA decay", low=0.0, high=1.0, metavar="D"),
     _opt("ema_warmup", int, 0, _OPT, "EMA warm-up", "EMA warm-up W: decay min(D, (1+n)/(W+n)); 0 = off",
@@ -221,11 +234,13 @@ OPTIONS: tuple[Option, ...] = (
          "bit-exact resume on CUDA; slower"),
 )
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
+# The options with a choice that has a former name (recipe, preset): derived, not listed.
+_RENAMABLE = tuple(o for o in OPTIONS if set(o.choices) & set(FORMER_NAMES.values()))
 
-# Named bundles of defaults. "seed" is the declared defaults (the seed's training); others
-# change only what they list.
+# Named bundles of defaults. "classic" is the declared defaults (the original project's
+# training); others change only what they list.
 RECIPES: dict[str, dict[str, Any]] = {
-    "seed": {},
+    "classic": {},
     "fast": {
         "prediction": "v", "schedule": "cosine", "loss_weighting": "min_snr", "min_snr_gamma": 5.0,
         "optimizer": "adamw", "weight_decay": 0.0, "lr_warmup": 200, "lr_schedule": "constant", "lr": 2e-4,
@@ -237,13 +252,14 @@ CONFIG_META_KEYS = ("model", "diffusion", "classes", "created_at", "num_images",
 
 
 # The recipe a new run gets when none is named (the CLI and the studio's form): the best one
-# measured by `python -m bench.quality` (README). The declared defaults above stay the seed
-# recipe's, so a config.json older than an option reads as the seed's training.
+# measured by `python -m bench.quality` (README). The declared defaults above stay the classic
+# recipe's, so a config.json older than an option reads as the original's training.
 NEW_RUN_RECIPE = "fast"
 
 
 def recipe_defaults(recipe: str) -> dict[str, Any]:
     """Every option's value under ``recipe`` (declared defaults, then the recipe's)."""
+    recipe = current_name(recipe)
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; use one of {', '.join(RECIPES)}")
     return {**{o.name: o.default for o in OPTIONS}, **RECIPES[recipe], "recipe": recipe}
@@ -253,8 +269,9 @@ def resolve(given: dict[str, Any], base: dict[str, Any] | None = None) -> dict[s
     """Option values: ``base`` (a saved run's; default the recipe's), a recipe named in
     ``given`` re-applied under it, then ``given`` itself. Explicit values always win."""
     values = dict(base) if base is not None else recipe_defaults(given.get("recipe", NEW_RUN_RECIPE))
-    if base is not None and "recipe" in given and given["recipe"] != base.get("recipe"):
-        values.update(RECIPES[given["recipe"]] if given["recipe"] in RECIPES else {})
+    recipe = current_name(given.get("recipe"))
+    if base is not None and "recipe" in given and recipe != current_name(base.get("recipe")):
+        values.update(RECIPES.get(recipe, {}))
     values.update(given)
     return values
 
@@ -263,12 +280,18 @@ def resolve(given: dict[str, Any], base: dict[str, Any] | None = None) -> dict[s
 
 
 class _Methods:
+    def __post_init__(self) -> None:
+        # A recipe or preset given by its former name (config.json, the command line) is
+        # held by its current one, so the run's model and defaults are the same either way.
+        for option in _RENAMABLE:
+            setattr(self, option.name, option.current(getattr(self, option.name)))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
-        """Build from a dict (e.g. config.json). Missing keys take the declared (seed) defaults,
+        """Build from a dict (e.g. config.json). Missing keys take the declared (classic) defaults,
         so config.json files older than an option still load; trainer metadata keys are
         ignored; any other unknown key is an error naming it."""
         if not isinstance(data, dict):
@@ -294,7 +317,7 @@ class _Methods:
         """'name: run has X, asked for Y' for each option a resume may not change."""
         out = []
         for option in OPTIONS:
-            before = saved.get(option.name, option.default)  # older runs: the seed's value
+            before = option.current(saved.get(option.name, option.default))  # older runs: the classic value
             if not option.resumable and before != getattr(self, option.name):
                 out.append(f"{option.name}: run has {before!r}, asked for {getattr(self, option.name)!r}")
         return out
@@ -304,7 +327,7 @@ TrainOptions = make_dataclass(
     "TrainOptions",
     [(o.name, o.type, field(default=o.default)) for o in OPTIONS],
     bases=(_Methods,),
-    namespace={"__doc__": "Every training option, with the seed recipe's values as defaults."},
+    namespace={"__doc__": "Every training option, with the classic recipe's values as defaults."},
 )
 
 

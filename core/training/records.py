@@ -243,8 +243,8 @@ def write_opening(config: Any, parts: Any, run_dir: Path, world_size: int, devic
     log.info("%s", parts.data_line)
     for note in notes:
         log.info("%s", note)
-    if device.type == "cpu" and config.preset == "seed":
-        log.warning("training the seed's %s-parameter network on a CPU is slow (hours per epoch of "
+    if device.type == "cpu" and config.preset == "classic":
+        log.warning("training the classic preset's (the original project's) %s-parameter network on a CPU is slow (hours per epoch of "
                     "14,000 images); --preset small or tiny are made for CPUs",
                     f"{count_parameters(model) / 1e6:.0f}M")
     signal_left = float(parts.diffusion.alpha_bars[-1].sqrt())

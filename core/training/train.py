@@ -151,7 +151,7 @@ class Trainer:
             raise TrainError(error)
         if not world.is_main:
             ckpt = rank_checkpoint(self.run_dir, world)
-        # Held only until the weights are restored: a seed checkpoint is over a gigabyte.
+        # Held only until the weights are restored: a classic-preset checkpoint is over a gigabyte.
         self._resume_from, ckpt = ckpt, None
         try:
             return self._session(examples)

@@ -17,7 +17,7 @@ from ddpm_tui.commands._common import CLIError, add_workspace_arg
 
 _EPILOG = """\
 examples:
-  ddpm-tui scrape                                   the seed's 26 breeds on Google Images
+  ddpm-tui scrape                                   the original's 26 breeds on Google Images
   ddpm-tui scrape --breeds "beagles,shih tzu" --engine bing --max-per-breed 200
   ddpm-tui scrape --breeds-file breeds.txt --urls-only
   ddpm-tui scrape export --out exports/             one CSV per breed (url,breed) for img2dataset
@@ -94,7 +94,7 @@ def register(subparsers) -> None:
 
 def _add_search_args(what) -> None:
     breeds = what.add_mutually_exclusive_group()
-    breeds.add_argument("--breeds", metavar="A,B,...", help="comma-separated breed names (default: the seed's 26)")
+    breeds.add_argument("--breeds", metavar="A,B,...", help="comma-separated breed names (default: the original's 26)")
     breeds.add_argument("--breeds-file", metavar="FILE", help="breed names, one a line (# comments)")
     what.add_argument("--engine", choices=("google", "bing"), default="google",
                       help="image search engine (default: google)")

@@ -1,6 +1,6 @@
 """`ddpm-tui train`: train a run in the workspace (or continue it), with a live progress display.
 
-Accepts the seed's flags with the seed's defaults and meanings (--batch_size 16, --examples,
+Accepts the flags of the original project's train.py with its defaults and meanings (--batch_size 16, --examples,
 --T 1000, --device, --lr 0.0003, --epochs 500, --samples 10, --save_frequency 10), both
 spellings of the two-word ones, plus the trainer's own options. Starting a run whose
 folder exists continues it: options not given on the command line keep the run's values.

@@ -26,11 +26,14 @@ def _load_bench():
 
 def test_arms_parse_with_default_networks_and_errors():
     q = _load_bench()
-    arms = q.parse_arms("seed, fast,peer,fast@res-tiny")
+    arms = q.parse_arms("classic, fast,peer,fast@res-tiny")
     assert [(a.name, a.recipe, a.preset) for a in arms] == [
-        ("seed", "seed", q.SEED_PRESET), ("fast", "fast", q.FAST_PRESET), ("peer", "peer", None),
+        ("classic", "classic", q.CLASSIC_PRESET), ("fast", "fast", q.FAST_PRESET), ("peer", "peer", None),
         ("fast@res-tiny", "fast", "res-tiny")]
-    assert [a.preset for a in q.parse_arms("seed,fast", smoke=True)] == ["tiny", "res-tiny"]
+    assert [a.preset for a in q.parse_arms("classic,fast", smoke=True)] == ["tiny", "res-tiny"]
+    # "seed", the classic recipe's former name, is still an arm (named as today)
+    assert [(a.name, a.recipe, a.preset) for a in q.parse_arms("seed,seed@tiny~1e-3")] == [
+        ("classic", "classic", q.CLASSIC_PRESET), ("classic@tiny~1e-3", "classic", "tiny")]
     swept = q.parse_arms("fast,fast~6e-4,fast@res-tiny~1e-3,peer~3e-4")
     assert [(a.recipe, a.preset, a.lr, a.slug) for a in swept] == [
         ("fast", q.FAST_PRESET, None, "fast"), ("fast", q.FAST_PRESET, 6e-4, "fast-lr6e-4"),
@@ -38,7 +41,7 @@ def test_arms_parse_with_default_networks_and_errors():
     config = q._train_config(swept[1], Path("/d"), argparse.Namespace(image_size=32, minutes=1, seed=0, smoke=False))
     assert (config["lr"], config["recipe"], config["run"]) == (6e-4, "fast", "fast-lr6e-4")
     for bad, msg in [("edm", "unknown arm 'edm'"), ("fast@huge", "unknown preset 'huge'"),
-                     ("peer@small", "network is fixed"), ("seed,seed", "listed twice"), (" , ", "no arms"),
+                     ("peer@small", "network is fixed"), ("classic,classic", "listed twice"), ("seed,classic", "listed twice"), (" , ", "no arms"),
                      ("fast~abc", "learning rate"), ("peer~0", "learning rate"), ("fast~2", "learning rate")]:
         with pytest.raises(q.BenchError, match=msg):
             q.parse_arms(bad)
@@ -48,7 +51,7 @@ def test_arms_parse_with_default_networks_and_errors():
 def test_smoke_run_trains_samples_and_scores_every_arm(tmp_path):
     pytest.importorskip("denoising_diffusion_pytorch", reason="the peer needs the bench extra")
     pytest.importorskip("ema_pytorch", reason="the peer needs the bench extra")
-    arms = ["seed", "fast", "peer"]
+    arms = ["classic", "fast", "peer"]
     cmd = [sys.executable, "-m", "bench.quality", "--smoke", "--out", str(tmp_path), "--arms", ",".join(arms), "--sweep"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]

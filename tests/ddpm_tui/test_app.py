@@ -730,7 +730,7 @@ def test_scrape_breed_list_add_and_remove(workspace):
         async with app.run_test(size=(100, 30)) as pilot:
             sl = app.screen.query_one("#breed-list", SelectionList)
             await pilot.pause()
-            assert sl.option_count == 26 and len(sl.selected) == 26  # the seed's defaults
+            assert sl.option_count == 26 and len(sl.selected) == 26  # the original's defaults
             box = app.screen.query_one("#add-breed", Input)
             box.focus()
             box.value = "shiba inu"

@@ -1,4 +1,4 @@
-"""`ddpm-tui train / sample / runs / import-seed` as a user runs them: in process through
+"""`ddpm-tui train / sample / runs / import-checkpoint` as a user runs them: in process through
 ddpm_tui.cli.main, and as real subprocesses for signals, kill -9 and torchrun (DDP, gloo)."""
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def status_step(run: Path) -> int:
 # -- arguments and errors ------------------------------------------------------------------
 
 
-def test_help_lists_the_seed_flags_and_defaults_match_the_trainer(capsys):
+def test_help_lists_the_original_flags_and_defaults_match_the_trainer(capsys):
     with pytest.raises(SystemExit) as info:
         main(["train", "--help"])
     assert info.value.code == 0
@@ -86,7 +86,19 @@ def test_help_lists_the_seed_flags_and_defaults_match_the_trainer(capsys):
         assert flag in out
     config = TrainConfig()
     assert (config.batch_size, config.T, config.lr, config.epochs, config.samples, config.save_frequency) == (
-        16, 1000, 3e-4, 500, 10, 10)  # the seed's defaults
+        16, 1000, 3e-4, 500, 10, 10)  # the original's defaults
+
+
+def test_former_names_are_accepted_on_the_command_line():
+    """--recipe seed, --preset seed and import-seed (names from before the rename) still work."""
+    from ddpm_tui.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--recipe", "seed", "--preset", "seed"])
+    assert (args.recipe, args.preset) == ("classic", "classic")
+    args = parser.parse_args(["train", "--recipe", "classic", "--preset", "classic"])
+    assert (args.recipe, args.preset) == ("classic", "classic")
+    assert parser.parse_args(["import-seed", "m.pth"]).func is parser.parse_args(["import-checkpoint", "m.pth"]).func
 
 
 def test_wrong_flag_and_bad_values_are_usage_errors(ws: Path, capsys):
@@ -257,23 +269,23 @@ def test_ddp_gloo_two_processes_one_run_same_weights(ws: Path):
     assert log.count("starting run d") == 1  # only rank 0 writes the run directory
 
 
-# -- the seed's checkpoints ----------------------------------------------------------------
+# -- the original project's checkpoints -----------------------------------------------------
 
 
-SEED_KEYS = REPO / "tests" / "core" / "diffusion" / "seed_state_dict_keys.tsv"  # from the seed's model_state.pth
+ORIGINAL_KEYS = REPO / "tests" / "core" / "diffusion" / "original_state_dict_keys.tsv"  # from the original's model_state.pth
 
 
-def _seed_state_dict() -> dict[str, torch.Tensor]:
-    """Random weights shaped like the seed's model_state.pth (its real key list)."""
-    rows = [line.split("\t") for line in SEED_KEYS.read_text().splitlines()[1:] if line.strip()]
+def _original_state_dict() -> dict[str, torch.Tensor]:
+    """Random weights shaped like the original's model_state.pth (its real key list)."""
+    rows = [line.split("\t") for line in ORIGINAL_KEYS.read_text().splitlines()[1:] if line.strip()]
     shapes = {key: tuple(int(s) for s in shape.split("x")) if shape else () for key, shape in rows}
     gen = torch.Generator().manual_seed(0)
     return {key: torch.randn(shape, generator=gen) * 0.02 for key, shape in shapes.items()}
 
 
 @pytest.mark.slow
-def test_import_seed_then_sample(ws: Path, tmp_path: Path, capsys):
-    state = _seed_state_dict()
+def test_import_checkpoint_then_sample(ws: Path, tmp_path: Path, capsys):
+    state = _original_state_dict()
     pth = tmp_path / "model_state.pth"
     torch.save(state, pth)
     broken = dict(state)
@@ -282,25 +294,27 @@ def test_import_seed_then_sample(ws: Path, tmp_path: Path, capsys):
     del state, broken
     (tmp_path / "notes.pth").write_text("not a checkpoint")
 
-    assert cli(ws, "import-seed", str(tmp_path / "notes.pth")) == 2
+    assert cli(ws, "import-checkpoint", str(tmp_path / "notes.pth")) == 2
     assert "notes.pth: not a PyTorch state dict" in capsys.readouterr().err
-    assert cli(ws, "import-seed", str(tmp_path / "broken.pth"), "--run", "b") == 2
+    assert cli(ws, "import-checkpoint", str(tmp_path / "broken.pth"), "--run", "b") == 2
     assert "missing key 'output.weight'" in capsys.readouterr().err
     assert not (ws / "runs" / "b").exists()
 
-    assert cli(ws, "import-seed", str(pth), "--run", "seed", "--T", "1000") == 0
+    assert cli(ws, "import-checkpoint", str(pth), "--run", "orig", "--T", "1000") == 0
     capsys.readouterr()
-    run = ws / "runs" / "seed"
+    run = ws / "runs" / "orig"
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert ckpt["model_config"]["preset"] == "seed" and ckpt["step"] == 0
+    assert ckpt["model_config"]["preset"] == "classic" and ckpt["step"] == 0
     assert torch.equal(ckpt["ema"]["shadow"]["output.weight"], ckpt["model"]["output.weight"])
     assert runs.read_status(run)["state"] == "stopped"
-    assert runs.read_config(run)["preset"] == "seed"
+    assert runs.read_config(run)["preset"] == "classic"
     del ckpt
-    assert cli(ws, "sample", "seed", "--n", "1", "--steps", "2", "--seed", "0", "--quiet") == 0
+    assert cli(ws, "sample", "orig", "--n", "1", "--steps", "2", "--seed", "0", "--quiet") == 0
     out = Path(capsys.readouterr().out.split()[0])
     assert Image.open(out).size == (68, 68)  # one 64x64 image with its 2 px border
-    assert cli(ws, "import-seed", str(pth), "--run", "seed") == 2  # never overwrites a run
+    assert cli(ws, "import-checkpoint", str(pth), "--run", "orig") == 2  # never overwrites a run
+    assert "already exists" in capsys.readouterr().err
+    assert cli(ws, "import-seed", str(pth), "--run", "orig") == 2  # the former name is the same command
     assert "already exists" in capsys.readouterr().err
 
 

@@ -1,4 +1,4 @@
-"""Breed names -> safe folder slugs, query text, breed lists; the seed's folder names."""
+"""Breed names -> safe folder slugs, query text, breed lists; the original's folder names."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from scraper.breeds import (
 )
 
 
-def test_defaults_are_the_seeds_26_breeds():
+def test_defaults_are_the_originals_26_breeds():
     assert len(DEFAULT_BREEDS) == 26
     assert len({breed_slug(b) for b in DEFAULT_BREEDS}) == 26
     assert "jack russel terrier" in DEFAULT_BREEDS and "havanese" in DEFAULT_BREEDS
@@ -26,7 +26,7 @@ def test_defaults_are_the_seeds_26_breeds():
     [
         ("labrador retrievers", "labrador_retrievers"),
         ("Labrador Retrievers", "labrador_retrievers"),
-        ("labrador_retrievers_dog_pictures", "labrador_retrievers"),  # the seed's folder name
+        ("labrador_retrievers_dog_pictures", "labrador_retrievers"),  # the original's folder name
         ("  Shih-Tzu  ", "shih_tzu"),
         ("../../etc/passwd", "etc_passwd"),
         ("a/b\\c", "a_b_c"),
@@ -45,7 +45,7 @@ def test_breed_slug_refuses_names_without_letters(bad):
         breed_slug(bad)
 
 
-def test_query_text_is_the_seeds():
+def test_query_text_is_the_originals():
     assert query_for("labrador_retrievers_dog_pictures") == "labrador retrievers dog pictures"
     assert query_for("Shih Tzu") == "shih tzu dog pictures"
 
@@ -73,10 +73,10 @@ def test_read_breeds_file_errors_name_the_file(tmp_path):
         read_breeds_file(binary)
 
 
-def test_breed_folder_reuses_the_seeds_folder(tmp_path):
-    seed = tmp_path / "labrador_retrievers_dog_pictures"
-    seed.mkdir()
-    assert breed_folder(tmp_path, "labrador retrievers") == seed
+def test_breed_folder_reuses_the_originals_folder(tmp_path):
+    original = tmp_path / "labrador_retrievers_dog_pictures"
+    original.mkdir()
+    assert breed_folder(tmp_path, "labrador retrievers") == original
     assert breed_folder(tmp_path, "beagles") == tmp_path / "beagles"
     (tmp_path / "beagles").mkdir()
     assert breed_folder(tmp_path, "Beagles") == tmp_path / "beagles"

@@ -39,8 +39,8 @@ def _options(tmp_path, server, **kw):
 @pytest.mark.slow
 def test_scrape_resume_and_export(tmp_path, server):
     urls = _site(server)
-    seed_folder = tmp_path / "data" / "dogs" / "labrador_retrievers_dog_pictures"
-    seed_folder.mkdir(parents=True)  # a folder from the seed's own scraper
+    original_folder = tmp_path / "data" / "dogs" / "labrador_retrievers_dog_pictures"
+    original_folder.mkdir(parents=True)  # a folder from the original's own scraper
     events = []
     summary = run_scrape(_options(tmp_path, server), on_event=events.append)
     assert summary.errors == [] and summary.ok  # a 404 is a failed URL, not a job error
@@ -49,7 +49,7 @@ def test_scrape_resume_and_export(tmp_path, server):
     # the second breed finds the same photos: all exact duplicates of the first breed's files
     assert summary.counts["labrador_retrievers"]["duplicate"] == 7
     assert len(list((tmp_path / "data" / "dogs" / "beagles").glob("*.jpg"))) == 6
-    assert list(seed_folder.iterdir()) == []  # the seed folder is that breed's folder (nothing new to store)
+    assert list(original_folder.iterdir()) == []  # the original's folder is that breed's folder (nothing new to store)
     assert not (tmp_path / "data" / "dogs" / "labrador_retrievers").exists()
     assert server.count("/images/search") == 2
     types = [e["type"] for e in events]

@@ -223,10 +223,10 @@ def test_pickle_that_would_run_code_is_refused(tmp_path, style):
     assert not marker.exists()
 
 
-def test_plain_state_dict_points_to_import_seed(tmp_path):
+def test_plain_state_dict_points_to_import_checkpoint(tmp_path):
     path = tmp_path / "model_state.pth"
     torch.save(UNet(get_preset("tiny")).state_dict(), path)
-    with pytest.raises(CheckpointError, match="plain state_dict .*`ddpm-tui import-seed`"):
+    with pytest.raises(CheckpointError, match="plain state_dict .*`ddpm-tui import-checkpoint`"):
         load_checkpoint(path)
     other = tmp_path / "list.pt"
     torch.save([1, 2, 3], other)

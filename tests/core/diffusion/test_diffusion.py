@@ -73,7 +73,7 @@ def test_q_sample_never_clamps() -> None:
     d = Diffusion(DiffusionConfig(T=1000))
     x0 = torch.ones(2, 3, 4, 4)
     x_t = d.q_sample(x0, torch.tensor([500, 999]), torch.full_like(x0, 3.0))
-    assert x_t.max().item() > 2.5  # the seed clamped x_t to [-1, 1]
+    assert x_t.max().item() > 2.5  # the original clamped x_t to [-1, 1]
 
 
 @pytest.mark.parametrize("shape", [(3, 5), (3, 1, 4), (3, 2, 4, 4), (3, 2, 2, 2, 2)])

@@ -42,7 +42,7 @@ def test_update_follows_the_rule():
     ema.update(model)
     torch.testing.assert_close(ema.shadow["lin.weight"], torch.full((2, 3), 0.19))
     assert ema.num_updates == 2
-    assert EMA(model).decay == 0.995  # the seed's decay by default
+    assert EMA(model).decay == 0.995  # the original's decay by default
 
 
 def test_warmup_ramps_the_decay():

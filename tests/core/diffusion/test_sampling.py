@@ -409,7 +409,7 @@ def test_iter_ddpm_yields_every_step_and_calls_back() -> None:
     assert [s.t for s in steps] == list(range(19, -1, -1))
     assert all(s.total == 20 and s.x_t.shape == (2, 3, 8, 8) and s.x0_pred.shape == (2, 3, 8, 8) for s in steps)
     assert torch.equal(steps[-1].x_t, ddpm_sample(model, d, (2, 3, 8, 8), seed=0))
-    # intermediate states are not clamped (the seed clamped x_t in its sampler)
+    # intermediate states are not clamped (the original clamped x_t in its sampler)
     assert steps[0].x_t.abs().max().item() > 1.0
 
 

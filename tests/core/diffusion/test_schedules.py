@@ -19,13 +19,13 @@ def test_known_names() -> None:
 
 
 @pytest.mark.parametrize("T", [1, 2, 10, 1000, 4000])
-def test_linear_is_the_seeds_linspace_for_any_T(T: int) -> None:
+def test_linear_is_the_originals_linspace_for_any_T(T: int) -> None:
     betas = make_betas("linear", T)
     expected = [1e-4 + (0.02 - 1e-4) * i / (T - 1) for i in range(T)] if T > 1 else [1e-4]
     assert torch.allclose(betas, torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-15)
     assert betas[0].item() == pytest.approx(1e-4, abs=1e-18)
     if T > 1:
-        assert betas[-1].item() == pytest.approx(0.02, abs=1e-15)  # no scaling by T, as the seed
+        assert betas[-1].item() == pytest.approx(0.02, abs=1e-15)  # no scaling by T, as the original
 
 
 def _cosine_f(t: float, T: int, s: float = 0.008) -> float:
@@ -67,7 +67,7 @@ def test_alpha_bar_strictly_decreasing_and_in_range(name: str, T: int) -> None:
 
 
 def test_linear_final_alpha_bar_near_zero_at_T1000() -> None:
-    # The seed's setting leaves almost no signal at t = T - 1 (what the sampler starts from).
+    # The original's setting leaves almost no signal at t = T - 1 (what the sampler starts from).
     alpha_bar_T = torch.prod(1 - make_betas("linear", 1000)).item()
     assert 1e-5 < alpha_bar_T < 1e-4
 

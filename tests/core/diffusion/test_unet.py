@@ -1,4 +1,4 @@
-"""The UNet: the seed preset is the seed's network; presets, sizes, conditioning, bf16, layout."""
+"""The UNet: the classic preset is the original project's network; presets, sizes, conditioning, bf16, layout."""
 
 from __future__ import annotations
 
@@ -15,24 +15,24 @@ import torch.nn as nn
 from core.diffusion.unet import (
     BLOCKS,
     PRESETS,
-    SEED_PARAMETER_COUNT,
+    ORIGINAL_PARAMETER_COUNT,
     UNet,
     UNetConfig,
     count_parameters,
-    from_seed_state_dict,
+    from_original_state_dict,
     get_preset,
-    seed_parameter_shapes,
+    original_parameter_shapes,
     timestep_embedding,
 )
 from core.diffusion.unet import Attention, SelfAttention
 
 HERE = Path(__file__).resolve().parent
-# Every key and shape of a model_state.pth written by the seed's train.py (incl. unused sa8.*).
-SEED_KEYS_TSV = HERE / "seed_state_dict_keys.tsv"
+# Every key and shape of a model_state.pth written by the original's train.py (incl. unused sa8.*).
+ORIGINAL_KEYS_TSV = HERE / "original_state_dict_keys.tsv"
 
 
-def _seed_tsv() -> dict[str, tuple[int, ...]]:
-    rows = SEED_KEYS_TSV.read_text().splitlines()[1:]
+def _original_tsv() -> dict[str, tuple[int, ...]]:
+    rows = ORIGINAL_KEYS_TSV.read_text().splitlines()[1:]
     out = {}
     for row in rows:
         key, shape = row.split("\t")
@@ -40,63 +40,63 @@ def _seed_tsv() -> dict[str, tuple[int, ...]]:
     return out
 
 
-def _load_seed_baseline():
-    """bench/seed_baseline.py: the seed's network written the seed's way (MHA, repeat, views)."""
-    path = HERE.parents[2] / "bench" / "seed_baseline.py"
-    spec = importlib.util.spec_from_file_location("seed_baseline_under_test", path)
+def _load_original_baseline():
+    """bench/original_baseline.py: the original's network written the original's way (MHA, repeat, views)."""
+    path = HERE.parents[2] / "bench" / "original_baseline.py"
+    spec = importlib.util.spec_from_file_location("original_baseline_under_test", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def _random_seed_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+def _random_original_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(shape, generator=g) * 0.02 for k, shape in _seed_tsv().items()}
+    return {k: torch.randn(shape, generator=g) * 0.02 for k, shape in _original_tsv().items()}
 
 
 @pytest.fixture(scope="module")
-def zero_seed_state_dict() -> dict[str, torch.Tensor]:
-    return {k: torch.zeros(shape) for k, shape in _seed_tsv().items()}
+def zero_original_state_dict() -> dict[str, torch.Tensor]:
+    return {k: torch.zeros(shape) for k, shape in _original_tsv().items()}
 
 
-# --- the seed preset -----------------------------------------------------------------------
+# --- the classic preset --------------------------------------------------------------------
 
 
-def test_seed_preset_parameter_count():
+def test_classic_preset_parameter_count():
     with torch.device("meta"):
-        model = UNet(get_preset("seed"))
-    assert count_parameters(model) == SEED_PARAMETER_COUNT == 93_392_643
+        model = UNet(get_preset("classic"))
+    assert count_parameters(model) == ORIGINAL_PARAMETER_COUNT == 93_392_643
 
 
-def test_seed_preset_keys_and_shapes_are_the_seeds():
-    ours = seed_parameter_shapes()
-    theirs = {k: v for k, v in _seed_tsv().items() if not k.startswith("sa8.")}
+def test_classic_preset_keys_and_shapes_are_the_originals():
+    ours = original_parameter_shapes()
+    theirs = {k: v for k, v in _original_tsv().items() if not k.startswith("sa8.")}
     assert list(ours) == list(theirs)  # same names, same order
     assert ours == theirs
-    # The seed's own total includes its unused 64x64 attention block.
-    assert sum(math.prod(s) for s in _seed_tsv().values()) == 93_417_859
+    # The original's own total includes its unused 64x64 attention block.
+    assert sum(math.prod(s) for s in _original_tsv().values()) == 93_417_859
 
 
-def test_seed_baseline_is_an_independent_reference_with_the_seeds_shapes():
-    """bench/seed_baseline.py imports nothing from the product, and its state_dict is exactly
-    the seed's model_state.pth layout (tests/core/seed_state_dict_keys.tsv, from the seed)."""
-    source = (HERE.parents[2] / "bench" / "seed_baseline.py").read_text()
+def test_original_baseline_is_an_independent_reference_with_the_originals_shapes():
+    """bench/original_baseline.py imports nothing from the product, and its state_dict is exactly
+    the original's model_state.pth layout (tests/core/diffusion/original_state_dict_keys.tsv, from the original)."""
+    source = (HERE.parents[2] / "bench" / "original_baseline.py").read_text()
     assert not re.search(r"^\s*(from|import)\s+(core|ddpm_tui|bench)\b", source, re.MULTILINE)
     with torch.device("meta"):
-        reference = _load_seed_baseline().SeedBaselineUNet()
+        reference = _load_original_baseline().OriginalBaselineUNet()
     shapes = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
-    assert list(shapes) == list(_seed_tsv()) and shapes == _seed_tsv()
+    assert list(shapes) == list(_original_tsv()) and shapes == _original_tsv()
 
 
 @pytest.fixture(scope="module")
-def random_seed_state_dict() -> dict[str, torch.Tensor]:
-    return _random_seed_state_dict()
+def random_original_state_dict() -> dict[str, torch.Tensor]:
+    return _random_original_state_dict()
 
 
-def test_random_seed_state_dict_round_trips(random_seed_state_dict):
-    sd = random_seed_state_dict
-    model = from_seed_state_dict(sd)
-    assert model.config == get_preset("seed")
+def test_random_original_state_dict_round_trips(random_original_state_dict):
+    sd = random_original_state_dict
+    model = from_original_state_dict(sd)
+    assert model.config == get_preset("classic")
     loaded = model.state_dict()
     assert set(loaded) == {k for k in sd if not k.startswith("sa8.")}
     for key, value in loaded.items():
@@ -108,9 +108,9 @@ def test_random_seed_state_dict_round_trips(random_seed_state_dict):
     assert all(p.requires_grad and p.device.type == "cpu" for p in model.parameters())
 
 
-def test_seed_state_dict_with_module_prefix_loads(random_seed_state_dict):
-    sd = {f"module.{k}": v for k, v in random_seed_state_dict.items()}
-    model = from_seed_state_dict(sd)
+def test_original_state_dict_with_module_prefix_loads(random_original_state_dict):
+    sd = {f"module.{k}": v for k, v in random_original_state_dict.items()}
+    model = from_original_state_dict(sd)
     assert torch.equal(model.conv0.double_conv[0].weight, sd["module.conv0.double_conv.0.weight"])
 
 
@@ -125,28 +125,28 @@ def test_seed_state_dict_with_module_prefix_loads(random_seed_state_dict):
         (lambda sd: sd.__setitem__("output.bias", [0.0, 0.0, 0.0]), "'output.bias' is a list"),
     ],
 )
-def test_bad_seed_state_dict_names_the_key(zero_seed_state_dict, mutate, expected):
-    sd = dict(zero_seed_state_dict)  # mutations replace entries, the shared tensors stay intact
+def test_bad_original_state_dict_names_the_key(zero_original_state_dict, mutate, expected):
+    sd = dict(zero_original_state_dict)  # mutations replace entries, the shared tensors stay intact
     mutate(sd)
     with pytest.raises(ValueError) as info:
-        from_seed_state_dict(sd)
+        from_original_state_dict(sd)
     assert expected in str(info.value)
     assert "\n" not in str(info.value)
 
 
-def test_seed_state_dict_must_be_a_mapping():
+def test_original_state_dict_must_be_a_mapping():
     with pytest.raises(ValueError, match="expected a state_dict"):
-        from_seed_state_dict([1, 2, 3])
+        from_original_state_dict([1, 2, 3])
 
 
 @pytest.mark.slow
-def test_seed_preset_computes_the_seeds_function():
-    """Our seed preset, loaded with weights, equals the seed-style network on the same input."""
-    baseline_mod = _load_seed_baseline()
+def test_classic_preset_computes_the_originals_function():
+    """Our classic preset, loaded with weights, equals the original-style network on the same input."""
+    baseline_mod = _load_original_baseline()
     torch.manual_seed(0)
-    reference = baseline_mod.SeedBaselineUNet().eval()
+    reference = baseline_mod.OriginalBaselineUNet().eval()
     state = {k: v for k, v in reference.state_dict().items()}
-    ours = from_seed_state_dict(state).eval()
+    ours = from_original_state_dict(state).eval()
     x = torch.randn(1, 3, 64, 64)
     t = torch.tensor([421])
     with torch.no_grad():
@@ -168,20 +168,20 @@ def test_attention_equals_nn_multihead_attention():
     mha = nn.MultiheadAttention(32, 4, batch_first=True)
     mha.load_state_dict(ours.state_dict())  # identical parameter names
     x = torch.randn(3, 10, 32)
-    expected, weights = mha(x, x, x)  # the seed's call: attention weights returned
+    expected, weights = mha(x, x, x)  # the original's call: attention weights returned
     assert weights.shape == (3, 10, 10)
     torch.testing.assert_close(ours(x), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_self_attention_block_equals_seed_block_at_any_layout():
-    baseline_mod = _load_seed_baseline()
+def test_self_attention_block_equals_original_block_at_any_layout():
+    baseline_mod = _load_original_baseline()
     torch.manual_seed(0)
-    seed_block = baseline_mod.SeedSelfAttention(64, 8).eval()
+    original_block = baseline_mod.OriginalSelfAttention(64, 8).eval()
     ours = SelfAttention(64, 4).eval()
-    ours.load_state_dict(seed_block.state_dict())
+    ours.load_state_dict(original_block.state_dict())
     x = torch.randn(2, 64, 8, 8)
     with torch.no_grad():
-        expected = seed_block(x)
+        expected = original_block(x)
         torch.testing.assert_close(ours(x), expected, rtol=1e-5, atol=1e-5)
         out_cl = ours(x.contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(out_cl, expected, rtol=1e-5, atol=1e-5)
@@ -192,10 +192,10 @@ def test_self_attention_block_equals_seed_block_at_any_layout():
         assert ours(torch.randn(1, 64, 2, 6)).shape == (1, 64, 2, 6)
 
 
-def test_timestep_embedding_matches_the_seed_formula():
-    baseline_mod = _load_seed_baseline()
+def test_timestep_embedding_matches_the_original_formula():
+    baseline_mod = _load_original_baseline()
     t = torch.tensor([0, 1, 17, 500, 999])
-    ref = baseline_mod.SeedBaselineUNet.pos_encoding(None, t.unsqueeze(-1).float(), 256)
+    ref = baseline_mod.OriginalBaselineUNet.pos_encoding(None, t.unsqueeze(-1).float(), 256)
     torch.testing.assert_close(timestep_embedding(t, 256), ref)
 
 
@@ -203,7 +203,7 @@ def test_timestep_embedding_matches_the_seed_formula():
 
 
 def test_presets_exist_and_configs_round_trip_through_json():
-    assert {"seed", "small", "tiny", "res-small", "res-tiny"} <= set(PRESETS)
+    assert {"classic", "small", "tiny", "res-small", "res-tiny"} <= set(PRESETS)
     for name, cfg in PRESETS.items():
         assert cfg.preset == name
         data = json.loads(json.dumps(cfg.to_dict()))
@@ -214,7 +214,7 @@ def test_get_preset_overrides_and_errors():
     cfg = get_preset("tiny", num_classes=5, image_size=16)
     assert cfg.num_classes == 5 and cfg.image_size == 16 and cfg.preset == "tiny"
     assert PRESETS["tiny"].num_classes == 0  # the preset itself is untouched
-    with pytest.raises(ValueError, match="unknown UNet preset 'huge'.*seed, small, tiny"):
+    with pytest.raises(ValueError, match="unknown UNet preset 'huge'.*classic, small, tiny"):
         get_preset("huge")
     with pytest.raises(ValueError, match="bad override"):
         get_preset("tiny", widht=3)
@@ -350,7 +350,7 @@ def _randomised(model: nn.Module, seed: int = 0) -> nn.Module:
 @pytest.mark.parametrize("old", [OLD_SMALL, OLD_TINY])
 def test_old_configs_rebuild_the_old_network(old):
     cfg = UNetConfig.from_dict(old)
-    assert cfg.block == "seed"
+    assert cfg.block == "classic"
     assert cfg == get_preset(old["preset"], image_size=32, num_classes=old["num_classes"])
     # Serialised exactly as before: checkpoint comparisons and older readers see no change.
     assert cfg.to_dict() == old
@@ -373,10 +373,48 @@ def test_old_checkpoint_config_is_compatible_with_its_preset(tmp_path):
     # Resuming rebuilds the expected config from the preset name: it must match the old dict.
     check_compatible(ckpt, get_preset("small", image_size=32, num_classes=5))
     rebuilt, _ = build_model_from_checkpoint(ckpt, use_ema=False)
-    assert rebuilt.config.block == "seed"
+    assert rebuilt.config.block == "classic"
     x, t, labels = torch.randn(2, 3, 32, 32), torch.tensor([3, 700]), torch.tensor([0, 4])
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x, t, labels), model.eval()(x, t, labels))
+
+
+# Before the rename, the classic preset and block were called "seed" (checkpoints written by
+# main at d1622b1 and earlier say preset "seed"; a config may spell block "seed" explicitly).
+OLD_CLASSIC = {"preset": "seed", "image_size": 64, "in_channels": 3, "base_channels": 64,
+               "channel_mults": [2, 4, 8, 8], "mid_mult": 2, "attn_down": [True, True, True, True],
+               "attn_up": [True, True, True, False], "num_heads": 4, "time_dim": 256, "num_classes": 0}
+
+
+def test_former_name_seed_reads_as_classic():
+    for old in (OLD_CLASSIC, {**OLD_CLASSIC, "block": "seed"}):
+        cfg = UNetConfig.from_dict(old)
+        assert (cfg.preset, cfg.block) == ("classic", "classic")
+        assert cfg.to_dict() == {**OLD_CLASSIC, "preset": "classic"}  # today's spelling, block at its default
+    assert UNetConfig.from_dict(OLD_CLASSIC) == get_preset("classic") == get_preset("seed")
+    assert get_preset("seed", image_size=32) == get_preset("classic", image_size=32)
+    assert UNetConfig.from_dict({**OLD_SMALL, "block": "seed"}) == UNetConfig.from_dict(OLD_SMALL)
+
+
+def test_checkpoint_saying_block_and_preset_seed_builds_the_classic_network(tmp_path):
+    from core.diffusion.checkpoint import build_model_from_checkpoint, check_compatible, load_checkpoint, save_checkpoint
+    from core.diffusion.process import DiffusionConfig
+
+    old = {**OLD_SMALL, "preset": "seed", "block": "seed"}  # the classic design at small's width
+    torch.manual_seed(0)
+    model = UNet(UNetConfig.from_dict(OLD_SMALL))
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, model_config=old, diffusion_config=DiffusionConfig().to_dict(),
+                    model_state=model.state_dict())
+    ckpt = load_checkpoint(path)
+    assert ckpt["model_config"]["block"] == "seed"  # stored as written
+    check_compatible(ckpt, UNetConfig.from_dict({**OLD_SMALL, "preset": "classic"}))
+    rebuilt, _ = build_model_from_checkpoint(ckpt, use_ema=False)
+    assert rebuilt.config.block == "classic" and rebuilt.config.preset == "classic"
+    assert list(rebuilt.state_dict()) == list(model.state_dict())
+    x, t, labels = torch.randn(2, 3, 32, 32), torch.tensor([3, 700]), torch.tensor([0, 4])
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x, t, labels), model.eval()(x, t, labels), rtol=0, atol=0)
 
 
 def test_resnet_configs_record_their_design_and_round_trip():
@@ -385,7 +423,7 @@ def test_resnet_configs_record_their_design_and_round_trip():
         d = cfg.to_dict()
         assert d["block"] == "resnet" and d["res_blocks"] == cfg.res_blocks
         assert UNetConfig.from_dict(json.loads(json.dumps(d))) == cfg
-    assert set(BLOCKS) == {"seed", "resnet"}
+    assert set(BLOCKS) == {"classic", "resnet"}
     with pytest.raises(ValueError, match="unknown block design 'dense'"):
         get_preset("res-tiny", block="dense")
     with pytest.raises(ValueError, match="res_blocks must be positive"):

@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import core.diffusion.unet as unet
+import core.diffusion.unet_classic as unet_classic
 from core.diffusion.unet import (
     BilinearUpsample2x,
     UNet,
@@ -49,7 +50,7 @@ def test_bilinear_matrix_is_cached_per_size_device_and_dtype():
 
 def test_matrix_first_built_under_inference_mode_still_trains():
     """A cache filled while sampling (inference_mode) must not break a later backward."""
-    unet._bilinear_matrix_cached.cache_clear()
+    unet_classic._bilinear_matrix_cached.cache_clear()
     x = torch.randn(2, 3, 5, 5)
     with torch.inference_mode():
         upsample_bilinear2x(x, "matmul")

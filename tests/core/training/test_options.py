@@ -1,5 +1,5 @@
 """Options declared once (core/training/options.py): the trainer's config, `train --help`, the
-studio's new-run form and config.json all come from the declaration, and the seed recipe
+studio's new-run form and config.json all come from the declaration, and the classic recipe
 trains exactly as before the declaration existed."""
 
 from __future__ import annotations
@@ -108,8 +108,8 @@ def test_every_option_appears_identically_in_help_form_and_config_json(tmp_path:
 
 
 def test_recipes_resolve_and_explicit_values_win():
-    seed = TrainConfig.from_dict(options.resolve({"data": "/d", "recipe": "seed"}))
-    assert seed == TrainConfig(data="/d")  # the declared defaults are the seed recipe's
+    classic = TrainConfig.from_dict(options.resolve({"data": "/d", "recipe": "classic"}))
+    assert classic == TrainConfig(data="/d")  # the declared defaults are the classic recipe's
     new = TrainConfig.from_dict(options.resolve({"data": "/d"}))  # a new run without --recipe
     assert new == TrainConfig.from_dict(options.resolve({"data": "/d", "recipe": options.NEW_RUN_RECIPE}))
     assert (new.recipe, new.prediction, new.batch_size) == ("fast", "v", 32)
@@ -121,40 +121,63 @@ def test_recipes_resolve_and_explicit_values_win():
     assert again.batch_size == 8 and again.epochs == 3 and again.prediction == "v"
 
 
-def test_old_config_json_without_the_new_keys_loads_as_the_seed_recipe():
+def test_old_config_json_without_the_new_keys_loads_as_the_classic_recipe():
     old = {"data": "/d", "run": "r", "preset": "tiny", "image_size": 32, "schedule": "linear", "T": 1000,
            "lr": 0.0003, "batch_size": 16, "epochs": 500, "samples": 10, "save_frequency": 10,
            "ema_decay": 0.995, "grad_clip": 0, "amp": "auto", "model": {}, "classes": ["a"]}
     config = TrainConfig.from_dict(old)
-    assert config.recipe == "seed" and config.optimizer == "adam" and config.prediction == "eps"
+    assert config.recipe == "classic" and config.optimizer == "adam" and config.prediction == "eps"
     assert isinstance(config.grad_clip, float)
     assert config.refused_changes(old) == []
-    assert config.refused_changes({**old, "preset": "seed"}) == ["preset: run has 'seed', asked for 'tiny'"]
+    assert config.refused_changes({**old, "preset": "classic"}) == ["preset: run has 'classic', asked for 'tiny'"]
+
+
+def test_former_name_seed_is_read_as_classic_everywhere():
+    """Runs and scripts from before the rename say recipe/preset "seed": the same training."""
+    for given in ({"recipe": "seed"}, {"recipe": "seed", "preset": "seed"}):
+        config = TrainConfig.from_dict(options.resolve({"data": "/d", **given}))
+        assert config == TrainConfig(data="/d") and (config.recipe, config.preset) == ("classic", "classic")
+    assert options.recipe_defaults("seed") == options.recipe_defaults("classic")
+    assert TrainConfig(data="/d", recipe="seed", preset="seed") == TrainConfig(data="/d")
+    assert options.BY_NAME["recipe"].parse("seed") == "classic"
+    assert options.BY_NAME["preset"].parse("seed") == "classic"
+    with pytest.raises(ValueError, match="unknown schedule 'seed'"):  # only renamed choices are mapped
+        options.BY_NAME["schedule"].parse("seed")
+    # A config.json written before the rename: loads as classic, and resuming it changes nothing.
+    old = {"data": "/d", "run": "r", "recipe": "seed", "preset": "seed", "image_size": 64}
+    config = TrainConfig.from_dict(old)
+    assert (config.recipe, config.preset) == ("classic", "classic")
+    config.validate()
+    assert config.refused_changes(old) == []
+    assert config.model_config(0) == TrainConfig(data="/d").model_config(0)
+    # --help lists today's names and says what they were
+    assert "classic" in options.help_text(options.BY_NAME["recipe"]) and "formerly seed" in options.BY_NAME["recipe"].help
+    assert options.BY_NAME["recipe"].choices == ("classic", "fast")
 
 
 def test_lr_warmup_and_cosine():
     c = TrainConfig(data="/d", lr=1.0, lr_warmup=4, lr_schedule="cosine")
     assert [round(lr_at(c, s, 100), 4) for s in (0, 1, 3)] == [0.25, 0.4999, 0.9978]
     assert lr_at(c, 100, 100) == 0.0
-    assert lr_at(TrainConfig(data="/d"), 57, 100) == 3e-4  # the seed: constant
+    assert lr_at(TrainConfig(data="/d"), 57, 100) == 3e-4  # the original: constant
 
 
 # Losses of the 8 steps below, recorded from the trainer before core/training/options.py existed
 # (main at fcb0027, this machine's CPU; tiny preset, conditional, seed 0).
-SEED_LOSSES = [1.3005449771881104, 1.13553786277771, 1.0972224473953247, 1.0499027967453003,
+CLASSIC_LOSSES = [1.3005449771881104, 1.13553786277771, 1.0972224473953247, 1.0499027967453003,
                1.0916169881820679, 1.0518476963043213, 1.0425430536270142, 1.0048296451568604]
 
 
-def test_seed_recipe_reproduces_the_previous_trainer(tmp_path: Path):
+def test_classic_recipe_reproduces_the_previous_trainer(tmp_path: Path):
     data = make_dataset(tmp_path / "dogs")
     cfg = tiny(data, conditional=True, epochs=2, samples=0)
     train(cfg, tmp_path / "a")
     losses = [r["loss"] for r in runs.read_metrics(tmp_path / "a")[0]]
-    assert losses == pytest.approx(SEED_LOSSES, rel=1e-5)
-    # The seed recipe spelled out option by option trains the same weights bit for bit.
+    assert losses == pytest.approx(CLASSIC_LOSSES, rel=1e-5)
+    # The classic recipe spelled out option by option trains the same weights bit for bit.
     asked = ("data", "preset", "image_size", "T", "batch_size", "epochs", "samples", "save_frequency",
              "sample_steps", "log_every", "amp", "workers", "conditional")
-    explicit = TrainConfig(**{**options.recipe_defaults("seed"), **{k: getattr(cfg, k) for k in asked}})
+    explicit = TrainConfig(**{**options.recipe_defaults("classic"), **{k: getattr(cfg, k) for k in asked}})
     train(explicit, tmp_path / "b")
     a = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")
     b = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
@@ -186,13 +209,13 @@ def test_new_run_form_is_cpu_aware_and_proposes_sizes(tmp_path: Path):
             # No GPU: a small network at a small size, with a time budget, so samples come in minutes.
             assert (value("preset"), value("image_size"), value("max_time")) == ("res-small", "32", "1800")
             assert (value("recipe"), value("prediction")) == (options.NEW_RUN_RECIPE, "v")
-            form.query_one("#preset", Select).value = "seed"
+            form.query_one("#preset", Select).value = "classic"
             await pilot.pause()
-            assert value("image_size") == str(options.PRESET_IMAGE_SIZE["seed"])
+            assert value("image_size") == str(options.PRESET_IMAGE_SIZE["classic"])
             form.query_one("#recipe", Select).value = "fast"
             await pilot.pause()
             assert (value("optimizer"), value("prediction"), value("batch_size")) == ("adamw", "v", "32")
-            form.query_one("#recipe", Select).value = "seed"
+            form.query_one("#recipe", Select).value = "classic"
             await pilot.pause()
             assert (value("optimizer"), value("prediction"), value("batch_size")) == ("adam", "eps", "16")
             form.query_one("#lr", Input).value = "-1"

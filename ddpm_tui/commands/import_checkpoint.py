@@ -1,6 +1,7 @@
-"""`ddpm-tui import-seed model_state.pth`: wrap a state dict written by the seed's train.py
-into a new run (config.json + checkpoints/last.pt, EMA = the weights), so it can be
-sampled with `ddpm-tui sample RUN` and fine-tuned with `ddpm-tui train --run RUN`."""
+"""`ddpm-tui import-checkpoint model_state.pth`: wrap a state dict written by the train.py of
+dogs-image-generator-DDPM (the original project) into a new run (config.json + checkpoints/last.pt, EMA = the weights), so it can be
+sampled with `ddpm-tui sample RUN` and fine-tuned with `ddpm-tui train --run RUN`.
+`import-seed`, its former name, is still accepted."""
 
 from __future__ import annotations
 
@@ -14,24 +15,25 @@ from ddpm_tui.commands._common import RUN_NAME_RE, CLIError, add_workspace_arg
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "import-seed",
-        help="turn the seed's model_state.pth into a run",
-        description="Wrap a model_state.pth written by the seed project's train.py into a new run, "
-        "so it can be sampled and fine-tuned. The seed saved only the weights: give the --T and "
-        "--schedule it was trained with.",
+        "import-checkpoint",
+        aliases=["import-seed"],  # its former name
+        help="turn the original project's model_state.pth into a run",
+        description="Wrap a model_state.pth written by the train.py of dogs-image-generator-DDPM (the "
+        "original project) into a new run, so it can be sampled and fine-tuned. The original saved only "
+        "the weights: give the --T and --schedule it was trained with. (Formerly import-seed.)",
     )
     add_workspace_arg(p)
-    p.add_argument("state_dict", metavar="MODEL_STATE.pth", help="the seed's saved state dict")
-    p.add_argument("--run", metavar="NAME", help="name of the new run (default: seed-<timestamp>)")
-    p.add_argument("--T", type=int, default=1000, help="diffusion steps the seed was trained with (default: 1000)")
+    p.add_argument("state_dict", metavar="MODEL_STATE.pth", help="the original's saved state dict")
+    p.add_argument("--run", metavar="NAME", help="name of the new run (default: imported-<timestamp>)")
+    p.add_argument("--T", type=int, default=1000, help="diffusion steps the original was trained with (default: 1000)")
     p.add_argument("--schedule", choices=("linear", "cosine", "sigmoid"), default="linear",
-                   help="beta schedule the seed was trained with (default: linear)")
+                   help="beta schedule the original was trained with (default: linear)")
     p.add_argument("--data", metavar="DIR", help="dataset to record for fine-tuning (default: WORKSPACE/data/dogs)")
     p.set_defaults(func=run)
 
 
-def load_seed_state_dict(path: Path) -> dict:
-    """The tensors of a seed ``model_state.pth``; CLIError naming the file otherwise."""
+def load_original_state_dict(path: Path) -> dict:
+    """The tensors of the original's ``model_state.pth``; CLIError naming the file otherwise."""
     import torch
 
     from core.diffusion.checkpoint import CheckpointError, safe_torch_load
@@ -50,7 +52,7 @@ def load_seed_state_dict(path: Path) -> dict:
     if isinstance(obj, dict) and obj.get("format") == "ddpm-tui-checkpoint":
         raise CLIError(f"{path}: already a ddpm-tui checkpoint; sample or train it directly")
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CLIError(f"{path}: not a seed state dict (expected a dict of tensors from the seed's train.py)")
+        raise CLIError(f"{path}: not a state dict of the original project (expected a dict of tensors from its train.py)")
     return obj
 
 
@@ -60,9 +62,9 @@ def run(args: argparse.Namespace, workspace) -> int:
     from core.diffusion.process import DiffusionConfig
     from core.diffusion.ema import EMA
     from core.training.train import TrainConfig
-    from core.diffusion.unet import count_parameters, from_seed_state_dict
+    from core.diffusion.unet import count_parameters, from_original_state_dict
 
-    name = args.run or time.strftime("seed-%Y%m%d-%H%M%S")
+    name = args.run or time.strftime("imported-%Y%m%d-%H%M%S")
     if not RUN_NAME_RE.match(name):
         raise CLIError(f"run name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)")
     run_dir = workspace.run_dir(name)
@@ -73,14 +75,14 @@ def run(args: argparse.Namespace, workspace) -> int:
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     source = Path(args.state_dict).expanduser().resolve()
-    state = load_seed_state_dict(source)
+    state = load_original_state_dict(source)
     try:
-        model = from_seed_state_dict(state)
+        model = from_original_state_dict(state)
     except ValueError as exc:
         raise CLIError(f"{source}: {exc}") from None
     del state
     data = str(Path(args.data).expanduser().resolve()) if args.data else str(workspace.dataset_dir())
-    config = TrainConfig(data=data, run=name, preset="seed", image_size=model.config.image_size,
+    config = TrainConfig(data=data, run=name, preset="classic", image_size=model.config.image_size,
                          schedule=args.schedule, T=args.T, cache_dir=str(workspace.cache_dir))
 
     run_dir.mkdir(parents=True)

@@ -1,13 +1,13 @@
-"""The seed's UNet as the seed wrote it: the baseline the benchmarks measure against.
+"""The UNet of dogs-image-generator-DDPM (the original project) as the original wrote it: the baseline the benchmarks measure against.
 
-Not used by the project itself. It reproduces the seed's computational choices: attention
+Not used by the project itself. It reproduces the original's computational choices: attention
 through ``nn.MultiheadAttention`` returning its (averaged) attention weights, attention
 sizes hard-coded at 32/16/8/4 (so 64x64 input only), the time embedding ``repeat``-ed over
 H and W, ``view``-based reshapes (contiguous NCHW only) and fp32. Its module names and
-parameter shapes are the seed's (including the never-called ``sa8`` block), so its state_dict
-is exactly what the seed's ``train.py`` saved: tests load it with
-``core.diffusion.unet.from_seed_state_dict`` and check that both networks compute the same function.
-``to_seed_style`` turns a UNet of any preset into the same seed-style computation (the
+parameter shapes are the original's (including the never-called ``sa8`` block), so its state_dict
+is exactly what the original's ``train.py`` saved: tests load it with
+``core.diffusion.unet.from_original_state_dict`` and check that both networks compute the same function.
+``to_original_style`` turns a UNet of any preset into the same original-style computation (the
 benchmarks' baseline).
 
 It is an independent reference: nothing here is imported from the product (``core``), so
@@ -23,8 +23,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-class SeedDoubleConv(nn.Module):
-    """The seed's DoubleConv: (3x3 conv without bias, GroupNorm(1, C), GELU) then (3x3 conv,
+class OriginalDoubleConv(nn.Module):
+    """The original's DoubleConv: (3x3 conv without bias, GroupNorm(1, C), GELU) then (3x3 conv,
     GroupNorm); the residual variant adds the input and applies GELU."""
 
     def __init__(self, in_channels: int, out_channels: int, mid_channels: int | None = None, residual: bool = False):
@@ -46,11 +46,11 @@ class SeedDoubleConv(nn.Module):
         return self.double_conv(x)
 
 
-class SeedDown(nn.Module):
+class OriginalDown(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int = 256):
         super().__init__()
         self.maxpool_conv = nn.Sequential(
-            nn.MaxPool2d(2), SeedDoubleConv(in_ch, in_ch, residual=True), SeedDoubleConv(in_ch, out_ch)
+            nn.MaxPool2d(2), OriginalDoubleConv(in_ch, in_ch, residual=True), OriginalDoubleConv(in_ch, out_ch)
         )
         self.emb_layer = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, out_ch))
 
@@ -60,12 +60,12 @@ class SeedDown(nn.Module):
         return x + emb
 
 
-class SeedUp(nn.Module):
+class OriginalUp(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int = 256):
         super().__init__()
         self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
         self.conv = nn.Sequential(
-            SeedDoubleConv(in_ch, in_ch, residual=True), SeedDoubleConv(in_ch, out_ch, in_ch // 2)
+            OriginalDoubleConv(in_ch, in_ch, residual=True), OriginalDoubleConv(in_ch, out_ch, in_ch // 2)
         )
         self.emb_layer = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, out_ch))
 
@@ -77,8 +77,8 @@ class SeedUp(nn.Module):
         return x + emb
 
 
-class SeedSelfAttention(nn.Module):
-    """The seed's block at a fixed ``size``; ``size=None`` takes it from the input (for presets)."""
+class OriginalSelfAttention(nn.Module):
+    """The original's block at a fixed ``size``; ``size=None`` takes it from the input (for presets)."""
 
     def __init__(self, channels: int, size: int | None, num_heads: int = 4):
         super().__init__()
@@ -100,30 +100,30 @@ class SeedSelfAttention(nn.Module):
         return attention_value.swapaxes(2, 1).view(-1, self.channels, size, size)
 
 
-class SeedBaselineUNet(nn.Module):
-    """The seed's network (64x64 RGB, 93,417,859 parameters including the unused sa8)."""
+class OriginalBaselineUNet(nn.Module):
+    """The original's network (64x64 RGB, 93,417,859 parameters including the unused sa8)."""
 
     def __init__(self, c_in: int = 3, c_out: int = 3, time_dim: int = 256):
         super().__init__()
         self.time_dim = time_dim
-        self.conv0 = SeedDoubleConv(c_in, 64)
-        self.down1 = SeedDown(64, 128)
-        self.sa1 = SeedSelfAttention(128, 32)
-        self.down2 = SeedDown(128, 256)
-        self.sa2 = SeedSelfAttention(256, 16)
-        self.down3 = SeedDown(256, 512)
-        self.sa3 = SeedSelfAttention(512, 8)
-        self.down4 = SeedDown(512, 512)
-        self.sa4 = SeedSelfAttention(512, 4)
-        self.conv1 = nn.Sequential(SeedDoubleConv(512, 1024), SeedDoubleConv(1024, 1024), SeedDoubleConv(1024, 512))
-        self.up1 = SeedUp(1024, 256)
-        self.sa5 = SeedSelfAttention(256, 8)
-        self.up2 = SeedUp(512, 128)
-        self.sa6 = SeedSelfAttention(128, 16)
-        self.up3 = SeedUp(256, 64)
-        self.sa7 = SeedSelfAttention(64, 32)
-        self.up4 = SeedUp(128, 64)
-        self.sa8 = SeedSelfAttention(64, 64)  # defined by the seed, never called
+        self.conv0 = OriginalDoubleConv(c_in, 64)
+        self.down1 = OriginalDown(64, 128)
+        self.sa1 = OriginalSelfAttention(128, 32)
+        self.down2 = OriginalDown(128, 256)
+        self.sa2 = OriginalSelfAttention(256, 16)
+        self.down3 = OriginalDown(256, 512)
+        self.sa3 = OriginalSelfAttention(512, 8)
+        self.down4 = OriginalDown(512, 512)
+        self.sa4 = OriginalSelfAttention(512, 4)
+        self.conv1 = nn.Sequential(OriginalDoubleConv(512, 1024), OriginalDoubleConv(1024, 1024), OriginalDoubleConv(1024, 512))
+        self.up1 = OriginalUp(1024, 256)
+        self.sa5 = OriginalSelfAttention(256, 8)
+        self.up2 = OriginalUp(512, 128)
+        self.sa6 = OriginalSelfAttention(128, 16)
+        self.up3 = OriginalUp(256, 64)
+        self.sa7 = OriginalSelfAttention(64, 32)
+        self.up4 = OriginalUp(128, 64)
+        self.sa8 = OriginalSelfAttention(64, 64)  # defined by the original, never called
         self.output = nn.Conv2d(64, c_out, kernel_size=1)
 
     def pos_encoding(self, t, channels):
@@ -148,32 +148,32 @@ class SeedBaselineUNet(nn.Module):
         return self.output(x)
 
 
-def to_seed_style(model: nn.Module) -> nn.Module:
-    """A copy of a ``core.diffusion.unet.UNet`` (any preset) whose blocks run the seed's way.
+def to_original_style(model: nn.Module) -> nn.Module:
+    """A copy of a ``core.diffusion.unet.UNet`` (any preset) whose blocks run the original's way.
 
     Down/Up blocks ``repeat`` the time embedding, attention blocks use
     ``nn.MultiheadAttention`` with weights returned and ``view`` reshapes. Same parameters,
     same function as ``model``: only the computational choices differ.
     """
-    seed_style = copy.deepcopy(model)
+    original_style = copy.deepcopy(model)
 
     def convert(parent: nn.Module) -> None:
         # Recognised by class name: this module imports nothing from the product.
         for name, child in list(parent.named_children()):
             kind = type(child).__name__
             if kind == "Down":
-                new = SeedDown(child.maxpool_conv[1].double_conv[0].in_channels,
+                new = OriginalDown(child.maxpool_conv[1].double_conv[0].in_channels,
                                child.emb_layer[1].out_features, child.emb_layer[1].in_features)
             elif kind == "Up":
-                new = SeedUp(child.conv[0].double_conv[0].in_channels,
+                new = OriginalUp(child.conv[0].double_conv[0].in_channels,
                              child.emb_layer[1].out_features, child.emb_layer[1].in_features)
             elif kind == "SelfAttention":
-                new = SeedSelfAttention(child.channels, None, child.attention.num_heads)
+                new = OriginalSelfAttention(child.channels, None, child.attention.num_heads)
             else:
                 convert(child)
                 continue
             new.load_state_dict(child.state_dict())
             setattr(parent, name, new)
 
-    convert(seed_style)
-    return seed_style
+    convert(original_style)
+    return original_style
