@@ -22,6 +22,15 @@ def add_workspace_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_command(subparsers: argparse._SubParsersAction, name: str, func, **kwargs) -> argparse.ArgumentParser:
+    """A subcommand that runs ``func(args, workspace)`` and takes --workspace like every other
+    (``kwargs`` go to ``add_parser``: help, description, aliases)."""
+    parser = subparsers.add_parser(name, **kwargs)
+    add_workspace_arg(parser)
+    parser.set_defaults(func=func)
+    return parser
+
+
 def bounded(kind: type, *, low: float | None = None, high: float | None = None,
             low_open: bool = False, high_open: bool = False):
     """An argparse ``type``: ``kind(text)`` within [low, high] (or open ends), else a usage

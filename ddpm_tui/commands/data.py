@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from core.io.safe_text import shown, shown_markup as _m
-from ddpm_tui.commands._common import CLIError, add_workspace_arg
+from ddpm_tui.commands._common import CLIError, add_command
 from ddpm_tui.workspace import DEFAULT_DATASET, Workspace
 
 # Flag defaults are read from core.data.curation lazily (keeps `--help` light), so the
@@ -56,61 +56,58 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         g.add_argument("--data", metavar="DIR", help="dataset folder with one sub-folder per breed")
         g.add_argument("--dataset", metavar="NAME",
                        help=f"dataset NAME under <workspace>/data/ (default: {DEFAULT_DATASET}; the demo set is 'demo')")
-        add_workspace_arg(sp)
 
-    s = sub.add_parser("stats", help="per-breed counts, flags, median sizes, imbalance (fast: headers only)",
-                       description="Per breed: images, flagged images by reason (from the latest scan), median "
-                       "width/height and share of the set; totals and the largest/smallest breed ratio.")
+    s = add_command(sub, "stats", run_stats,
+                    help="per-breed counts, flags, median sizes, imbalance (fast: headers only)",
+                    description="Per breed: images, flagged images by reason (from the latest scan), median "
+                    "width/height and share of the set; totals and the largest/smallest breed ratio.")
     dataset_args(s)
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    s.set_defaults(func=run_stats)
 
-    s = sub.add_parser("scan", help="flag bad, tiny, odd, grey, duplicate and collage images; write a report",
-                       description="Decode every image (only new or changed ones on a rerun) and flag problems. "
-                       "Reasons: " + ", ".join(C.REASONS) + ". Writes <workspace>/reports/scan-<dataset>-*.json.")
+    s = add_command(sub, "scan", run_scan,
+                    help="flag bad, tiny, odd, grey, duplicate and collage images; write a report",
+                    description="Decode every image (only new or changed ones on a rerun) and flag problems. "
+                    "Reasons: " + ", ".join(C.REASONS) + ". Writes <workspace>/reports/scan-<dataset>-*.json.")
     dataset_args(s)
     for flag, _field, typ, metavar, const, text in _SCAN_FLAGS:
         s.add_argument(flag, type=typ, metavar=metavar, default=getattr(C, const),
                        help=f"{text} (default: {getattr(C, const)})")
     s.add_argument("--list", type=int, default=20, metavar="N", help="list at most N flagged files (default: 20; 0: none, -1: all)")
     s.add_argument("--json", action="store_true", help="print the report (without the per-file table) as JSON")
-    s.set_defaults(func=run_scan)
 
-    s = sub.add_parser("quarantine", help="move flagged files to <workspace>/quarantine/<breed>/",
-                       description="Move the files the latest scan flagged (optionally only for some reasons) "
-                       "out of the dataset into <workspace>/quarantine/<breed>/, logging each move so "
-                       "`data restore` can put it back. Training no longer sees them.")
+    s = add_command(sub, "quarantine", run_quarantine,
+                    help="move flagged files to <workspace>/quarantine/<breed>/",
+                    description="Move the files the latest scan flagged (optionally only for some reasons) "
+                    "out of the dataset into <workspace>/quarantine/<breed>/, logging each move so "
+                    "`data restore` can put it back. Training no longer sees them.")
     dataset_args(s)
     s.add_argument("--reason", action="extend", nargs="+", choices=C.REASONS, metavar="REASON",
                    help="only files flagged for REASON (repeatable). Reasons: " + ", ".join(C.REASONS))
     s.add_argument("--dry-run", action="store_true", help="show what would move; move nothing")
-    s.set_defaults(func=run_quarantine)
 
     _register_restore_and_demo(sub)
 
 
 def _register_restore_and_demo(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("restore", help="put quarantined files back where they came from",
-                       description="Move quarantined files back to their original paths (never overwriting a file "
-                       "there). With no arguments, lists what is in quarantine.")
+    s = add_command(sub, "restore", run_restore,
+                    help="put quarantined files back where they came from",
+                    description="Move quarantined files back to their original paths (never overwriting a file "
+                    "there). With no arguments, lists what is in quarantine.")
     s.add_argument("paths", nargs="*", metavar="PATH", help="a quarantined file, or its original path")
     s.add_argument("--all", action="store_true", help="restore every quarantined file")
     s.add_argument("--dry-run", action="store_true", help="show what would move; move nothing")
-    add_workspace_arg(s)
-    s.set_defaults(func=run_restore)
 
     from core.data.demo import CLASSES, DEFAULT_PER_CLASS  # light: Pillow + numpy
 
-    s = sub.add_parser("demo", help="write a small synthetic dataset for trying everything offline",
-                       description=f"Draw {len(CLASSES)} classes ({', '.join(sorted(CLASSES))}) of 64x64 pictures into "
-                       "<workspace>/data/demo/<class>/. Same seed, same bytes.")
+    s = add_command(sub, "demo", run_demo,
+                    help="write a small synthetic dataset for trying everything offline",
+                    description=f"Draw {len(CLASSES)} classes ({', '.join(sorted(CLASSES))}) of 64x64 pictures into "
+                    "<workspace>/data/demo/<class>/. Same seed, same bytes.")
     s.add_argument("--per-class", type=int, default=DEFAULT_PER_CLASS, metavar="N",
                    help=f"images per class (default: {DEFAULT_PER_CLASS})")
     s.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
     s.add_argument("--name", default="demo", metavar="NAME", help="dataset name under <workspace>/data/ (default: demo)")
     s.add_argument("--force", action="store_true", help="rewrite the demo images if the folder already has files")
-    add_workspace_arg(s)
-    s.set_defaults(func=run_demo)
 
 
 def _no_subcommand(args: argparse.Namespace, workspace: Workspace) -> int:

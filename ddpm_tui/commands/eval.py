@@ -14,7 +14,7 @@ from dataclasses import asdict
 from core.diffusion.registry import (AMP_MODES, DEFAULT_SAMPLER, MAX_SEED, SAMPLER_SPECS, sampler_help,
                                      sampler_spec, steps_help)
 from core.io.safe_text import shown
-from ddpm_tui.commands._common import CLIError, add_workspace_arg, bounded
+from ddpm_tui.commands._common import CLIError, add_command, bounded
 
 _positive_int = bounded(int, low=1)
 _eta = bounded(float, low=0.0, high=1.0)
@@ -25,14 +25,13 @@ LABELS = {"fid": "FID", "kid": "KID", "precision": "precision", "recall": "recal
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "eval",
+    p = add_command(
+        subparsers, "eval", run,
         help="measure sample quality (FID, KID, precision/recall) of a run or checkpoint",
         description="Sample N images from a run's latest checkpoint (or a .pt file) and compare them with the "
         "run's training images: FID, KID ± std, precision, recall, and class accuracy for conditional runs. "
         "Appends to the run's eval.jsonl; an identical earlier evaluation is reused.",
     )
-    add_workspace_arg(p)
     p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="a run name in the workspace or a checkpoint .pt path")
     p.add_argument("--n", type=int, default=1000, help="number of generated images (default: 1000)")
     p.add_argument("--sampler", choices=list(SAMPLER_SPECS), default=DEFAULT_SAMPLER, help=sampler_help())
@@ -51,7 +50,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--amp", choices=AMP_MODES, default="auto", help="autocast (default: auto = bf16 where the device has it)")
     p.add_argument("--batch-size", type=_positive_int, default=100, help="images per sampling batch (default: 100)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(func=run)
 
 
 def _progress_bar():

@@ -10,26 +10,25 @@ import shutil
 import time
 from pathlib import Path
 
-from ddpm_tui.commands._common import RUN_NAME_RE, CLIError, add_workspace_arg
+from core.diffusion.registry import SCHEDULE_NAMES
+from ddpm_tui.commands._common import RUN_NAME_RE, CLIError, add_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "import-checkpoint",
+    p = add_command(
+        subparsers, "import-checkpoint", run,
         aliases=["import-seed"],  # its former name
         help="turn the original project's model_state.pth into a run",
         description="Wrap a model_state.pth written by the train.py of dogs-image-generator-DDPM (the "
         "original project) into a new run, so it can be sampled and fine-tuned. The original saved only "
         "the weights: give the --T and --schedule it was trained with. (Formerly import-seed.)",
     )
-    add_workspace_arg(p)
     p.add_argument("state_dict", metavar="MODEL_STATE.pth", help="the original's saved state dict")
     p.add_argument("--run", metavar="NAME", help="name of the new run (default: imported-<timestamp>)")
     p.add_argument("--T", type=int, default=1000, help="diffusion steps the original was trained with (default: 1000)")
-    p.add_argument("--schedule", choices=("linear", "cosine", "sigmoid"), default="linear",
+    p.add_argument("--schedule", choices=SCHEDULE_NAMES, default="linear",
                    help="beta schedule the original was trained with (default: linear)")
     p.add_argument("--data", metavar="DIR", help="dataset to record for fine-tuning (default: WORKSPACE/data/dogs)")
-    p.set_defaults(func=run)
 
 
 def load_original_state_dict(path: Path) -> dict:

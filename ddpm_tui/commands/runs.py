@@ -6,19 +6,17 @@ import argparse
 import json
 import time
 
-from ddpm_tui.commands._common import add_workspace_arg
+from ddpm_tui.commands._common import add_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "runs",
+    p = add_command(
+        subparsers, "runs", run,
         help="list training runs (state, step, last loss, alive)",
         description="List the runs in the workspace, newest first. State is running, stopped, finished, "
         "failed, or died (status said running but its process is gone).",
     )
-    add_workspace_arg(p)
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
-    p.set_defaults(func=run)
 
 
 def _ago(ts: float | None) -> str:

@@ -14,7 +14,7 @@ import secrets
 from pathlib import Path
 
 from core.diffusion.registry import AMP_MODES, DEFAULT_SAMPLER, MAX_SEED, SAMPLER_SPECS, sampler_help, steps_help
-from ddpm_tui.commands._common import CLIError, add_workspace_arg, bounded
+from ddpm_tui.commands._common import CLIError, add_command, bounded
 
 
 _positive_int = bounded(int, low=1)
@@ -29,13 +29,12 @@ _seed = bounded(int, low=0, high=MAX_SEED)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "sample",
+    p = add_command(
+        subparsers, "sample", run,
         help="draw images from a run or a checkpoint file",
         description="Draw images from a run's latest checkpoint (by run name) or from a .pt file. "
         "Writes a grid PNG (default: into the run's samples/ folder) and prints the paths.",
     )
-    add_workspace_arg(p)
     p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="a run name in the workspace or a checkpoint .pt path")
     p.add_argument("--raw", action="store_true", help="use the trained weights instead of the EMA weights")
     p.add_argument("--sampler", choices=list(SAMPLER_SPECS), default=DEFAULT_SAMPLER, help=sampler_help())
@@ -58,7 +57,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "config or dataset image)")
     p.add_argument("--nrow", type=_positive_int, default=None, help="images per grid row (default: square-ish)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar; print only the paths written")
-    p.set_defaults(func=run)
 
 
 def resolve_source(source: str, workspace) -> tuple[Path, Path | None]:

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from core.io.safe_text import shown
-from ddpm_tui.commands._common import CLIError, add_workspace_arg
+from ddpm_tui.commands._common import CLIError, add_command
 
 _EPILOG = """\
 examples:
@@ -69,8 +69,8 @@ def _dataset_name(text: str) -> str:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "scrape",
+    p = add_command(
+        subparsers, "scrape", run,
         help="search Google/Bing Images per breed and download the photos (or `scrape export`)",
         usage="ddpm-tui scrape [options]            search and download\n"
         "       ddpm-tui scrape export [--out DIR]  write the found URLs as CSVs for img2dataset",
@@ -80,14 +80,12 @@ def register(subparsers) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_workspace_arg(p)
     _add_search_args(p.add_argument_group("what to search"))
     _add_browser_args(p.add_argument_group("browser"))
     _add_download_args(p.add_argument_group("downloads"))
     out = p.add_argument_group("output")
     out.add_argument("--events", metavar="FILE", help="append progress events as JSON lines to FILE")
     out.add_argument("--quiet", "-q", action="store_true", help="no live table; print only errors and the summary")
-    p.set_defaults(func=run)
     _register_export(p.add_subparsers(dest="scrape_action", metavar="ACTION",
                                       title="actions", description="without an action: search and download"))
 
@@ -132,21 +130,19 @@ def _add_download_args(dl) -> None:
 
 
 def _register_export(actions) -> None:
-    e = actions.add_parser(
-        "export",
+    e = add_command(
+        actions, "export", run_export,
         prog="ddpm-tui scrape export",
         help="write the found URLs as one CSV per breed (url,breed) for img2dataset",
         description="Write every URL the scraper found as <out>/<breed>.csv with columns url,breed, "
-        "ready for img2dataset (see the README for the command).",
+        "ready for img2dataset (see docs/scraping.md for the command).",
     )
-    add_workspace_arg(e)
     e.add_argument("--out", metavar="DIR", help="output folder (default: <workspace>/exports/<dataset>)")
     e.add_argument("--dataset", type=_dataset_name, default=argparse.SUPPRESS, metavar="NAME",
                    help="which dataset's URLs (default: dogs)")
     e.add_argument("--breeds", default=argparse.SUPPRESS, metavar="A,B,...", help="only these breeds")
     e.add_argument("--state", choices=("all", "pending", "downloaded", "duplicate", "failed", "rejected"),
                    default="all", help="only URLs in this state (default: all)")
-    e.set_defaults(func=run_export)
 
 
 # -- progress display ---------------------------------------------------------------------------

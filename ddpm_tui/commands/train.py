@@ -19,22 +19,21 @@ from typing import Any
 
 from core.training import events, options
 from core.io.safe_text import shown, shown_markup
-from ddpm_tui.commands._common import RUN_NAME_RE, CLIError, add_workspace_arg
+from ddpm_tui.commands._common import RUN_NAME_RE, CLIError, add_command
 
 parse_duration = options.parse_duration
 
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "train",
+    p = add_command(
+        subparsers, "train", run,
         help="train a DDPM run (continues the run if it exists)",
         description="Train a DDPM on a folder of breed folders. Writes runs/NAME/ in the workspace: "
         "config.json, status.json, metrics.jsonl, checkpoints/, samples/, train.log. Starting an "
         "existing run continues it from its last checkpoint, keeping its options unless given here. "
         "Ctrl-C or SIGTERM finishes the step, saves and stops. Under torchrun, trains on all ranks (DDP).",
     )
-    add_workspace_arg(p)
     g = p.add_argument_group(options.GROUPS[0])
     g.add_argument("--run", "--run-name", dest="run", metavar="NAME", default=argparse.SUPPRESS,
                    help="run name (default: a new timestamped name); under torchrun write --run-name, "
@@ -44,7 +43,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="write examples.png (training images) and forward_diffusion.png into the run folder")
     options.add_train_arguments(p, {options.GROUPS[0]: g})  # every option, from core/training/options.py
     p.add_argument("--quiet", "-q", action="store_true", help="no progress display (for scripts and the studio)")
-    p.set_defaults(func=run)
 
 
 def _timestamp_name() -> str:

@@ -5,12 +5,9 @@ by sampler_tag(). Each check fails if its consumer goes back to a list of its ow
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import pytest
-import torch
 from textual.widgets import Input, Select
-from torch import nn
 
 from core.diffusion import registry
 from core.diffusion.process import Diffusion, DiffusionConfig
@@ -58,30 +55,15 @@ def test_cli_refuses_a_name_not_in_the_table(capsys) -> None:
         build_parser().parse_args(["sample", "some-run", "--sampler", "fake"])
 
 
-@dataclass
-class _Config:
-    image_size: int = 4
-    in_channels: int = 3
-    num_classes: int = 0
-
-
-class _Stub(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.config = _Config()
-        self.w = nn.Parameter(torch.tensor(0.1))
-
-    def forward(self, x, t, labels=None):
-        return self.w * x
-
-
 def test_generate_dispatches_through_the_table(fake_sampler) -> None:
     from core.diffusion.sampling import SampleRequest, generate, sampler_tag
+    from core.diffusion.unet import UNet, get_preset
 
     request = SampleRequest(n=2, sampler="fake", steps=4, seed=0, amp="off")
-    steps = list(generate((_Stub(), Diffusion(DiffusionConfig(T=10))), request, device="cpu"))
+    model = UNet(get_preset("tiny", image_size=16))
+    steps = list(generate((model, Diffusion(DiffusionConfig(T=10))), request, device="cpu"))
     assert CALLS == [{"steps": 4, "clip_x0": True, "guidance": 1.0}]  # steps given (uses_steps), no eta
-    assert len(steps) == 4 and steps[-1].images is not None and steps[-1].images.shape == (2, 4, 4, 3)
+    assert len(steps) == 4 and steps[-1].images is not None and steps[-1].images.shape == (2, 16, 16, 3)
     assert sampler_tag(request, 10) == "fake4"
     with pytest.raises(ValueError, match="unknown sampler 'nope'.*fake"):
         SampleRequest(sampler="nope")
