@@ -6,7 +6,13 @@ The dicts on the wire and on disk are exactly these TypedDicts (JSON objects); t
 name the keys so a reader and the writer cannot drift apart.
 """
 
-from typing import Literal, NotRequired, TypedDict, Union, get_args, get_type_hints
+import sys
+from typing import Literal, TypedDict, Union, get_args, get_type_hints
+
+if sys.version_info >= (3, 11):
+    from typing import NotRequired
+else:  # Python 3.10 (the project supports it); typing_extensions comes with torch
+    from typing_extensions import NotRequired
 
 # ---------------------------------------------------------------------------- run states
 
