@@ -45,6 +45,14 @@ LOSS_WEIGHTING_NAMES = tuple(LOSS_WEIGHTING_HELP)
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 DEVICE_SUGGESTIONS = ("auto", "cpu", "cuda", "mps")
 MAX_SEED = 2**63 - 1
+# The most images one `sample` or `eval` draws: 50,000 is FID's customary sample size, and
+# a bound keeps a typo (--n 1000000000000) from running for days.
+MAX_IMAGES = 50_000
+# One guidance default for every draw of a conditional model (`sample`, `eval`, and the
+# trainer's grids and evaluations through its --sample-guidance, also 3), so that a FID
+# describes the images one looks at. 1 is plain conditional sampling (what an unconditional
+# model's draws record); evaluations at other guidances are compared only among themselves.
+DEFAULT_GUIDANCE = 3.0
 WEIGHT_NAMES = ("ema", "raw")
 
 

@@ -20,7 +20,8 @@ from torch import nn
 
 from core.diffusion.device import is_oom
 from core.diffusion.process import Diffusion
-from core.diffusion.registry import DEFAULT_SAMPLER, MAX_SEED, WEIGHT_NAMES, sampler_spec
+from core.diffusion.registry import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, MAX_IMAGES, MAX_SEED, SAMPLER_SPECS,
+                                     WEIGHT_NAMES, sampler_spec)
 from core.diffusion.samplers import SampleStep, StepCallback
 
 
@@ -51,7 +52,7 @@ class SampleRequest:
     sampler: str = DEFAULT_SAMPLER
     steps: int = 50
     eta: float = 0.0
-    guidance: float = 3.0
+    guidance: float = DEFAULT_GUIDANCE
     label: int | None = None
     breed: str | None = None
     unconditional: bool = False
@@ -67,7 +68,7 @@ class SampleRequest:
                 span = f"{low}..{high}" if high is not None else f">= {low}"
                 raise ValueError(f"{name} must be an integer {span}, got {value!r}")
 
-        whole("n", self.n, 1)
+        whole("n", self.n, 1, MAX_IMAGES)
         whole("steps", self.steps, 1)
         whole("batch size", self.batch_size, 1)
         whole("seed", self.seed, 0, MAX_SEED)
@@ -148,6 +149,20 @@ def _iterate(model, diffusion, shape, request: SampleRequest, **kw: Any) -> Iter
     if spec.uses_eta:
         options["eta"] = request.eta
     return spec.resolve()(model, diffusion, shape, **options, **kw)
+
+
+def ignored_settings(sampler: str, conditional: bool, *, eta: float | None = None,
+                     guidance: float | None = None) -> list[str]:
+    """One line for each setting the user gave that this draw will not use (None: not
+    given): eta with a sampler whose table entry does not take it, guidance for an
+    unconditional model."""
+    notes = []
+    if eta is not None and eta != 0.0 and not sampler_spec(sampler).uses_eta:
+        takers = ", ".join(s.name for s in SAMPLER_SPECS.values() if s.uses_eta)
+        notes.append(f"eta {eta:g} is ignored: {sampler} does not use eta (only {takers} does)")
+    if guidance is not None and not conditional:
+        notes.append(f"guidance {guidance:g} is ignored: this model is unconditional (trained without --conditional)")
+    return notes
 
 
 def sampler_tag(request: SampleRequest, T: int) -> str:

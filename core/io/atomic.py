@@ -63,3 +63,49 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
 
 def atomic_write_text(path: Path | str, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+class StagedFiles:
+    """A set of files published together or not at all (``sample --individual``: a grid and
+    its images). ``stage`` writes each to a temp file beside its target; ``publish`` renames
+    them all into place once every one is written. On failure (a full disk) ``discard``
+    removes only the temp files: no target, and so no file a user already had, is touched.
+    Used as a context manager, an exception discards."""
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[str, Path]] = []
+
+    def stage(self, path: Path | str, write: Callable[[BinaryIO], object]) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        self._staged.append((tmp, path))
+        os.fchmod(fd, _FILE_MODE)
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def publish(self) -> list[Path]:
+        """Rename every staged file over its target; the targets, in staging order."""
+        for tmp, path in self._staged:
+            os.replace(tmp, path)  # a rename in one folder needs no space: it does not fail on a full disk
+        for folder in {path.parent for _, path in self._staged}:
+            fsync_dir(folder)
+        published, self._staged = [path for _, path in self._staged], []
+        return published
+
+    def discard(self) -> None:
+        for tmp, _ in self._staged:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        self._staged = []
+
+    def __enter__(self) -> "StagedFiles":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.discard()

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import secrets
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import torch
 from PIL import Image
@@ -92,11 +91,21 @@ def save_uint8_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | N
     The format follows the suffix (.png, .jpg, ...); PNG when the suffix is unknown or absent.
     A failed write leaves any existing file at ``path`` untouched.
     """
+    from core.io.atomic import atomic_write
+
+    atomic_write(path, grid_writer(images, path, nrow=nrow, padding=padding))
+    return Path(path)
+
+
+def grid_writer(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None,
+                padding: int = 2) -> Callable[[BinaryIO], None]:
+    """``write(fh)`` encoding a grid of uint8 images (B, H, W, C) in the format ``path``'s
+    suffix names (PNG when unknown), marked as written by ddpm-tui: for atomic_write or
+    StagedFiles.stage."""
     from PIL import PngImagePlugin
 
-    path = Path(path)
     image = _pil(tile(images, nrow=nrow, padding=padding))
-    fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
     if fmt == "PNG":
         info = PngImagePlugin.PngInfo()
         info.add_text("Software", SOFTWARE)
@@ -105,18 +114,4 @@ def save_uint8_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | N
         exif = Image.Exif()
         exif[_EXIF_SOFTWARE] = SOFTWARE
         options = {"exif": exif.tobytes()} if fmt in ("JPEG", "WEBP", "TIFF") else {}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    # os.open with 0o666 lets the umask decide the final permissions (mkstemp would force 0600).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            image.save(fh, format=fmt, **options)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
+    return lambda fh: image.save(fh, format=fmt, **options)

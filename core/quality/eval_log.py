@@ -140,16 +140,23 @@ def fid_points(records: Iterable[dict], features: str | None = None) -> list[tup
     return out
 
 
+# What makes two FIDs comparable: the same feature net (name and weights), the same number
+# of images (FID is biased by n: fewer images read higher) and the same guidance.
+LIKE_WITH_LIKE = ("features", "feature_key", "n", "guidance")
+
+
 def best_fid(run_dir: Path | str) -> tuple[float, int, str] | None:
-    """(lowest FID, its step, its features) of a run, or None before any evaluation. FIDs
-    of different feature nets are not comparable: the best is taken among the feature net
-    of the latest evaluation."""
-    points = fid_points(read_eval(run_dir)[0])
-    if not points:
+    """(lowest FID, its step, its features) of a run, or None before any evaluation. The
+    best is taken among the evaluations like the latest one (LIKE_WITH_LIKE): an n=50 FID
+    never beats an n=200 one, nor a dataset-feature FID an Inception one."""
+    fids = [r for r in read_eval(run_dir)[0] if r.get("metric") == "fid"
+            and _number(r.get("value")) is not None and _number(r.get("step")) is not None]
+    if not fids:
         return None
-    latest = points[-1][2]
-    value, step = min((v, s) for s, v, f in points if f == latest)
-    return value, step, latest
+    latest = [fids[-1].get(k) for k in LIKE_WITH_LIKE]
+    value, step = min((_number(r["value"]), int(r["step"])) for r in fids
+                      if [r.get(k) for k in LIKE_WITH_LIKE] == latest)
+    return value, step, str(fids[-1].get("features") or "")
 
 
 def format_best_fid(best: tuple[float, int, str] | None) -> str:

@@ -13,12 +13,13 @@ Two entry points:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -28,11 +29,11 @@ from core.quality import eval_log, metrics
 from core.quality.features import (FEATURES, FeatureError, FeatureNet, dataset_feature_net, inception_available,
                            load_inception)
 
-from core.diffusion.registry import SAMPLER_NAMES as SAMPLERS
+from core.diffusion.registry import DEFAULT_GUIDANCE, MAX_IMAGES, SAMPLER_NAMES as SAMPLERS, sampler_spec
 AUTO_FEATURES = "auto"  # inception when its weights are on disk, else dataset
 KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
-REAL_CACHE_VERSION = 1
+REAL_CACHE_VERSION = 2  # 2: a sidecar .json describes the .npy (what it was computed from, its digest)
 
 Progress = Callable[[int, int, str], None]
 _log = logging.getLogger(__name__)
@@ -50,19 +51,29 @@ class EvalSettings:
     sampler: str = "ddim"
     steps: int = 50  # DDIM steps (ddpm always runs all T)
     eta: float = 0.0
-    guidance: float = 1.0  # conditional runs: 1 = plain conditional sampling
+    guidance: float = DEFAULT_GUIDANCE  # conditional runs (1 = plain conditional); as `sample` draws
     seed: int = 0
     weights: str = "ema"  # "ema" | "raw"
 
     def validate(self) -> None:
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 2:
             raise EvalError(f"n must be at least 2 images (FID needs a covariance), got {self.n!r}")
+        if self.n > MAX_IMAGES:
+            raise EvalError(f"n must be at most {MAX_IMAGES} images (FID's customary sample size), got {self.n!r}")
         if self.sampler not in SAMPLERS:
             raise EvalError(f"unknown sampler {self.sampler!r}; use one of {', '.join(SAMPLERS)}")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise EvalError(f"steps must be a positive integer, got {self.steps!r}")
         if self.weights not in ("ema", "raw"):
             raise EvalError(f"weights must be 'ema' or 'raw', got {self.weights!r}")
+
+    def as_used(self, conditional: bool) -> "EvalSettings":
+        """These settings as the draw uses them: eta 0 for a sampler that takes none, guidance
+        1 for an unconditional model. The record then says what was used, and an evaluation
+        that differs only in an ignored setting is reused, not recomputed."""
+        eta = self.eta if sampler_spec(self.sampler).uses_eta else 0.0
+        guidance = self.guidance if conditional else 1.0  # what generate uses without labels
+        return EvalSettings(**{**asdict(self), "eta": eta, "guidance": guidance})
 
 
 @dataclass
@@ -81,21 +92,21 @@ class EvalResult:
 
 def generate_images(model: nn.Module, diffusion, n: int, settings: EvalSettings, *,
                     device: torch.device | str = "cpu", amp: str = "auto", batch_size: int = 100,
-                    progress: Progress | None = None) -> torch.Tensor:
-    """n samples as uint8 (n, C, H, W) on the CPU, like the dataset's images, drawn through core.diffusion.sampling.generate (the
-    one sampling path): a conditional model draws its classes in turn, every class equally often."""
+                    progress: Progress | None = None) -> Iterator[torch.Tensor]:
+    """n samples, one batch at a time, as uint8 (B, C, H, W) on the CPU like the dataset's
+    images, drawn through core.diffusion.sampling.generate (the one sampling path): a
+    conditional model draws its classes in turn, every class equally often. A batch is
+    yielded as soon as it is drawn, so a caller that keeps only features stays bounded."""
     from core.diffusion.sampling import SampleRequest, generate
 
     request = SampleRequest(n=n, sampler=settings.sampler, steps=settings.steps, eta=settings.eta,
                             guidance=settings.guidance, seed=settings.seed, weights=settings.weights,
                             amp=amp, batch_size=batch_size)
-    out = []
     for step in generate((model, diffusion), request, device=device):
         if progress is not None:
             progress(step.batch * step.total + step.index + 1, step.batches * step.total, "sampling")
         if step.images is not None:
-            out.append(step.images.permute(0, 3, 1, 2).contiguous().cpu())
-    return torch.cat(out)
+            yield step.images.permute(0, 3, 1, 2).contiguous().cpu()
 
 
 # ---------------------------------------------------------------------------- the real side
@@ -111,10 +122,40 @@ def resolve_features(name: str, fid_weights: str | os.PathLike | None = None) ->
     return name
 
 
-def _real_cache_file(cache_dir: Path, net: FeatureNet, images: torch.Tensor) -> Path:
+def _real_cache_file(cache_dir: Path, net: FeatureNet, images: torch.Tensor) -> tuple[Path, dict]:
+    """The cache file of these images' features by this net, and the description its sidecar
+    .json must hold: the digest of the images (pixels of every file, in order), the net's
+    key and the row count. The digest of the features themselves is added when written."""
     h = hashlib.sha256(f"{REAL_CACHE_VERSION}|{net.name}|{net.key}|{tuple(images.shape)}".encode())
     h.update(images.contiguous().numpy().tobytes())
-    return cache_dir / f"realfeat-{h.hexdigest()[:24]}.npy"
+    described = {"version": REAL_CACHE_VERSION, "dataset": h.hexdigest(), "features": net.name,
+                 "feature_key": net.key, "rows": int(images.shape[0])}
+    return cache_dir / f"realfeat-{h.hexdigest()[:24]}.npy", described
+
+
+def _features_digest(feats: np.ndarray) -> str:
+    return hashlib.sha256(f"{feats.dtype}|{feats.shape}".encode() + np.ascontiguousarray(feats).tobytes()).hexdigest()
+
+
+def _load_real_cache(path: Path, described: dict) -> np.ndarray | None:
+    """The cached features when they are what the sidecar says and the sidecar describes this
+    dataset and net; None (recompute) for anything else: no sidecar, another dataset, a
+    tampered, cut, NaN or wrong-width file."""
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.with_suffix(".json").read_text())
+        feats = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        _log.warning("ignoring the real-feature cache %s: %s", path, exc)
+        return None
+    fits = (isinstance(meta, dict) and all(meta.get(k) == v for k, v in described.items())
+            and feats.ndim == 2 and feats.shape[0] == described["rows"] and feats.shape[1] == meta.get("width")
+            and feats.dtype == np.float64 and bool(np.isfinite(feats).all())
+            and meta.get("sha256") == _features_digest(feats))
+    if not fits:
+        _log.warning("ignoring the real-feature cache %s: it does not match its dataset; recomputing", path)
+    return feats if fits else None
 
 
 class Evaluator:
@@ -160,20 +201,21 @@ class Evaluator:
         self.real_count = len(data)
 
     def _real_features(self, images: torch.Tensor, progress: Progress | None) -> np.ndarray:
-        path = _real_cache_file(self.cache_dir, self.net, images) if self.cache_dir is not None else None
-        if path is not None and path.is_file():
-            try:
-                return np.load(path, allow_pickle=False)
-            except (OSError, ValueError) as exc:
-                _log.warning("ignoring the real-feature cache %s: %s", path, exc)
+        if self.cache_dir is None:
+            return self.net.embed(images, progress=progress)[0]
+        path, described = _real_cache_file(self.cache_dir, self.net, images)
+        cached = _load_real_cache(path, described)
+        if cached is not None:
+            return cached
         feats, _ = self.net.embed(images, progress=progress)
-        if path is not None:
-            from core.io.atomic import atomic_write
+        from core.io.atomic import atomic_write, atomic_write_text
 
-            try:
-                atomic_write(path, lambda fh: np.save(fh, feats, allow_pickle=False))
-            except OSError as exc:
-                _log.warning("cannot cache real features at %s: %s", path, exc)
+        meta = {**described, "width": int(feats.shape[1]), "sha256": _features_digest(feats)}
+        try:  # the features first: a sidecar never describes a file that is not there yet
+            atomic_write(path, lambda fh: np.save(fh, feats, allow_pickle=False))
+            atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=1) + "\n")
+        except OSError as exc:
+            _log.warning("cannot cache real features at %s: %s", path, exc)
         return feats
 
     def settings_record(self, settings: EvalSettings) -> dict:
@@ -183,7 +225,20 @@ class Evaluator:
               progress: Progress | None = None) -> dict[str, float]:
         """The metrics of generated images (float [-1, 1] or uint8) against the real set."""
         fake, probs = self.net.embed(samples, progress=progress)
-        real = self.real_features
+        return self.score_features(fake, probs, labels)
+
+    def score_features(self, fake: np.ndarray, probs: np.ndarray | None,
+                       labels: Sequence[int] | None = None) -> dict[str, float]:
+        """The metrics of generated images' features (and class probabilities) against the real
+        set; EvalError (one line) for features the metrics refuse (NaN, another width)."""
+        try:
+            return self._metrics(self.real_features, fake, probs, labels)
+        except ValueError as exc:
+            raise EvalError(f"cannot compute the metrics: {exc}") from None
+
+    @staticmethod
+    def _metrics(real: np.ndarray, fake: np.ndarray, probs: np.ndarray | None,
+                 labels: Sequence[int] | None) -> dict[str, float]:
         kid_mean, kid_std = metrics.kid(real, fake, subsets=KID_SUBSETS, subset_size=kid_subset_size(len(real), len(fake)))
         # k-NN manifolds over equal-sized sets (the paper's protocol), bounded memory.
         rng = np.random.default_rng(0)
@@ -206,6 +261,8 @@ class Evaluator:
         score them and, with ``run_dir``, append the result to eval.jsonl. An evaluation
         already there with the same identity and settings is returned instead."""
         settings.validate()
+        num_classes = int(getattr(model.config, "num_classes", 0) or 0)
+        settings = settings.as_used(conditional=bool(num_classes))
         identity = identity if identity is not None else {"step": int(step)}
         eid = eval_log.eval_id(identity, self.settings_record(settings))
         if run_dir is not None:
@@ -215,15 +272,13 @@ class Evaluator:
                 return _result_from_records(earlier, settings, self.features)
         t0 = time.perf_counter()
         labels = None
-        num_classes = int(getattr(model.config, "num_classes", 0) or 0)
         if num_classes:
             labels = [i % num_classes for i in range(settings.n)]  # every breed equally often
             if self.net.classes is not None and len(self.net.classes) != num_classes:
                 raise EvalError(f"the model knows {num_classes} classes but the dataset has {len(self.net.classes)}")
-        device = _model_device(model)
-        samples = generate_images(model, diffusion, settings.n, settings, device=device, amp=amp,
-                                  batch_size=batch_size, progress=progress)
-        values = self.score(samples, labels if self.net.classes is not None else None, progress)
+        fake, probs = self._embed_samples(model, diffusion, settings, amp=amp, batch_size=batch_size,
+                                          progress=progress)
+        values = self.score_features(fake, probs, labels if self.net.classes is not None else None)
         seconds = time.perf_counter() - t0
         records = _records(values, step=step, settings=settings, features=self.features, eid=eid,
                            identity=identity, extra={"feature_key": self.net.key, "seconds": round(seconds, 3),
@@ -234,6 +289,18 @@ class Evaluator:
             except eval_log.EvalLogError as exc:
                 raise EvalError(str(exc)) from None
         return EvalResult(values, int(step), self.features, settings, seconds, False, records)
+
+    def _embed_samples(self, model: nn.Module, diffusion, settings: EvalSettings, *, amp: str, batch_size: int,
+                       progress: Progress | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Draw ``settings.n`` images and keep only their features: one batch of images in memory."""
+        feats, probs = [], []
+        for batch in generate_images(model, diffusion, settings.n, settings, device=_model_device(model), amp=amp,
+                                     batch_size=batch_size, progress=progress):
+            f, p = self.net.embed(batch, batch_size=batch_size)
+            feats.append(f)
+            if p is not None:
+                probs.append(p)
+        return np.concatenate(feats), (np.concatenate(probs) if probs else None)
 
 
 def _check_log(run_dir: str | os.PathLike) -> None:

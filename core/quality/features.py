@@ -135,7 +135,8 @@ def load_inception(path: str | os.PathLike | None = None, device: torch.device |
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated file, HTML saved as .pth, a pickle with code
-        raise FeatureError(f"{path}: not a readable weights file ({type(exc).__name__}: {str(exc)[:120]})") from None
+        # torch's own message runs to many lines (and is cut anywhere): the one line that matters.
+        raise FeatureError(f"{path}: not a PyTorch weights file") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     # transform_input: the ImageNet weights expect ImageNet normalisation, which torchvision

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict
 
-from core.diffusion.registry import (AMP_MODES, DEFAULT_SAMPLER, MAX_SEED, SAMPLER_SPECS, sampler_help,
-                                     sampler_spec, steps_help)
+from core.diffusion.registry import (AMP_MODES, DEFAULT_GUIDANCE, DEFAULT_SAMPLER, MAX_IMAGES, MAX_SEED,
+                                     SAMPLER_SPECS, sampler_help, sampler_spec, steps_help)
 from core.io.safe_text import shown
 from ddpm_tui.commands._common import CLIError, add_command, bounded
 
 _positive_int = bounded(int, low=1)
 _eta = bounded(float, low=0.0, high=1.0)
 _guidance = bounded(float, low=0.0, high=100.0)
+CPU_NOTICE_WORK = 10_000  # images x steps above which a CPU evaluation takes minutes: say so first
 
 LABELS = {"fid": "FID", "kid": "KID", "precision": "precision", "recall": "recall",
           "class_accuracy": "class accuracy", "class_entropy": "class entropy (nats)"}
@@ -33,12 +35,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Appends to the run's eval.jsonl; an identical earlier evaluation is reused.",
     )
     p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="a run name in the workspace or a checkpoint .pt path")
-    p.add_argument("--n", type=int, default=1000, help="number of generated images (default: 1000)")
+    p.add_argument("--n", type=int, default=1000,
+                   help=f"number of generated images, 2..{MAX_IMAGES} (default: 1000; on a CPU ~20 min for "
+                   "a small model: --n 200 is quicker and noisier)")
     p.add_argument("--sampler", choices=list(SAMPLER_SPECS), default=DEFAULT_SAMPLER, help=sampler_help())
     p.add_argument("--steps", type=_positive_int, default=50, help=f"{steps_help()} (default: 50)")
     p.add_argument("--eta", type=_eta, default=0.0, help="DDIM eta (default: 0)")
-    p.add_argument("--guidance", type=_guidance, default=1.0,
-                   help="classifier-free guidance for conditional runs (default: 1 = plain conditional)")
+    p.add_argument("--guidance", type=_guidance, default=None,
+                   help=f"classifier-free guidance for conditional runs, as `sample` (default: {DEFAULT_GUIDANCE:g}; "
+                   "1 = plain conditional)")
     p.add_argument("--seed", type=bounded(int, low=0, high=MAX_SEED), default=0, help="sampling seed (default: 0, so evaluations compare)")
     p.add_argument("--raw", action="store_true", help="judge the trained weights instead of the EMA weights")
     p.add_argument("--features", choices=("auto", "inception", "dataset"), default="auto",
@@ -61,12 +66,14 @@ def _progress_bar():
 
 def run(args: argparse.Namespace, workspace) -> int:
     from core.diffusion.device import resolve_device
+    from core.diffusion.sampling import ignored_settings
     from core.training import runs
     from core.quality.evaluate import EvalError, EvalSettings, evaluate_checkpoint
     from ddpm_tui.commands.sample import resolve_source
 
+    guidance = args.guidance if args.guidance is not None else DEFAULT_GUIDANCE
     settings = EvalSettings(n=args.n, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                            guidance=args.guidance, seed=args.seed, weights="raw" if args.raw else "ema")
+                            guidance=guidance, seed=args.seed, weights="raw" if args.raw else "ema")
     try:
         settings.validate()
     except EvalError as exc:
@@ -76,6 +83,7 @@ def run(args: argparse.Namespace, workspace) -> int:
         device = resolve_device(args.device)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    _notice_before(args, device)
     kwargs = dict(run_dir=run_dir, run_config=runs.read_config(run_dir) if run_dir is not None else None,
                   settings=settings, data_dir=args.data, features=args.features,
                   fid_weights=args.fid_weights, cache_dir=workspace.cache_dir, device=device,
@@ -94,13 +102,20 @@ def run(args: argparse.Namespace, workspace) -> int:
     except EvalError as exc:
         raise CLIError(str(exc)) from None
 
+    if args.guidance is not None and result.settings.guidance != settings.guidance:
+        _notes(ignored_settings(settings.sampler, conditional=False, guidance=args.guidance))
+    _print_result(args, result, settings, ckpt_path, run_dir)
+    return 0
+
+
+def _print_result(args: argparse.Namespace, result, settings, ckpt_path, run_dir) -> None:
     values = result.values
     if args.json:
         print(json.dumps({"checkpoint": str(ckpt_path), "step": result.step, "features": result.features,
                           "reused": result.reused, "seconds": round(result.seconds, 3),
                           "settings": asdict(result.settings),
                           **values}, indent=2))
-        return 0
+        return
     where = f"run {shown(run_dir.name)}" if run_dir is not None else shown(str(ckpt_path))
     head = (f"{where}, step {result.step}, {settings.n} images, {settings.sampler}"
             f"{settings.steps if sampler_spec(settings.sampler).uses_steps else ''}, {result.settings.weights} weights, "
@@ -113,6 +128,24 @@ def run(args: argparse.Namespace, workspace) -> int:
         if metric == "kid":
             text += f" ± {values.get('kid_std', 0.0):.2g}"
         print(f"  {label:<22}{text}")
+    if result.features == "dataset":
+        print("  (dataset features: this FID is on the dataset net's own scale; compare it only with other "
+              "dataset-feature FIDs of this dataset, never with published Inception FIDs)")
     if run_dir is not None and not result.reused:
         print(f"appended to {run_dir / 'eval.jsonl'}")
-    return 0
+
+
+def _notes(lines: list[str]) -> None:
+    for line in lines:
+        print(f"note: {line}", file=sys.stderr)
+
+
+def _notice_before(args: argparse.Namespace, device) -> None:
+    """Before minutes of work, one line each: settings this sampler ignores, and how long a CPU takes."""
+    from core.diffusion.sampling import ignored_settings
+
+    _notes(ignored_settings(args.sampler, conditional=True, eta=args.eta))
+    steps = args.steps if sampler_spec(args.sampler).uses_steps else 1000
+    if str(getattr(device, "type", device)) == "cpu" and args.n * steps > CPU_NOTICE_WORK:
+        _notes([f"{args.n} images x {steps} steps on the CPU can take tens of minutes (1000 x 50 took ~20 min "
+                "for a tiny model); the bar shows the time left, and --n 200 gives a quicker, noisier figure"])

@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import re
 import secrets
+import sys
 from pathlib import Path
 
-from core.diffusion.registry import AMP_MODES, DEFAULT_SAMPLER, MAX_SEED, SAMPLER_SPECS, sampler_help, steps_help
+from core.diffusion.registry import (AMP_MODES, DEFAULT_GUIDANCE, DEFAULT_SAMPLER, MAX_IMAGES, MAX_SEED, SAMPLER_SPECS,
+                                     sampler_help, steps_help)
 from ddpm_tui.commands._common import CLIError, add_command, bounded
 
 
@@ -40,13 +42,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", choices=list(SAMPLER_SPECS), default=DEFAULT_SAMPLER, help=sampler_help())
     p.add_argument("--steps", type=_positive_int, default=50, help=f"{steps_help()} (default: 50)")
     p.add_argument("--eta", type=_eta, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like (default: 0)")
-    p.add_argument("--n", type=_positive_int, default=16, help="number of images (default: 16)")
+    p.add_argument("--n", type=bounded(int, low=1, high=MAX_IMAGES), default=16,
+                   help=f"number of images, at most {MAX_IMAGES} (default: 16)")
     p.add_argument("--batch-size", type=_positive_int, default=32,
                    help="images drawn at a time; any --n runs in this much memory (default: 32)")
     p.add_argument("--seed", type=_seed, default=None, help="random seed (default: a new one, printed)")
     p.add_argument("--breed", metavar="NAME", help="draw this breed (class-conditional runs)")
-    p.add_argument("--guidance", type=_guidance, default=3.0,
-                   help="classifier-free guidance scale for conditional runs (default: 3; 1 = plain conditional)")
+    p.add_argument("--guidance", type=_guidance, default=None,
+                   help=f"classifier-free guidance scale for conditional runs (default: {DEFAULT_GUIDANCE:g}; "
+                   "1 = plain conditional)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
     p.add_argument("--amp", choices=AMP_MODES, default="auto",
                    help="autocast: bf16 where the device does it fast (default: auto)")
@@ -153,8 +157,9 @@ def _request(args: argparse.Namespace, loaded, ckpt_path: Path):
 
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     try:
+        guidance = args.guidance if args.guidance is not None else DEFAULT_GUIDANCE
         request = SampleRequest(n=args.n, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                                guidance=args.guidance, breed=args.breed, seed=seed,
+                                guidance=guidance, breed=args.breed, seed=seed,
                                 weights="raw" if args.raw else "ema", amp=args.amp, batch_size=args.batch_size)
         return request, resolve_labels(request, loaded.model.config.num_classes, loaded.classes)
     except ValueError as exc:
@@ -175,25 +180,26 @@ def _grid_path(args: argparse.Namespace, request, labels, loaded, ckpt_path: Pat
     else:
         breed_tag = "_breeds" if labels is not None else ""
     folder = runs.samples_dir(run_dir) if run_dir is not None else ckpt_path.parent
-    g = f"_g{args.guidance:g}" if labels is not None and args.guidance != 1.0 else ""
+    g = f"_g{request.guidance:g}" if labels is not None and request.guidance != 1.0 else ""
     tag = sampler_tag(request, loaded.diffusion.T)
     return folder / f"sample_step{loaded.step:07d}_{loaded.weights}_{tag}{breed_tag}{g}_seed{request.seed}.png"
 
 
 def _draw(args: argparse.Namespace, loaded, request, device, out: Path, individual: list[Path]) -> list[Path]:
-    """Generate with a progress bar; write the grid (and each image as drawn); the paths written."""
+    """Generate with a progress bar; write the grid and each image (as drawn: one batch in
+    memory) to temp names, published together once all are written; the paths written."""
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
     from core.diffusion.sampling import generate
-    from core.io.grid import save_uint8_grid
+    from core.io.atomic import StagedFiles
+    from core.io.grid import grid_writer
 
     grid_parts: list[torch.Tensor] = []
     kept = 0
-    written: list[Path] = []
     bar = Progress("[bold]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TimeRemainingColumn(), disable=args.quiet)
-    with bar:
+    with bar, StagedFiles() as files:
         task = bar.add_task("denoising", total=None)
         for step in generate(loaded, request, device=device):
             bar.update(task, total=step.total * step.batches, completed=step.batch * step.total + step.index + 1)
@@ -202,13 +208,29 @@ def _draw(args: argparse.Namespace, loaded, request, device, out: Path, individu
             if kept < GRID_LIMIT:
                 grid_parts.append(step.images[: GRID_LIMIT - kept])
                 kept += len(grid_parts[-1])
-            for i, image in enumerate(step.images if individual else ()):  # as drawn: one batch in memory
-                written.append(save_uint8_grid(image[None], individual[step.first + i], padding=0))
-    return [save_uint8_grid(torch.cat(grid_parts), out, nrow=args.nrow), *written]
+            for i, image in enumerate(step.images if individual else ()):
+                _stage(files, individual[step.first + i], grid_writer(image[None], out, padding=0))
+        _stage(files, out, grid_writer(torch.cat(grid_parts), out, nrow=args.nrow))
+        published = files.publish()
+    return [published[-1], *published[:-1]]  # the grid first, as before
+
+
+class _WriteError(Exception):
+    """A file of the set could not be written; nothing of the set was left behind."""
+
+    def __init__(self, path: Path, exc: OSError) -> None:
+        super().__init__(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def _stage(files, path: Path, write) -> None:
+    try:
+        files.stage(path, write)
+    except OSError as exc:
+        raise _WriteError(path, exc) from None
 
 
 def run(args: argparse.Namespace, workspace) -> int:
-    from core.diffusion.sampling import SamplingError, sampler_tag
+    from core.diffusion.sampling import SamplingError, ignored_settings, sampler_tag
 
     ckpt_path, run_dir, device, loaded = _load(args, workspace)
     request, labels = _request(args, loaded, ckpt_path)
@@ -217,8 +239,10 @@ def run(args: argparse.Namespace, workspace) -> int:
     for path in [out, *individual]:
         check_output(path, force=args.force, workspace=workspace, checkpoint=ckpt_path)
 
+    for note in ignored_settings(args.sampler, labels is not None, eta=args.eta, guidance=args.guidance):
+        print(f"note: {note}", file=sys.stderr)
     if not args.quiet:
-        guidance = args.guidance if labels is not None else 1.0
+        guidance = request.guidance if labels is not None else 1.0
         print(f"sampling {args.n} image(s) from {ckpt_path} (step {loaded.step}, {loaded.weights_note} weights), "
               f"{sampler_tag(request, loaded.diffusion.T)}, seed {request.seed}"
               + (f", guidance {guidance:g}" if labels is not None else ""))
@@ -226,6 +250,9 @@ def run(args: argparse.Namespace, workspace) -> int:
         paths = _draw(args, loaded, request, device, out, individual)
     except (SamplingError, ValueError) as exc:
         raise CLIError(f"{ckpt_path}: {exc}") from None
+    except _WriteError as exc:
+        what = f"the grid and {args.n} images" if individual else "the grid"
+        raise CLIError(f"{exc}; nothing written ({what} are written all together or not at all)") from None
     except OSError as exc:
         raise CLIError(f"cannot write {exc.filename or out}: {exc.strerror or exc}") from None
     if args.n > GRID_LIMIT and not args.quiet:

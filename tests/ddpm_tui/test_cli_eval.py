@@ -70,3 +70,49 @@ def test_eval_bad_input_is_one_line(workspace, run, capsys, tmp_path):
     write_config(run, {**read_config(run), "data": str(tmp_path / "gone")})
     assert _eval(workspace, "tiny-run", "--n", "4", "--features", "dataset") == 2
     _one_line_error(capsys, "gone", "--data")
+
+
+def test_eval_refuses_a_huge_n_before_any_work(workspace, run, capsys, monkeypatch):
+    import core.quality.evaluate as evaluate
+
+    monkeypatch.setattr(evaluate, "evaluate_checkpoint", lambda *a, **k: pytest.fail("must not start"))
+    assert _eval(workspace, "tiny-run", "--n", "1000000000000") == 2
+    _one_line_error(capsys, "--n", "at most 50000")
+
+
+def test_garbage_fid_weights_is_one_plain_line(workspace, run, capsys, tmp_path):
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"\x80\x02garbage that is not a zip nor a pickle" * 50)
+    assert _eval(workspace, "tiny-run", "--n", "4", "--features", "inception", "--fid-weights", str(garbage)) == 2
+    err = capsys.readouterr().err
+    assert err == f"ddpm-tui: error: {garbage}: not a PyTorch weights file\n", err
+
+
+def test_eval_says_what_it_ignores_how_long_and_on_which_scale(workspace, run, capsys, one_thread):
+    assert _eval(workspace, "tiny-run", "--n", "10", "--steps", "2", "--features", "dataset", "--device", "cpu",
+                 "--sampler", "dpmpp2m", "--eta", "0.5", "--guidance", "4") == 0
+    captured = capsys.readouterr()
+    notes = [line for line in captured.err.splitlines() if line.startswith("note: ")]
+    assert any("eta 0.5 is ignored" in n for n in notes) and any("guidance 4 is ignored" in n for n in notes)
+    assert "own scale" in captured.out
+    # the default n on a CPU: a notice before the work (the work itself is not wanted here)
+    import core.quality.evaluate as evaluate
+
+    def stop(*a, **k):
+        raise evaluate.EvalError("stopped by the test")
+
+    evaluate_checkpoint = evaluate.evaluate_checkpoint
+    evaluate.evaluate_checkpoint = stop
+    try:
+        assert _eval(workspace, "tiny-run", "--device", "cpu") == 2
+    finally:
+        evaluate.evaluate_checkpoint = evaluate_checkpoint
+    assert "on the CPU can take tens of minutes" in capsys.readouterr().err
+
+
+def test_eval_and_sample_share_one_guidance_default():
+    from core.diffusion.registry import DEFAULT_GUIDANCE
+    from core.diffusion.sampling import SampleRequest
+    from core.quality.evaluate import EvalSettings
+
+    assert EvalSettings().guidance == SampleRequest().guidance == DEFAULT_GUIDANCE

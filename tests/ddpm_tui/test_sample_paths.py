@@ -146,3 +146,27 @@ def test_any_n_runs_in_batches(workspace, capsys, tmp_path):
                "--quiet", "--individual", "--out", str(tmp_path / "three.png")) == 0
     for i in range(3):
         assert (tmp_path / f"many_{i:03d}.png").read_bytes() == (tmp_path / f"three_{i:03d}.png").read_bytes()
+
+
+def test_individual_on_a_full_disk_leaves_nothing_behind(workspace, capsys, small_disk):
+    make_checkpoint_run(workspace, "tiny-run", image_size=16, T=10)
+    disk = small_disk("64k")
+    theirs = disk / "theirs_000.png"  # a user's file with a name of the set: never touched
+    theirs.write_bytes(b"precious")
+    before = sorted(p.name for p in disk.iterdir())
+    assert cli(workspace, "sample", "tiny-run", "--n", "40", "--steps", "1", "--seed", "0", "--quiet",
+               "--individual", "--force", "--out", str(disk / "theirs.png")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left" in err and "nothing written" in err, err
+    assert sorted(p.name for p in disk.iterdir()) == before and theirs.read_bytes() == b"precious"
+
+
+def test_sample_notes_what_it_ignores_and_bounds_n(workspace, capsys):
+    make_checkpoint_run(workspace, "tiny-run", image_size=16, T=10)
+    assert cli(workspace, "sample", "tiny-run", "--n", "2", "--steps", "2", "--quiet", "--sampler", "dpmpp2m",
+               "--eta", "0.3", "--guidance", "5") == 0
+    err = capsys.readouterr().err
+    assert "note: eta 0.3 is ignored" in err and "note: guidance 5 is ignored" in err
+    with pytest.raises(SystemExit):
+        cli(workspace, "sample", "tiny-run", "--n", "1000000000000")
+    assert "must be in [1, 50000]" in capsys.readouterr().err

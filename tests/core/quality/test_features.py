@@ -122,7 +122,7 @@ def test_inception_missing_or_bad_weights_give_one_line(tmp_path):
 
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"<html>not weights</html>")
-    with pytest.raises(features.FeatureError, match="not a readable weights file"):
+    with pytest.raises(features.FeatureError, match=r"junk\.pth: not a PyTorch weights file$"):
         features.load_inception(junk)
     wrong = tmp_path / "wrong.pth"
     torch.save({"conv.weight": torch.zeros(3)}, wrong)
