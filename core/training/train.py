@@ -37,7 +37,7 @@ from core.training.build import (
     Parts, TrainState, build_parts, compile_network, derive_seed, epoch_order, lr_at, params_finite, synchronize,
     weights_digest,
 )
-from core.training.config import LOGGER_NAME, TrainConfig, TrainError
+from core.training.config import LOGGER_NAME, REPORTED_BY_CALLER, TrainConfig, TrainError
 from core.training.distributed import Dist, first_line, is_peer_gone, pick_rank_device
 from core.training.events import (
     BAD_FILES, COMPILED, COMPILING, FAILED, FINISHED, RUNNING, STEP, STOPPED, WROTE, RunStatus,
@@ -126,6 +126,7 @@ class Trainer:
         self.classes: list[str] = []
         self._resume_from: dict | None = None
         self.lock: runs.RunLock | None = None
+        self.started = False  # the loop began: a TrainError from now on fails the run
         self.session_start = time.monotonic()
         self.total_steps = 0
         self.rate: float | None = None  # steps/s, smoothed, for the ETA
@@ -140,6 +141,7 @@ class Trainer:
         world = self.world
         error = None
         ckpt = None
+        refused = False
         if world.is_main:  # rank 0 checks and shares the verdict: every rank fails or starts together
             try:
                 ckpt = preflight(self.config, self.run_dir)
@@ -162,9 +164,11 @@ class Trainer:
                                             f"the last checkpoint (step {max(self.saver.last_saved_step, 0)}) is kept")
             raise
         except TrainError as exc:
+            refused = not self.started
             if world.is_main:
-                self.log.error("%s", exc)
-                self.records.final_status(state=FAILED, message=str(exc))
+                self.log.error("%s", exc, extra={REPORTED_BY_CALLER: True})
+                if not refused:
+                    self.records.final_status(state=FAILED, message=str(exc))
             raise
         except BaseException as exc:
             return self._crashed(exc)
@@ -173,7 +177,9 @@ class Trainer:
             if world.is_main:
                 runs.close_run_logger(self.log)
             if self.lock is not None:
-                self.lock.release()
+                # A start refused before the loop (a resume whose --data cannot be read...)
+                # leaves the run as it was: a finished run stays finished.
+                self.lock.give_up() if refused else self.lock.release()
 
     def _crashed(self, exc: BaseException) -> RunStatus:
         world = self.world
@@ -274,6 +280,7 @@ class Trainer:
         self.session_start = time.monotonic()
         window = self.window = Window(time.monotonic(), self.device)
         stop_reason: str | None = None
+        self.started = True
         self.records.status(state=RUNNING, message="training", step=s.step, epoch=s.epoch,
                     total_steps=self.total_steps, epochs=config.epochs, force=True)
         parts.model.train()
