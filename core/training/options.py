@@ -299,7 +299,7 @@ def resolve(given: dict[str, Any], base: dict[str, Any] | None = None) -> dict[s
     changes = [f"{name} {BY_NAME[name].show(base.get(name))} -> {BY_NAME[name].show(value)}"
                for name, value in recipe_defaults(after).items()
                if name in RECIPES.get(before, {}).keys() | RECIPES.get(after, {}).keys()
-               and name not in given and value != base.get(name)]
+               and name not in given and value != base.get(name)] if after != before else []
     if changes:
         raise RecipeChange(f"started with recipe {before}; recipe {after} would change "
                            f"{', '.join(changes)}, but a recipe applies only when a run starts: start a "

@@ -40,7 +40,7 @@ from core.training.build import (
 from core.training.config import LOGGER_NAME, REPORTED_BY_CALLER, TrainConfig, TrainError
 from core.training.distributed import Dist, first_line, is_peer_gone, pick_rank_device
 from core.training.events import (
-    BAD_FILES, COMPILED, COMPILING, FAILED, FINISHED, RUNNING, STEP, STOPPED, WROTE, RunStatus,
+    BAD_FILES, COMPILED, COMPILING, FAILED, FINISHED, RUNNING, STEP, STOPPED, WROTE, RunStatus, eta_seconds,
 )
 from core.training.preflight import (
     check_resume, claim, crash_message, load_dataset, pinned_classes, preflight, rank_checkpoint, signals_to,
@@ -130,6 +130,7 @@ class Trainer:
         self.session_start = time.monotonic()
         self.total_steps = 0
         self.rate: float | None = None  # steps/s, smoothed, for the ETA
+        self.session_windows = 0  # metrics lines written by this session
         self.window: Window | None = None
         self.epoch_len = 1
         self.bad_in_row = 0
@@ -281,8 +282,9 @@ class Trainer:
         window = self.window = Window(time.monotonic(), self.device)
         stop_reason: str | None = None
         self.started = True
+        ends_at = time.time() + config.max_time if config.max_time > 0 else None
         self.records.status(state=RUNNING, message="training", step=s.step, epoch=s.epoch,
-                    total_steps=self.total_steps, epochs=config.epochs, force=True)
+                    total_steps=self.total_steps, epochs=config.epochs, time_budget_ends_at=ends_at, force=True)
         parts.model.train()
         while s.epoch < config.epochs and stop_reason is None:
             order = epoch_order(len(parts.dataset), config.seed, s.epoch, world.rank, world.world_size)
@@ -429,13 +431,15 @@ class Trainer:
         steps_per_s, images_per_s = window.rates(now)
         if window.untimed_steps < window.steps_total:  # a window of compiling only says nothing of the speed
             self.rate = steps_per_s if self.rate is None else 0.7 * self.rate + 0.3 * steps_per_s
-        eta = (self.total_steps - s.step) / self.rate if self.rate else None
+        time_left = config.max_time - (now - self.session_start) if config.max_time > 0 else None
+        eta = eta_seconds(self.total_steps - s.step, self.rate, time_left)
+        self.session_windows += 1
         record = {
             "step": s.step, "epoch": s.epoch + s.pos / epoch_len,
             "lr": parts.optimizer.param_groups[0]["lr"],
             "images_per_s": round(images_per_s, 2),
             "elapsed_s": round(s.train_seconds + now - self.session_start, 2),
-            "device_mem_mb": memory_mb(self.device), "skipped": bad,
+            "device_mem_mb": memory_mb(self.device), "skipped": bad, "session_window": self.session_windows,
         }
         if steps:  # a window of skipped (NaN) steps has no loss to plot
             record["loss"] = loss_sum / self.world.world_size / steps

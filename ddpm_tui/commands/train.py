@@ -258,9 +258,12 @@ class _Display:
             epoch = event.get("epoch") or 0.0
             loss_text = f"{loss:.4f}" if isinstance(loss, float) else "skipped (NaN)"
             info = f"epoch {epoch:.2f}/{event.get('epochs')}  loss {loss_text}  "
-            info += f"{event.get('images_per_s', 0):.1f} img/s{self.last_fid}"
-            eta = event.get("eta_s")
-            eta_text = f"ETA {_fmt_eta(eta)}" if isinstance(eta, (int, float)) else ""
+            # A session's first windows (after a resume too) say little of the speed yet.
+            window = event.get("session_window", events.SETTLING_WINDOWS)
+            settling = " (settling)" if window < events.SETTLING_WINDOWS else ""
+            info += f"{event.get('images_per_s', 0):.1f} img/s{settling}{self.last_fid}"
+            eta = event.get("eta_s")  # the trainer's: the earlier of the step limit and --max-time
+            eta_text = f"ETA {_fmt_eta(eta)}{settling}" if isinstance(eta, (int, float)) else ""
             self.progress.update(self.task, completed=event["step"], total=event.get("total_steps"),
                                  info=info, eta=eta_text, description=f"train {self.run_name}")
         elif kind in (events.SAVING, events.SAMPLING, events.EVALUATING) and self.task is not None:
