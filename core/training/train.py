@@ -178,9 +178,7 @@ class Trainer:
             if world.is_main:
                 runs.close_run_logger(self.log)
             if self.lock is not None:
-                # A start refused before the loop (a resume whose --data cannot be read...)
-                # leaves the run as it was: a finished run stays finished.
-                self.lock.give_up() if refused else self.lock.release()
+                self.lock.give_up() if refused else self.lock.release()  # refused: the run as it was
 
     def _crashed(self, exc: BaseException) -> RunStatus:
         world = self.world
@@ -431,8 +429,8 @@ class Trainer:
         steps_per_s, images_per_s = window.rates(now)
         if window.untimed_steps < window.steps_total:  # a window of compiling only says nothing of the speed
             self.rate = steps_per_s if self.rate is None else 0.7 * self.rate + 0.3 * steps_per_s
-        time_left = config.max_time - (now - self.session_start) if config.max_time > 0 else None
-        eta = eta_seconds(self.total_steps - s.step, self.rate, time_left)
+        eta = eta_seconds(self.total_steps - s.step, self.rate,  # --max-time counts per session
+                          config.max_time - (now - self.session_start) if config.max_time > 0 else None)
         self.session_windows += 1
         record = {
             "step": s.step, "epoch": s.epoch + s.pos / epoch_len,
