@@ -20,6 +20,16 @@ class TrainError(Exception):
     """A problem the user can fix (bad option, missing dataset, run mismatch); one line."""
 
 
+# train() raises a TrainError for its caller to report, and also logs it into train.log; that
+# record carries this attribute so the caller's console handler can leave it out (said once).
+REPORTED_BY_CALLER = "reported_by_caller"
+
+
+def not_reported_by_caller(record) -> bool:
+    """A logging filter for a console handler of train()'s caller (see REPORTED_BY_CALLER)."""
+    return not getattr(record, REPORTED_BY_CALLER, False)
+
+
 class TrainConfig(options.TrainOptions):
     """Every trainer option (declared in core/training/options.py), plus what needs torch to check."""
 

@@ -40,11 +40,31 @@ class RunStatus(TypedDict, total=False):
     last_loss: float | None
     images_per_s: float
     eta_s: float | None
+    time_budget_ends_at: float | None  # Unix seconds when --max-time stops this session (None: no limit)
     bad_files: int
     compile_s: float
     last_checkpoint_step: int
     nonfinite_skipped: int
     weights_digests: list[str]  # several ranks: each one's sha256 of the final weights (returned, not written)
+
+
+# ---------------------------------------------------------------------------- speed and ETA
+
+# A session's first metrics lines: the speed they show (and the ETA from it) is still settling
+# (warm-up, caches), and after a resume the windows from before the stop say nothing of it.
+SETTLING_WINDOWS = 5
+
+
+def eta_seconds(steps_left: float | None, steps_per_s: float | None, time_left_s: float | None) -> float | None:
+    """Seconds until training stops: the earlier of the step/epoch limit at this speed and the
+    time budget left (--max-time, per session). None when neither is known. The trainer's
+    progress (the CLI) and the studio's Train screen both compute it here."""
+    candidates = []
+    if steps_left is not None and steps_per_s and steps_per_s > 0:
+        candidates.append(max(0.0, steps_left) / steps_per_s)
+    if time_left_s is not None:
+        candidates.append(max(0.0, time_left_s))
+    return min(candidates) if candidates else None
 
 
 # ---------------------------------------------------------------------------- progress events
@@ -102,6 +122,7 @@ class StepEvent(TypedDict):
     elapsed_s: float
     device_mem_mb: float | None
     skipped: int  # NaN/inf steps in this window
+    session_window: int  # 1 for the first line of a session (a start or a resume), 2, 3, ... after it
     loss: NotRequired[float]  # absent when every step of the window was skipped
     total_steps: int
     eta_s: float | None

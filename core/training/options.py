@@ -256,6 +256,26 @@ CONFIG_META_KEYS = ("model", "diffusion", "classes", "created_at", "num_images",
 # recipe's, so a config.json older than an option reads as the original's training.
 NEW_RUN_RECIPE = "fast"
 
+# What a new run starts from without a CUDA GPU (the studio's form; the CLI without --preset): the
+# original's 93M network at 64 px takes hours an epoch there, so a network whose samples show
+# something within minutes, stopped (resumable) after half an hour. res-small is the network
+# `python -m bench.quality` measured for the fast recipe on a CPU.
+CPU_NEW_RUN: dict[str, Any] = {"preset": "res-small", "image_size": PRESET_IMAGE_SIZE["res-small"],
+                               "max_time": 1800.0}
+
+
+def new_run_defaults(gpu: bool) -> dict[str, Any]:
+    """A new run's starting values: the new-run recipe (the original's network) on a CUDA GPU,
+    CPU_NEW_RUN on top of it otherwise."""
+    values = recipe_defaults(NEW_RUN_RECIPE)
+    return values if gpu else {**values, **CPU_NEW_RUN}
+
+
+def cpu_start_text() -> str:
+    """CPU_NEW_RUN in words, for --help and the CLI's notice."""
+    return ", ".join(f"{name} {BY_NAME[name].show(value)}{' s' if BY_NAME[name].duration else ''}"
+                     for name, value in CPU_NEW_RUN.items())
+
 
 def recipe_defaults(recipe: str) -> dict[str, Any]:
     """Every option's value under ``recipe`` (declared defaults, then the recipe's)."""
@@ -265,15 +285,26 @@ def recipe_defaults(recipe: str) -> dict[str, Any]:
     return {**{o.name: o.default for o in OPTIONS}, **RECIPES[recipe], "recipe": recipe}
 
 
+class RecipeChange(ValueError):
+    """Another recipe named for an existing run: a recipe's values are resolved when a run starts."""
+
+
 def resolve(given: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Option values: ``base`` (a saved run's; default the recipe's), a recipe named in
-    ``given`` re-applied under it, then ``given`` itself. Explicit values always win."""
-    values = dict(base) if base is not None else recipe_defaults(given.get("recipe", NEW_RUN_RECIPE))
-    recipe = current_name(given.get("recipe"))
-    if base is not None and "recipe" in given and recipe != current_name(base.get("recipe")):
-        values.update(RECIPES.get(recipe, {}))
-    values.update(given)
-    return values
+    """Option values: ``base`` (a saved run's; default the recipe's), then ``given``. Explicit
+    values always win. A recipe other than ``base``'s is RecipeChange, naming what it would change."""
+    if base is None:
+        return {**recipe_defaults(given.get("recipe", NEW_RUN_RECIPE)), **given}
+    before = current_name(base.get("recipe", BY_NAME["recipe"].default))
+    after = current_name(given.get("recipe", before))
+    changes = [f"{name} {BY_NAME[name].show(base.get(name))} -> {BY_NAME[name].show(value)}"
+               for name, value in recipe_defaults(after).items()
+               if name in RECIPES.get(before, {}).keys() | RECIPES.get(after, {}).keys()
+               and name not in given and value != base.get(name)] if after != before else []
+    if changes:
+        raise RecipeChange(f"started with recipe {before}; recipe {after} would change "
+                           f"{', '.join(changes)}, but a recipe applies only when a run starts: start a "
+                           "new --run, or give those options themselves")
+    return {**base, **given}
 
 
 # -- the dataclass ---------------------------------------------------------------------------
@@ -361,6 +392,9 @@ def help_text(option: Option) -> str:
         return option.help  # the help says what the default is
     if option.name == "recipe":
         return f"{option.help} (default for a new run: {NEW_RUN_RECIPE})"
+    if option.name in CPU_NEW_RUN:
+        return (f"{option.help} (default: {option.show(option.default)} with a CUDA GPU; without one, a new run "
+                f"given no --preset starts from {cpu_start_text()})")
     per_recipe = {name: values.get(option.name, option.default) for name, values in RECIPES.items()}
     if len({repr(v) for v in per_recipe.values()}) == 1:
         return f"{option.help} (default: {option.show(option.default)})"

@@ -59,6 +59,10 @@ def claim(run_dir: Path, ckpt: dict | None, world: Dist, reporter: Reporter, log
     except runs.RunBusy as exc:
         raise TrainError(str(exc)) from None
     except OSError as exc:
+        if exc.errno == errno.ENOLCK:  # NFS without a lock daemon, some FUSE and SMB mounts
+            raise TrainError(f"the file system of {run_dir.parent} does not support file locks "
+                             f"({exc.strerror or exc}), which keep two trainers off one run; put the "
+                             "workspace on a local disk (--workspace DIR or DDPM_TUI_HOME)") from None
         raise TrainError(f"cannot write the run folder {run_dir}: {exc.strerror or exc}") from None
     try:
         runs.setup_run_logger(run_dir, name=LOGGER_NAME)
@@ -67,7 +71,8 @@ def claim(run_dir: Path, ckpt: dict | None, world: Dist, reporter: Reporter, log
                         epoch=ckpt["epoch"] if ckpt else 0, started_at=time.time(),
                         world_size=world.world_size, device=str(world.device), force=True)
     except OSError as exc:
-        lock.release()
+        runs.close_run_logger(log)
+        lock.give_up()
         raise TrainError(f"cannot write the run folder {run_dir}: {exc.strerror or exc}") from None
     return lock
 

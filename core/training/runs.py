@@ -333,9 +333,11 @@ class RunLock:
     """One trainer per run: an ``flock`` on <run>/train.lock, held for the trainer's life and
     released by the kernel when the process dies (no stale lock after a kill -9)."""
 
-    def __init__(self, fd: int, path: Path) -> None:
+    def __init__(self, fd: int, path: Path, created: bool = False) -> None:
         self.fd = fd
         self.path = path
+        self.created = created  # this claim made the run folder
+        self.status_before = read_status(path.parent)  # status.json as the lock found it
 
     @classmethod
     def claim(cls, run_dir: Path | str) -> "RunLock":
@@ -344,29 +346,60 @@ class RunLock:
         import fcntl
 
         run_dir = Path(run_dir)
+        created = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            _remove_new_run_dir(run_dir, created)
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
             raise RunBusy(f"run {run_dir.name!r} is already training (pid {holder}); stop it first") from None
-        except OSError:
+        except OSError:  # e.g. ENOLCK: a file system without locks
             os.close(fd)
+            _remove_new_run_dir(run_dir, created)
             raise
         try:  # who holds it, for the message above (the lock itself is the flock)
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         except OSError:
             pass  # a full disk: the lock still holds
-        return cls(fd, path)
+        return cls(fd, path, created)
 
     def release(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)  # closing the descriptor drops the flock
             self.fd = -1
+
+    def give_up(self) -> None:
+        """A start refused after the claim: leave the run as the claim found it (status.json
+        back as it was; a run folder this claim made removed), then release the lock."""
+        run_dir = self.path.parent
+        try:
+            if self.created:
+                _remove_new_run_dir(run_dir, True)
+            elif self.status_before is None:
+                (run_dir / STATUS_FILE).unlink(missing_ok=True)
+            else:
+                _write_run_json(run_dir / STATUS_FILE, self.status_before)
+        except OSError as exc:
+            log.warning("could not restore %s: %s", run_dir / STATUS_FILE, exc)
+        self.release()
+
+
+def _remove_new_run_dir(run_dir: Path, created: bool) -> None:
+    """Remove a run folder a refused start made (only then: it holds nothing of a run yet), so
+    no run without a status is left for `runs` to list as "unknown"."""
+    if not created:
+        return
+    import shutil
+
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _mtime(path: Path) -> float:

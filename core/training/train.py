@@ -37,10 +37,10 @@ from core.training.build import (
     Parts, TrainState, build_parts, compile_network, derive_seed, epoch_order, lr_at, params_finite, synchronize,
     weights_digest,
 )
-from core.training.config import LOGGER_NAME, TrainConfig, TrainError
+from core.training.config import LOGGER_NAME, REPORTED_BY_CALLER, TrainConfig, TrainError
 from core.training.distributed import Dist, first_line, is_peer_gone, pick_rank_device
 from core.training.events import (
-    BAD_FILES, COMPILED, COMPILING, FAILED, FINISHED, RUNNING, STEP, STOPPED, WROTE, RunStatus,
+    BAD_FILES, COMPILED, COMPILING, FAILED, FINISHED, RUNNING, STEP, STOPPED, WROTE, RunStatus, eta_seconds,
 )
 from core.training.preflight import (
     check_resume, claim, crash_message, load_dataset, pinned_classes, preflight, rank_checkpoint, signals_to,
@@ -126,9 +126,11 @@ class Trainer:
         self.classes: list[str] = []
         self._resume_from: dict | None = None
         self.lock: runs.RunLock | None = None
+        self.started = False  # the loop began: a TrainError from now on fails the run
         self.session_start = time.monotonic()
         self.total_steps = 0
         self.rate: float | None = None  # steps/s, smoothed, for the ETA
+        self.session_windows = 0  # metrics lines written by this session
         self.window: Window | None = None
         self.epoch_len = 1
         self.bad_in_row = 0
@@ -140,6 +142,7 @@ class Trainer:
         world = self.world
         error = None
         ckpt = None
+        refused = False
         if world.is_main:  # rank 0 checks and shares the verdict: every rank fails or starts together
             try:
                 ckpt = preflight(self.config, self.run_dir)
@@ -162,9 +165,11 @@ class Trainer:
                                             f"the last checkpoint (step {max(self.saver.last_saved_step, 0)}) is kept")
             raise
         except TrainError as exc:
+            refused = not self.started
             if world.is_main:
-                self.log.error("%s", exc)
-                self.records.final_status(state=FAILED, message=str(exc))
+                self.log.error("%s", exc, extra={REPORTED_BY_CALLER: True})
+                if not refused:
+                    self.records.final_status(state=FAILED, message=str(exc))
             raise
         except BaseException as exc:
             return self._crashed(exc)
@@ -173,7 +178,7 @@ class Trainer:
             if world.is_main:
                 runs.close_run_logger(self.log)
             if self.lock is not None:
-                self.lock.release()
+                self.lock.give_up() if refused else self.lock.release()  # refused: the run as it was
 
     def _crashed(self, exc: BaseException) -> RunStatus:
         world = self.world
@@ -274,8 +279,10 @@ class Trainer:
         self.session_start = time.monotonic()
         window = self.window = Window(time.monotonic(), self.device)
         stop_reason: str | None = None
+        self.started = True
+        ends_at = time.time() + config.max_time if config.max_time > 0 else None
         self.records.status(state=RUNNING, message="training", step=s.step, epoch=s.epoch,
-                    total_steps=self.total_steps, epochs=config.epochs, force=True)
+                    total_steps=self.total_steps, epochs=config.epochs, time_budget_ends_at=ends_at, force=True)
         parts.model.train()
         while s.epoch < config.epochs and stop_reason is None:
             order = epoch_order(len(parts.dataset), config.seed, s.epoch, world.rank, world.world_size)
@@ -422,13 +429,15 @@ class Trainer:
         steps_per_s, images_per_s = window.rates(now)
         if window.untimed_steps < window.steps_total:  # a window of compiling only says nothing of the speed
             self.rate = steps_per_s if self.rate is None else 0.7 * self.rate + 0.3 * steps_per_s
-        eta = (self.total_steps - s.step) / self.rate if self.rate else None
+        eta = eta_seconds(self.total_steps - s.step, self.rate,  # --max-time counts per session
+                          config.max_time - (now - self.session_start) if config.max_time > 0 else None)
+        self.session_windows += 1
         record = {
             "step": s.step, "epoch": s.epoch + s.pos / epoch_len,
             "lr": parts.optimizer.param_groups[0]["lr"],
             "images_per_s": round(images_per_s, 2),
             "elapsed_s": round(s.train_seconds + now - self.session_start, 2),
-            "device_mem_mb": memory_mb(self.device), "skipped": bad,
+            "device_mem_mb": memory_mb(self.device), "skipped": bad, "session_window": self.session_windows,
         }
         if steps:  # a window of skipped (NaN) steps has no loss to plot
             record["loss"] = loss_sum / self.world.world_size / steps

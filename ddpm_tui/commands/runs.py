@@ -29,6 +29,42 @@ def _ago(ts: float | None) -> str:
     return f"{s}s"
 
 
+COLOURS = {"running": "green", "finished": "cyan", "stopped": "yellow", "failed": "red", "died": "red"}
+# Dropped in this order where the terminal is too narrow for every column: a figure or a state
+# is never cut (a step of 1390 shown as "139" reads as another number).
+LESS_IMPORTANT = ("age", "alive", "preset", "epoch", "best FID")
+RUN_NAME_MIN = 12  # narrower than its name, the run column wraps the name (never cuts it)
+
+
+def _table(rows: list[dict[str, str]], title: str, width: int):
+    """The runs table: every column as wide as its widest cell, except the run name (wrapped)
+    and the message (wrapped, wide terminals only); less important columns left out until it fits."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    columns = list(rows[0])
+    fixed = {c: max(len(c), *(len(row[c]) for row in rows)) for c in columns if c not in ("run", "message")}
+
+    def needed(cols: list[str]) -> int:  # SIMPLE_HEAD without edge padding: 3 between columns, 1 each side
+        run = min(RUN_NAME_MIN, max(len(row["run"]) for row in rows))
+        return sum(fixed.get(c, run if c == "run" else 20) for c in cols) + 3 * (len(cols) - 1) + 2
+
+    for drop in LESS_IMPORTANT:
+        if needed(columns) <= width:
+            break
+        columns.remove(drop)
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in columns:
+        table.add_column(col, justify="right" if col in ("step", "epoch", "last loss") else "left",
+                         no_wrap=col in fixed, min_width=fixed.get(col), overflow="fold")
+    for row in rows:
+        cells = [Text(row[c], style=COLOURS.get(row[c], "white")) if c == "state" else Text(row[c])
+                 for c in columns]
+        table.add_row(*cells)
+    return table
+
+
 def run(args: argparse.Namespace, workspace) -> int:
     from core.quality.eval_log import best_fid, format_best_fid
     from core.training.runs import list_runs  # no torch needed
@@ -48,35 +84,28 @@ def run(args: argparse.Namespace, workspace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     from rich.console import Console
-    from rich import box
-    from rich.table import Table
 
     console = Console()
     if not infos:
         console.print(f"no runs in {workspace.runs_dir} (start one with `ddpm-tui train`)")
         return 0
-    colours = {"running": "green", "finished": "cyan", "stopped": "yellow", "failed": "red", "died": "red"}
     wide = console.width >= 120  # room for the message column; otherwise messages go below
-    # A light box: the full run names and states must fit in 80 columns (SSH, pipes).
-    table = Table(title=f"runs in {workspace.runs_dir}", box=box.SIMPLE_HEAD, pad_edge=False)
-    columns = ["run", "state", "preset", "step", "epoch", "last loss", "best FID", "alive", "age"] + (["message"] if wide else [])
-    for col in columns:
-        table.add_column(col, justify="right" if col in ("step", "epoch", "last loss") else "left",
-                         no_wrap=col != "message", overflow="fold")
+    rows = []
     notes = []
     for r in infos:
         alive = "-" if r.alive is None else ("yes" if r.alive else "no")
         if r.alive and r.pid and wide:
             alive = f"yes (pid {r.pid})"
-        colour = colours.get(r.state, "white")
-        row = [
-            r.name, f"[{colour}]{r.state}[/]", str(r.config.get("preset") or "-"),
-            "-" if r.step is None else str(r.step), "-" if r.epoch is None else str(r.epoch),
-            "-" if r.last_loss is None else f"{r.last_loss:.4f}", format_best_fid(best[r.name]), alive, _ago(r.updated_at),
-        ]
-        table.add_row(*row, *([r.message] if wide else []))
+        rows.append({
+            "run": r.name, "state": r.state, "preset": str(r.config.get("preset") or "-"),
+            "step": "-" if r.step is None else str(r.step), "epoch": "-" if r.epoch is None else str(r.epoch),
+            "last loss": "-" if r.last_loss is None else f"{r.last_loss:.4f}",
+            "best FID": format_best_fid(best[r.name]), "alive": alive, "age": _ago(r.updated_at),
+            **({"message": r.message} if wide else {}),
+        })
         if not wide and r.message and r.state in ("failed", "died", "stopped", "running"):
             notes.append(f"[bold]{r.name}[/]: {r.message}")
+    table = _table(rows, f"runs in {workspace.runs_dir}", console.width)
     console.print(table)
     for note in notes:
         console.print(note, markup=True, highlight=False)

@@ -61,16 +61,36 @@ def build_config(args: argparse.Namespace, workspace, run_dir: Path) -> Any:
     saved = _saved_config(run_dir)
     try:
         if saved is None:
-            values = options.resolve({"data": str(workspace.dataset_dir()), **given})
+            values = options.resolve({"data": str(workspace.dataset_dir()), **_cpu_start(given, args.quiet), **given})
         else:
             values = options.resolve(given, base=TrainConfig.from_dict(saved).to_dict())
         config = TrainConfig.from_dict(values)
+        config.check_options()  # a hand-edited config.json ("data": null) is named, not a traceback
+    except options.RecipeChange as exc:
+        raise CLIError(f"run {run_dir.name!r} {exc}") from None
     except (TypeError, ValueError) as exc:
         where = run_dir / runs.CONFIG_FILE if saved is not None else "options"
         raise CLIError(f"{where}: {exc}") from None
     config.run = run_dir.name
     config.cache_dir = str(workspace.cache_dir)
     return config
+
+
+def _cpu_start(given: dict[str, Any], quiet: bool) -> dict[str, Any]:
+    """A new run given no --preset, on a machine without a CUDA GPU (or --device cpu/mps):
+    the CPU start the studio's form proposes too (options.new_run_defaults), said in one line."""
+    device = str(given.get("device", options.BY_NAME["device"].default))
+    if "preset" in given or device.startswith("cuda"):
+        return {}
+    if device == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            return {}
+    if not quiet:
+        print(f"no CUDA GPU: starting from the CPU default ({options.cpu_start_text()}); "
+              "pass --preset classic --image-size 64 for the original's network")
+    return dict(options.CPU_NEW_RUN)
 
 
 def _saved_config(run_dir: Path) -> dict | None:
@@ -192,6 +212,9 @@ class _Display:
             )
             handler = RichHandler(console=self.console, show_path=False, show_time=False, markup=False)
             handler.setLevel(logging.INFO)
+        from core.training.config import not_reported_by_caller
+
+        handler.addFilter(not_reported_by_caller)  # a refused start is said once, by run()
         self._handler = handler
         logger.addHandler(handler)
         return self
@@ -235,9 +258,12 @@ class _Display:
             epoch = event.get("epoch") or 0.0
             loss_text = f"{loss:.4f}" if isinstance(loss, float) else "skipped (NaN)"
             info = f"epoch {epoch:.2f}/{event.get('epochs')}  loss {loss_text}  "
-            info += f"{event.get('images_per_s', 0):.1f} img/s{self.last_fid}"
-            eta = event.get("eta_s")
-            eta_text = f"ETA {_fmt_eta(eta)}" if isinstance(eta, (int, float)) else ""
+            # A session's first windows (after a resume too) say little of the speed yet.
+            window = event.get("session_window", events.SETTLING_WINDOWS)
+            settling = " (settling)" if window < events.SETTLING_WINDOWS else ""
+            info += f"{event.get('images_per_s', 0):.1f} img/s{settling}{self.last_fid}"
+            eta = event.get("eta_s")  # the trainer's: the earlier of the step limit and --max-time
+            eta_text = f"ETA {_fmt_eta(eta)}{settling}" if isinstance(eta, (int, float)) else ""
             self.progress.update(self.task, completed=event["step"], total=event.get("total_steps"),
                                  info=info, eta=eta_text, description=f"train {self.run_name}")
         elif kind in (events.SAVING, events.SAMPLING, events.EVALUATING) and self.task is not None:

@@ -19,12 +19,6 @@ from textual.widgets import Button, Checkbox, Input, Label, Select
 from core.training import options
 from ddpm_tui.devices import find_choices_for, known_choices, provisional_choices
 
-# Without a GPU the original's 93M network at 64 px takes hours an epoch: start small enough
-# that samples show something within minutes, and stop (resumable) after half an hour.
-# res-small is the network `python -m bench.quality` measured for the fast recipe on a CPU.
-CPU_START = {"preset": "res-small", "image_size": options.PRESET_IMAGE_SIZE["res-small"], "max_time": 1800.0}
-
-
 @dataclass
 class NewRun:
     name: str
@@ -53,9 +47,8 @@ def has_cuda_gpu() -> bool:
 
 def form_defaults(gpu: bool) -> dict[str, Any]:
     """The form's starting values: the new-run recipe with the original's network on a GPU, a
-    CPU-sized network and a time budget otherwise."""
-    values = options.recipe_defaults(options.NEW_RUN_RECIPE)
-    return values if gpu else {**values, **CPU_START}
+    CPU-sized network and a time budget otherwise (the CLI's too: options.new_run_defaults)."""
+    return options.new_run_defaults(gpu)
 
 
 class NewRunScreen(ModalScreen[NewRun | None]):

@@ -25,7 +25,7 @@ from textual.worker import get_current_worker
 
 from core.quality.eval_log import format_best_fid
 from core.io.safe_text import shown_markup
-from core.training.events import FAILED, FINISHED, RUNNING, STOPPED, RunStatus
+from core.training.events import FAILED, FINISHED, RUNNING, SETTLING_WINDOWS, STOPPED, RunStatus, eta_seconds
 from ddpm_tui.jobs import TRAIN_LOG, JobError, launch_train, log_tail, stop_run
 from ddpm_tui.screens.base import StudioScreen
 from ddpm_tui.screens.newrun import NewRun, NewRunScreen
@@ -52,7 +52,6 @@ def fmt_loss(value: float | None) -> str:
 
 
 SPEED_WINDOWS = 20  # the figures are the median of this many logged windows
-SETTLED_WINDOWS = 5  # with fewer, the figure is still settling (and says so)
 
 
 class Throughput:
@@ -67,6 +66,10 @@ class Throughput:
 
     def add(self, records: list[dict]) -> None:
         for r in records:
+            if r.get("session_window") == 1:  # a start or resume: earlier windows say nothing of now
+                self._ips.clear()
+                self._rates.clear()
+                self._prev = None
             ips, step, t = r.get("images_per_s"), r.get("step"), r.get("elapsed_s")
             if isinstance(ips, (int, float)) and math.isfinite(ips) and ips > 0:
                 self._ips.append(float(ips))
@@ -83,16 +86,19 @@ class Throughput:
 
     @property
     def settling(self) -> bool:
-        return self.windows < SETTLED_WINDOWS
+        return self.windows < SETTLING_WINDOWS  # fewer: still settling (and says so)
 
     @property
     def images_per_s(self) -> float | None:
         return statistics.median(self._ips) if self._ips else None
 
-    def eta(self, step, total) -> float | None:
-        if not self._rates or not isinstance(step, (int, float)) or not isinstance(total, (int, float)):
-            return None
-        return max(0.0, total - step) / statistics.median(self._rates)
+    def eta(self, step, total, budget_ends_at=None) -> float | None:
+        """The earlier of the step limit at this speed and the time budget (status.json's
+        time_budget_ends_at), as the trainer computes it (events.eta_seconds)."""
+        numbers = isinstance(step, (int, float)) and isinstance(total, (int, float))
+        rate = statistics.median(self._rates) if self._rates else None
+        time_left = budget_ends_at - time.time() if isinstance(budget_ends_at, (int, float)) else None
+        return eta_seconds(total - step if numbers else None, rate, time_left)
 
 
 @dataclass
@@ -296,7 +302,9 @@ class TrainScreen(StudioScreen):
         epochs = (getattr(info, "config", {}) or {}).get("epochs")
         speed = speed or Throughput()
         ips = speed.images_per_s or status.get("images_per_s", last.get("images_per_s"))
-        eta = (speed.eta(step, total) or status.get("eta_s")) if state == RUNNING else None
+        eta = None
+        if state == RUNNING:
+            eta = speed.eta(step, total, status.get("time_budget_ends_at")) or status.get("eta_s")
         settling = " [dim](settling)[/]" if state == RUNNING and speed.settling else ""
         parts = [f"[b]{name}[/]  [{style}]{state}[/]"]
         msg = status.get("message")

@@ -459,3 +459,108 @@ def test_ddp_a_rank_that_cannot_see_the_checkpoint_fails_loudly(ws: Path, tmp_pa
     assert "core/training/" not in done.stderr, done.stderr[-3000:]
     assert runs.read_status(ws / "runs" / "d")["step"] == 4  # nothing trained from step 0
     assert load_checkpoint(ws / "runs" / "d" / "checkpoints" / "last.pt")["step"] == 4
+
+
+# -- issue 24: refusals said once, figures never cut, the CPU start, ETA and settling ----------
+
+
+def test_a_recipe_on_an_existing_run_is_refused_and_changes_nothing(ws: Path, capsys):
+    assert cli(ws, "train", "--run", "r", *TINY, "--max-steps", "2", "--samples", "0", "--quiet") == 0
+    config = (ws / "runs" / "r" / "config.json").read_text()
+    assert cli(ws, "train", "--run", "r", "--recipe", "seed", "--max-steps", "4", "--quiet") == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "run 'r' started with recipe fast" in err and "prediction v -> eps" in err
+    assert (ws / "runs" / "r" / "config.json").read_text() == config
+
+
+def test_a_refused_resume_keeps_the_runs_state_and_says_it_once(ws: Path, tmp_path: Path, capsys):
+    assert cli(ws, "train", "--run", "r", *TINY, "--max-steps", "2", "--samples", "0", "--quiet") == 0
+    status = (ws / "runs" / "r" / "status.json").read_text()
+    unreadable = tmp_path / "unreadable" / "beagle"
+    unreadable.mkdir(parents=True)
+    (unreadable / "a.png").write_text("not an image")
+    for quiet in ([], ["--quiet"]):
+        assert cli(ws, "train", "--run", "r", "--data", str(unreadable.parent), "--max-steps", "4", *quiet) == 2
+        out, err = capsys.readouterr()
+        assert (out + err).count("could be read") == 1, (out, err)
+        assert (ws / "runs" / "r" / "status.json").read_text() == status  # still finished
+        assert cli(ws, "runs", "--json") == 0
+        assert json.loads(capsys.readouterr().out)[0]["state"] == "finished"
+
+
+def test_a_config_json_value_of_the_wrong_type_is_named(ws: Path, capsys):
+    assert cli(ws, "train", "--run", "r", *TINY, "--max-steps", "1", "--samples", "0", "--quiet") == 0
+    path = ws / "runs" / "r" / "config.json"
+    for value in (123, None):
+        path.write_text(json.dumps({**json.loads(path.read_text()), "data": value}))
+        assert cli(ws, "train", "--run", "r", "--max-steps", "2", "--quiet") == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "config.json: data must be text" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_without_a_gpu_a_new_run_starts_from_the_forms_cpu_default(ws: Path, monkeypatch, capsys, gpu: bool):
+    from core.training import options
+    from ddpm_tui.cli import build_parser
+    from ddpm_tui.commands.train import build_config
+    from ddpm_tui.screens.newrun import form_defaults
+    from ddpm_tui.workspace import Workspace
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    workspace = Workspace(ws)
+    config = build_config(build_parser().parse_args(["train", "--run", "n"]), workspace, ws / "runs" / "n")
+    expected = form_defaults(gpu)
+    assert (config.preset, config.image_size, config.max_time) == (
+        expected["preset"], expected["image_size"], expected["max_time"])
+    out = capsys.readouterr().out
+    assert ("res-small" in out and out.count("\n") == 1) if not gpu else out == ""
+    assert config.preset == ("classic" if gpu else options.CPU_NEW_RUN["preset"])
+    # Named on the command line, the network is the user's.
+    config = build_config(build_parser().parse_args(["train", "--run", "n", "--preset", "tiny"]), workspace,
+                          ws / "runs" / "n")
+    assert (config.preset, config.image_size, config.max_time) == ("tiny", 64, 0.0)
+
+
+def test_runs_at_80_columns_never_cuts_a_figure_or_a_state(ws: Path, monkeypatch, capsys):
+    for name, state, step in (("run-0412-153012", "stopped", 1390), ("a-long-name-cosine", "running", 123456)):
+        runs.write_config(ws / "runs" / name, {"preset": "res-small"})
+        runs.write_status(ws / "runs" / name, state=state, step=step, epoch=12, last_loss=0.0345, pid=os.getpid(),
+                          message="time budget reached")
+    monkeypatch.setenv("COLUMNS", "80")
+    assert cli(ws, "runs") == 0
+    table = capsys.readouterr().out
+    cells = table.split()
+    assert max(len(line) for line in table.splitlines()) <= 80
+    for figure in ("1390", "123456", "stopped", "running", "0.0345"):
+        assert figure in cells, (figure, table)
+
+
+def test_the_cli_and_the_studio_say_settling_after_a_resume_and_count_max_time(ws: Path):
+    from ddpm_tui.commands.train import _Display
+    from ddpm_tui.screens.train import Throughput
+
+    speed = Throughput()
+    before = [{"step": 10 * i, "elapsed_s": float(i), "images_per_s": 4.9, "session_window": i} for i in range(1, 9)]
+    speed.add(before)
+    assert not speed.settling and speed.images_per_s == 4.9
+    speed.add([{"step": 90, "elapsed_s": 10.0, "images_per_s": 40.0, "session_window": 1}])  # resumed
+    assert speed.settling and speed.images_per_s == 40.0
+    speed.add([{"step": 100, "elapsed_s": 11.0, "images_per_s": 40.0, "session_window": 2}])
+    assert speed.eta(100, 10**9) > 3600  # steps: days away
+    assert speed.eta(100, 10**9, time.time() + 120) <= 120  # --max-time stops it in two minutes
+
+    display = _Display("r", quiet=False, logger_name="test-settling")
+    with display:
+        event = {"event": "step", "step": 90, "epoch": 1.0, "epochs": 5, "loss": 0.1, "images_per_s": 40.0,
+                 "total_steps": 1000, "eta_s": 60.0, "session_window": 1}
+        display.update(event)
+        info = display.progress.tasks[display.task].fields
+        assert "settling" in info["info"] and "settling" in info["eta"]
+        display.update({**event, "session_window": events_settled()})
+        assert "settling" not in display.progress.tasks[display.task].fields["info"]
+
+
+def events_settled() -> int:
+    from core.training.events import SETTLING_WINDOWS
+
+    return SETTLING_WINDOWS
