@@ -84,9 +84,10 @@ def read_stats(path: str | os.PathLike) -> ReferenceStats:
     if not path.is_file():
         raise StatsError("no such file" if not path.exists() else "is not a file")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise StatsError("a single .npy array, not an .npz with 'mu' and 'sigma'")
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise StatsError("a single .npy array, not an .npz with 'mu' and 'sigma'")
+        with data:
             missing = [k for k in ("mu", "sigma") if k not in data.files]
             if missing:
                 raise StatsError(f"not FID statistics: no {missing[0]!r} array (has: {', '.join(data.files) or 'none'})")
