@@ -26,7 +26,7 @@ LABELS = {"fid": "FID", "kid": "KID", "precision": "precision", "recall": "recal
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = add_command(
-        subparsers, "eval", run,
+        subparsers, "eval", _run_or_write_stats,
         help="measure sample quality (FID, KID, precision/recall) of a run or checkpoint",
         description="Sample N images from a run's latest checkpoint (or a .pt file) and compare them with the "
         "run's training images: FID, KID ± std, precision, recall, and class accuracy for conditional runs. "
@@ -73,11 +73,16 @@ def _progress_bar():
                     TimeRemainingColumn(), transient=True)
 
 
-def run(args: argparse.Namespace, workspace) -> int:
+def _run_or_write_stats(args: argparse.Namespace, workspace) -> int:
+    """`eval --write-stats DIR FILE.npz` needs no checkpoint; every other eval needs one."""
     if args.write_stats:
         return write_stats(args, workspace)
     if args.source is None:
         raise CLIError("eval needs a RUN_OR_CHECKPOINT (or --write-stats DIR FILE.npz)")
+    return run(args, workspace)
+
+
+def run(args: argparse.Namespace, workspace) -> int:
     from core.diffusion.device import resolve_device
     from core.training import runs
     from core.quality.evaluate import EvalError, EvalSettings, evaluate_checkpoint
