@@ -19,7 +19,7 @@ from ddpm_tui.commands._common import CLIError
 from ddpm_tui.workspace import ENV_VAR, Workspace
 
 # Order is the order shown in --help.
-COMMAND_MODULES = ("train", "sample", "eval", "runs", "import_checkpoint", "scrape", "data")
+COMMAND_MODULES = ("train", "sample", "eval", "export", "runs", "import_checkpoint", "scrape", "data")
 
 
 def build_parser() -> argparse.ArgumentParser:

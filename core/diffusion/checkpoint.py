@@ -205,13 +205,41 @@ def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
         raise CheckpointError("not a PyTorch checkpoint file (truncated or corrupt)") from None
 
 
+def _is_safetensors(path: Path) -> bool:
+    """Named .safetensors, or starting like one (whatever its name)."""
+    from core.diffusion.safetensors_file import SUFFIX, looks_like_safetensors
+
+    if path.suffix.lower() == SUFFIX and path.is_file():
+        return True
+    try:
+        with open(path, "rb") as f:
+            return looks_like_safetensors(f.read(9), path.stat().st_size)
+    except OSError:
+        return False  # safe_torch_load says why
+
+
+def _load_safetensors(path: Path) -> dict[str, Any]:
+    """Weights written by `ddpm-tui export`, in load_checkpoint's shape."""
+    from core.diffusion.safetensors_file import WeightsFileError, read_weights
+
+    try:
+        out = read_weights(path)
+    except WeightsFileError as exc:
+        raise CheckpointError(f"checkpoint {path}: {exc}") from None
+    out["path"] = str(path)
+    return out
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """Read and validate a checkpoint. Every failure is a one-line CheckpointError.
+    """Read and validate a checkpoint (a ``.pt`` or a ``.safetensors`` file from `ddpm-tui
+    export`). Every failure is a one-line CheckpointError.
 
     Returns a dict with format_version, model_config, diffusion_config, model, ema, optimizer,
     step, epoch, rng, extra (and path).
     """
     path = Path(path)
+    if _is_safetensors(path):
+        return _load_safetensors(path)
     try:
         obj = safe_torch_load(path, map_location)
     except CheckpointError as exc:
@@ -313,6 +341,8 @@ def build_model_from_checkpoint(ckpt: Mapping[str, Any], use_ema: bool = True):
     from core.diffusion.unet import UNet, UNetConfig
 
     where = _where(ckpt)
+    if not use_ema and (ckpt.get("extra") or {}).get("exported_weights") == "ema":
+        raise CheckpointError(f"{where}: holds only the EMA weights (exported without --raw); leave out --raw")
     try:
         config = UNetConfig.from_dict(ckpt["model_config"])
         dconfig = DiffusionConfig.from_dict(ckpt["diffusion_config"])

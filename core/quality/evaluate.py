@@ -363,10 +363,11 @@ def evaluate_checkpoint(ckpt_path: str | os.PathLike, *, run_dir: str | os.PathL
                         features: str = AUTO_FEATURES, fid_weights: str | os.PathLike | None = None,
                         cache_dir: str | os.PathLike | None = None, device: torch.device | str = "cpu",
                         amp: str = "auto", batch_size: int = 100,
-                        progress: Progress | None = None) -> EvalResult:
+                        progress: Progress | None = None, evaluator: Evaluator | None = None) -> EvalResult:
     """Load a checkpoint, evaluate it against its run's dataset (or ``data_dir``) and append
     the result to ``run_dir``/eval.jsonl (reused when already there). ``run_config`` is the
-    run's config.json (its dataset, classes and resize), read by the caller."""
+    run's config.json (its dataset, classes and resize), read by the caller. ``evaluator``:
+    a real side built by the caller (reference statistics), used instead of the dataset."""
     from core.diffusion.checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
 
     settings.validate()
@@ -379,7 +380,7 @@ def evaluate_checkpoint(ckpt_path: str | os.PathLike, *, run_dir: str | os.PathL
     classes = list(extra.get("classes") or config.get("classes") or [])
     model_cfg = ckpt.get("model_config") or {}
     data = data_dir or config.get("data") or extra.get("data")
-    if not data:
+    if not data and evaluator is None:
         raise EvalError(f"{ckpt_path}: no dataset recorded for this checkpoint; pass --data DIR")
     use_ema = settings.weights == "ema" and bool(ckpt.get("ema"))
     try:
@@ -390,7 +391,7 @@ def evaluate_checkpoint(ckpt_path: str | os.PathLike, *, run_dir: str | os.PathL
     del ckpt
     if settings.weights == "ema" and not use_ema:
         settings = EvalSettings(**{**asdict(settings), "weights": "raw"})  # say what was used
-    evaluator = Evaluator(data, image_size=int(model_cfg.get("image_size") or model.config.image_size),
+    evaluator = evaluator or Evaluator(data, image_size=int(model_cfg.get("image_size") or model.config.image_size),
                           resize=str(config.get("resize") or "squash"),
                           classes=classes if model.config.num_classes else None, features=features,
                           fid_weights=fid_weights, cache_dir=cache_dir, device=device, progress=progress)

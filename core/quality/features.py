@@ -33,6 +33,8 @@ from core.diffusion.checkpoint import atomic_torch_save
 FEATURES = ("inception", "dataset")
 INCEPTION_FILE = "inception_v3_google-0cc3c7bd.pth"  # torchvision's IMAGENET1K_V1 file name
 INCEPTION_URL = f"https://download.pytorch.org/models/{INCEPTION_FILE}"
+# torch.hub's convention: the name's last part is the start of the file's sha256
+INCEPTION_SHA256_PREFIX = INCEPTION_FILE.rsplit("-", 1)[1].split(".")[0]
 INCEPTION_SIZE = 299
 FEATNET_FORMAT = "ddpm-tui-featnet"
 FEATNET_VERSION = 2  # bump when the architecture or the training recipe changes
@@ -101,7 +103,8 @@ def default_inception_path() -> Path:
 
 def missing_inception_message(path: Path | None = None) -> str:
     where = path or default_inception_path()
-    return (f"Inception weights not found at {where}: download {INCEPTION_URL} and put it in "
+    return (f"Inception weights not found at {where}: download {INCEPTION_URL} "
+            f"({INCEPTION_FILE}, sha256 starting {INCEPTION_SHA256_PREFIX}; never fetched for you) and put it in "
             f"{default_inception_path().parent}/ (or pass --fid-weights PATH), or use --features dataset")
 
 

@@ -28,13 +28,14 @@ LABELS = {"fid": "FID", "kid": "KID", "precision": "precision", "recall": "recal
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = add_command(
-        subparsers, "eval", run,
+        subparsers, "eval", _run_or_write_stats,
         help="measure sample quality (FID, KID, precision/recall) of a run or checkpoint",
         description="Sample N images from a run's latest checkpoint (or a .pt file) and compare them with the "
         "run's training images: FID, KID ± std, precision, recall, and class accuracy for conditional runs. "
         "Appends to the run's eval.jsonl; an identical earlier evaluation is reused.",
     )
-    p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="a run name in the workspace or a checkpoint .pt path")
+    p.add_argument("source", metavar="RUN_OR_CHECKPOINT", nargs="?",
+                   help="a run name in the workspace or a checkpoint .pt or .safetensors path")
     p.add_argument("--n", type=int, default=1000,
                    help=f"number of generated images, 2..{MAX_IMAGES} (default: 1000; on a CPU ~20 min for "
                    "a small model: --n 200 is quicker and noisier)")
@@ -55,6 +56,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--amp", choices=AMP_MODES, default="auto", help="autocast (default: auto = bf16 where the device has it)")
     p.add_argument("--batch-size", type=_positive_int, default=100, help="images per sampling batch (default: 100)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_stats_args(p)
+
+
+def _add_stats_args(p: argparse.ArgumentParser) -> None:
+    """Standard FID statistics (pytorch-fid / clean-fid .npz: mu, sigma of Inception pool3)."""
+    p.add_argument("--ref-stats", metavar="FILE.npz",
+                   help="FID against these statistics instead of the run's images (Inception features; FID only, "
+                   "not appended to eval.jsonl)")
+    p.add_argument("--write-stats", nargs=2, metavar=("DIR", "FILE.npz"),
+                   help="write the statistics of the images in DIR to FILE.npz and stop (no RUN_OR_CHECKPOINT)")
+    p.add_argument("--image-size", type=_positive_int, default=64,
+                   help="with --write-stats: the size images are read at, as a run's training images (default: 64)")
+    p.add_argument("--force", action="store_true", help="with --write-stats: replace an existing FILE.npz")
 
 
 def _progress_bar():
@@ -62,6 +76,15 @@ def _progress_bar():
 
     return Progress("[bold]{task.description:<32}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TimeRemainingColumn(), transient=True)
+
+
+def _run_or_write_stats(args: argparse.Namespace, workspace) -> int:
+    """`eval --write-stats DIR FILE.npz` needs no checkpoint; every other eval needs one."""
+    if args.write_stats:
+        return write_stats(args, workspace)
+    if args.source is None:
+        raise CLIError("eval needs a RUN_OR_CHECKPOINT (or --write-stats DIR FILE.npz)")
+    return run(args, workspace)
 
 
 def run(args: argparse.Namespace, workspace) -> int:
@@ -88,6 +111,8 @@ def run(args: argparse.Namespace, workspace) -> int:
                   settings=settings, data_dir=args.data, features=args.features,
                   fid_weights=args.fid_weights, cache_dir=workspace.cache_dir, device=device,
                   amp=args.amp, batch_size=args.batch_size)
+    if args.ref_stats:  # the real side is the file; its FIDs do not belong among the run's
+        kwargs.update(run_dir=None, evaluator=_reference_side(args, device))
     try:
         if args.json:
             result = evaluate_checkpoint(ckpt_path, **kwargs)
@@ -114,12 +139,13 @@ def _print_result(args: argparse.Namespace, result, settings, ckpt_path, run_dir
         print(json.dumps({"checkpoint": str(ckpt_path), "step": result.step, "features": result.features,
                           "reused": result.reused, "seconds": round(result.seconds, 3),
                           "settings": asdict(result.settings),
+                          **({"ref_stats": args.ref_stats} if args.ref_stats else {}),
                           **values}, indent=2))
         return
     where = f"run {shown(run_dir.name)}" if run_dir is not None else shown(str(ckpt_path))
     head = (f"{where}, step {result.step}, {settings.n} images, {settings.sampler}"
             f"{settings.steps if sampler_spec(settings.sampler).uses_steps else ''}, {result.settings.weights} weights, "
-            f"{result.features} features")
+            f"{result.features} features" + (f" against {shown(args.ref_stats)}" if args.ref_stats else ""))
     print(head + (" (reused from eval.jsonl)" if result.reused else f" ({result.seconds:.0f} s)"))
     for metric, label in LABELS.items():
         if metric not in values:
@@ -131,7 +157,7 @@ def _print_result(args: argparse.Namespace, result, settings, ckpt_path, run_dir
     if result.features == "dataset":
         print("  (dataset features: this FID is on the dataset net's own scale; compare it only with other "
               "dataset-feature FIDs of this dataset, never with published Inception FIDs)")
-    if run_dir is not None and not result.reused:
+    if run_dir is not None and not result.reused and not args.ref_stats:
         print(f"appended to {run_dir / 'eval.jsonl'}")
 
 
@@ -149,3 +175,54 @@ def _notice_before(args: argparse.Namespace, device) -> None:
     if str(getattr(device, "type", device)) == "cpu" and args.n * steps > CPU_NOTICE_WORK:
         _notes([f"{args.n} images x {steps} steps on the CPU can take tens of minutes (1000 x 50 took ~20 min "
                 "for a tiny model); the bar shows the time left, and --n 200 gives a quicker, noisier figure"])
+
+
+def _reference_side(args: argparse.Namespace, device):
+    """--ref-stats: an evaluator whose real side is the statistics file (Inception only)."""
+    from core.quality.evaluate import EvalError
+    from core.quality.fid_stats import StatsEvaluator
+
+    if args.features == "dataset":
+        raise CLIError("--ref-stats holds Inception statistics; leave out --features dataset")
+    try:
+        return StatsEvaluator(args.ref_stats, fid_weights=args.fid_weights, device=device)
+    except EvalError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def write_stats(args: argparse.Namespace, workspace) -> int:
+    """--write-stats DIR FILE.npz: the Inception pool3 statistics of DIR's images."""
+    from pathlib import Path
+
+    from core.diffusion.device import resolve_device
+    from core.quality.evaluate import EvalError
+    from core.quality.fid_stats import StatsError, dataset_stats, write_stats as write_npz
+
+    if args.source is not None:
+        raise CLIError("--write-stats takes no RUN_OR_CHECKPOINT (it reads DIR's images)")
+    if args.features == "dataset":
+        raise CLIError("--write-stats writes Inception statistics; leave out --features dataset")
+    folder, out = Path(args.write_stats[0]).expanduser(), Path(args.write_stats[1]).expanduser()
+    if out.suffix.lower() != ".npz":
+        raise CLIError(f"--write-stats {out}: give a file name ending in .npz (nothing written)")
+    if out.exists() and not args.force:
+        raise CLIError(f"{out} already exists; use --force to replace it (nothing written)")
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    try:
+        with _progress_bar() as bar:
+            task = bar.add_task("starting", total=None)
+            mu, sigma, n, key = dataset_stats(
+                folder, image_size=args.image_size, fid_weights=args.fid_weights, cache_dir=workspace.cache_dir,
+                device=device, progress=lambda done, total, what: bar.update(task, description=what,
+                                                                             completed=done, total=total))
+        write_npz(out, mu, sigma, n=n, feature_key=key, overwrite=args.force)
+    except EvalError as exc:
+        raise CLIError(str(exc)) from None
+    except StatsError as exc:
+        raise CLIError(f"{out}: {exc}") from None
+    print(f"wrote the Inception statistics of {n} images in {shown(str(folder))} "
+          f"({args.image_size}px, {mu.shape[0]}-d) to {shown(str(out))}")
+    return 0

@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Draw images from a run's latest checkpoint (by run name) or from a .pt file. "
         "Writes a grid PNG (default: into the run's samples/ folder) and prints the paths.",
     )
-    p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="a run name in the workspace or a checkpoint .pt path")
+    p.add_argument("source", metavar="RUN_OR_CHECKPOINT",
+                   help="a run name in the workspace or a checkpoint .pt path (or .safetensors from `ddpm-tui export`)")
     p.add_argument("--raw", action="store_true", help="use the trained weights instead of the EMA weights")
     p.add_argument("--sampler", choices=list(SAMPLER_SPECS), default=DEFAULT_SAMPLER, help=sampler_help())
     p.add_argument("--steps", type=_positive_int, default=50, help=f"{steps_help()} (default: 50)")
