@@ -27,6 +27,11 @@ from core.training.records import ProgressFn, Reporter
 
 def preflight(config: TrainConfig, run_dir: Path) -> dict | None:
     """Check that this run can start; return its checkpoint when it resumes."""
+    if config.tensorboard:
+        from core.training import tensorboard
+
+        if not tensorboard.available():
+            raise TrainError(tensorboard.MISSING)
     classes = scan_dataset(config)
     ckpt_path = runs.checkpoints_dir(run_dir) / runs.LAST_CHECKPOINT
     ckpt = None

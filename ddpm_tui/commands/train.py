@@ -59,6 +59,8 @@ def build_config(args: argparse.Namespace, workspace, run_dir: Path) -> Any:
     if "data" in given:
         given["data"] = str(Path(given["data"]).expanduser().resolve())
     saved = _saved_config(run_dir)
+    if given.keys() & {"init_from", "init_from_raw"}:
+        given.update(_init_source(given, saved, workspace, run_dir))
     try:
         if saved is None:
             values = options.resolve({"data": str(workspace.dataset_dir()), **given})
@@ -71,6 +73,21 @@ def build_config(args: argparse.Namespace, workspace, run_dir: Path) -> Any:
     config.run = run_dir.name
     config.cache_dir = str(workspace.cache_dir)
     return config
+
+
+def _init_source(given: dict[str, Any], saved: dict | None, workspace, run_dir: Path) -> dict[str, Any]:
+    """--init-from starts a new run only; its RUN_OR_FILE is recorded as the checkpoint file."""
+    from core.training.init_from import resolve_source
+
+    if saved is not None:
+        raise CLIError(f"--init-from starts a new run, and run {run_dir.name!r} exists; "
+                       "pick a new --run name (an existing run continues from its own checkpoint)")
+    if not given.get("init_from"):
+        raise CLIError("--init-from-raw needs --init-from RUN_OR_FILE")
+    try:
+        return {"init_from": str(resolve_source(given["init_from"], workspace.runs_dir))}
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def _saved_config(run_dir: Path) -> dict | None:
