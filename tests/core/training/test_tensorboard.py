@@ -47,13 +47,20 @@ def test_event_files_hold_the_scalars_evaluations_and_grids(tmp_path: Path):
     assert [e.step for e in events.Images("samples/ema")] == [4, 8]  # one grid per epoch
 
 
-def test_without_the_package_the_flag_is_one_line(tmp_path: Path, monkeypatch):
+def test_without_the_package_the_flag_is_one_line(tmp_path: Path, monkeypatch, capsys):
     monkeypatch.setattr(tensorboard, "available", lambda: False)
     data = make_dataset(tmp_path / "dogs")
     with pytest.raises(TrainError) as exc:
         train(tiny(data, tensorboard=True), tmp_path / "run")
     assert str(exc.value) == tensorboard.MISSING and "pip install 'ddpm-tui[tensorboard]'" in str(exc.value)
     assert "\n" not in str(exc.value) and not (tmp_path / "run").exists()  # said before anything is written
+    # The CLI: that line, no traceback.
+    from ddpm_tui.cli import main
+
+    code = main(["--workspace", str(tmp_path / "ws"), "train", "--data", str(data), "--run", "r", "--preset",
+                 "tiny", "--image-size", "16", "--tensorboard", "--quiet"])
+    err = capsys.readouterr().err
+    assert code != 0 and err.strip() == f"ddpm-tui: error: {tensorboard.MISSING}"
 
 
 def test_the_package_is_imported_only_by_a_run_that_asks(tmp_path: Path):
