@@ -270,12 +270,21 @@ class Diffusion(nn.Module):
     def sample_timesteps(self, batch: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
         return torch.randint(0, self.T, (batch,), device=device, generator=generator)
 
+    def draw_training_noise(self, x0: torch.Tensor,
+                            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t ~ U{0..T-1}, noise ~ N(0, I)) for the batch ``x0``, drawn in this order."""
+        t = self.sample_timesteps(x0.shape[0], x0.device, generator)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        return t, noise
+
     def training_loss(
         self,
         model: ModelFn,
         x0: torch.Tensor,
         labels: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        *,
+        drawn: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """MSE between model(x_t, t, labels) and the target of ``config.prediction``.
 
@@ -283,15 +292,15 @@ class Diffusion(nn.Module):
         x0's device) when one is given. "uniform" weighting is Ho et al.'s simple loss (for eps:
         exactly the original's); "min_snr" weights each sample's mean squared error by
         ``loss_weights[t]``. The loss is computed in float32 even when the model runs under
-        autocast.
+        autocast. ``drawn``: (t, noise) already drawn by :meth:`draw_training_noise` for a larger
+        batch this one is a slice of (gradient accumulation draws for the whole batch).
         """
         if generator is not None and generator.device.type != x0.device.type:
             raise ValueError(
                 f"generator is on {generator.device} but the batch is on {x0.device}; "
                 "create the generator on the batch's device"
             )
-        t = self.sample_timesteps(x0.shape[0], x0.device, generator)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        t, noise = drawn if drawn is not None else self.draw_training_noise(x0, generator)
         x_t = self.q_sample(x0, t, noise)
         pred = model(x_t, t, labels)
         if pred.shape != noise.shape:

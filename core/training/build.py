@@ -24,6 +24,7 @@ from core.diffusion.process import Diffusion
 from core.diffusion.unet import UNet
 from core.training.config import TrainConfig
 from core.training.distributed import Dist
+from core.training.init_from import InitWeights, apply_init
 
 # ---------------------------------------------------------------------------- seeds
 
@@ -88,9 +89,10 @@ class Parts:
 
 
 def build_parts(config: TrainConfig, world: Dist, dataset: Any, classes: list[str], ckpt: dict | None,
-                state: TrainState, log: logging.Logger) -> tuple[Parts, str]:
+                state: TrainState, log: logging.Logger, init: InitWeights | None = None) -> tuple[Parts, str]:
     """Network, EMA, optimizer and diffusion, restored from ``ckpt`` (into ``state`` too) when
-    it resumes. Returns the parts and, under --compile, where the compile cache lives."""
+    it resumes, or a new run's network from ``init`` (core.training.init_from.InitWeights,
+    --init-from). Returns the parts and, under --compile, where the compile cache lives."""
     device = world.device
     diffusion = Diffusion(config.diffusion_config()).to(device)
     torch.manual_seed(derive_seed("init", config.seed))  # same initial weights on every rank
@@ -99,6 +101,8 @@ def build_parts(config: TrainConfig, world: Dist, dataset: Any, classes: list[st
         model = model.to(memory_format=torch.channels_last)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
+    elif init is not None:
+        apply_init(init, model, classes)
     # Made after the weights are restored: a checkpoint without an EMA (one imported from
     # the original project) starts its average at those weights.
     ema = EMA(model, decay=config.ema_decay, warmup_steps=config.ema_warmup)
@@ -206,6 +210,21 @@ def lr_at(config: TrainConfig, step: int, total_steps: int) -> float:
     if config.lr_schedule == "cosine" and total_steps > 0:
         lr *= 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
     return lr
+
+
+def micro_batches(n: int, grad_accum: int) -> list[slice]:
+    """A step's batch of ``n`` split for --grad-accum: slices of ceil(n / grad_accum) images
+    (fewer, and a smaller last one, when n does not divide; one slice when grad_accum is 1)."""
+    size = max(1, math.ceil(n / grad_accum))
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def grad_norm(model: nn.Module) -> torch.Tensor:
+    """The gradients' total L2 norm, as clip_grad_norm_ measures it, without clipping."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return torch.zeros((), device=next(model.parameters()).device)
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
 def params_finite(model: nn.Module) -> bool:

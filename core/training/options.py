@@ -153,6 +153,12 @@ OPTIONS: tuple[Option, ...] = (
     _opt("workers", int, 0, _DATA, "Workers", "image-decoding workers (0 = one per CPU)", low=0, metavar="N"),
     _opt("cache_dir", str, "", _DATA, "Cache folder", "decoded-image cache (set by the workspace)",
          internal=True),
+    _opt("init_from", str, "", _DATA, "Init from run/file",
+         "start this NEW run from another run's weights: a run name, a run folder or a checkpoint file "
+         "(same network; a conditional run's breeds are matched by name, new ones start fresh)",
+         metavar="RUN_OR_FILE", resumable=False),
+    _opt("init_from_raw", bool, False, _DATA, "Init from raw weights",
+         "with --init-from: take the raw weights instead of the EMA ones", resumable=False),
     # -- model and diffusion
     _opt("recipe", str, "classic", _MODEL, "Recipe",
          "a bundle of defaults: classic (formerly seed: the training of dogs-image-generator-DDPM, the "
@@ -181,6 +187,10 @@ OPTIONS: tuple[Option, ...] = (
     # -- optimisation
     _opt("batch_size", int, 16, _OPT, "Batch size", "training batch size per process", low=1, metavar="N",
          flags=("--batch_size",), basic=True),
+    _opt("grad_accum", int, 1, _OPT, "Grad accumulation",
+         "split each step's batch into N micro-batches whose gradients add up (the step, its learning rate "
+         "and images/s stay those of the whole --batch_size; memory is that of batch_size/N)",
+         low=1, metavar="N"),
     _opt("lr", float, 3e-4, _OPT, "Learning rate", "learning rate", low=0.0, low_open=True, basic=True),
     _opt("optimizer", str, "adam", _OPT, "Optimizer", "adam (the original) or adamw", choices=("adam", "adamw")),
     _opt("weight_decay", float, 0.0, _OPT, "Weight decay", "AdamW weight decay", low=0.0, metavar="WD"),
@@ -217,6 +227,9 @@ OPTIONS: tuple[Option, ...] = (
     _opt("eval_every", int, 0, _SAVE, "Eval every N steps",
          "evaluate the EMA weights (FID, KID, precision/recall into eval.jsonl) every N steps (0 = off)",
          low=0, metavar="N"),
+    _opt("tensorboard", bool, False, _SAVE, "TensorBoard",
+         "also write loss, learning rate, gradient norm, images/s, evaluations and sample grids to "
+         "RUN/tb/ (needs: pip install 'ddpm-tui[tensorboard]')"),
     _opt("eval_n", int, 1000, _SAVE, "Eval images",
          "images generated per evaluation (with --sample-steps DDIM steps); small n is quick but noisy",
          low=2, metavar="N"),
@@ -248,7 +261,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
 }
 # Keys config.json carries besides the options (written by the trainer).
-CONFIG_META_KEYS = ("model", "diffusion", "classes", "created_at", "num_images", "world_size", "imported_from")
+CONFIG_META_KEYS = ("model", "diffusion", "classes", "created_at", "num_images", "world_size", "imported_from",
+                    "initialized_from")
 
 
 # The recipe a new run gets when none is named (the CLI and the studio's form): the best one
@@ -343,6 +357,9 @@ class _Methods:
             option.check(getattr(self, option.name))
         if self.recipe not in RECIPES:
             raise ValueError(f"unknown recipe {self.recipe!r}")
+        if self.grad_accum > self.batch_size:
+            raise ValueError(f"grad_accum {self.grad_accum} is more than batch_size {self.batch_size}: "
+                             "each micro-batch needs at least one image")
 
     def refused_changes(self, saved: dict[str, Any]) -> list[str]:
         """'name: run has X, asked for Y' for each option a resume may not change."""

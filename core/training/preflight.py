@@ -27,6 +27,11 @@ from core.training.records import ProgressFn, Reporter
 
 def preflight(config: TrainConfig, run_dir: Path) -> dict | None:
     """Check that this run can start; return its checkpoint when it resumes."""
+    if config.tensorboard:
+        from core.training import tensorboard
+
+        if not tensorboard.available():
+            raise TrainError(tensorboard.MISSING)
     classes = scan_dataset(config)
     ckpt_path = runs.checkpoints_dir(run_dir) / runs.LAST_CHECKPOINT
     ckpt = None
@@ -105,7 +110,9 @@ def crash_message(exc: BaseException, config: TrainConfig, device: torch.device,
     deterministic kernel); None for any other crash."""
     if is_oom(exc):
         return (f"out of memory on {device} at batch size {config.batch_size}: "
-                f"try a smaller --batch_size (e.g. {max(1, config.batch_size // 2)})")
+                f"try a smaller --batch_size (e.g. {max(1, config.batch_size // 2)})"
+                + (f", or keep it with --grad-accum {config.grad_accum * 2}"
+                   if config.batch_size >= config.grad_accum * 2 else ""))
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return f"No space left on device in {run_dir} at step {step}"
     if config.deterministic and "does not have a deterministic implementation" in str(exc):

@@ -33,6 +33,14 @@ class Reporter:
         self.metrics: runs.MetricsWriter | None = None
         self.writer: StatusWriter | None = None  # while the loop runs
         self.last_status_write = 0.0
+        self.tensorboard = None  # core.training.tensorboard.TensorBoardLog under --tensorboard (rank 0)
+
+    def open_tensorboard(self) -> None:
+        """Rank 0, --tensorboard: RUN/tb/ (the package is imported here, only when asked for)."""
+        if self.is_main and self.tensorboard is None:
+            from core.training.tensorboard import TensorBoardLog
+
+            self.tensorboard = TensorBoardLog(self.run_dir, self.log)
 
     def status(self, *, force: bool = False, **fields: Any) -> RunStatus:
         """Write status.json, at most every 2 s unless forced."""
@@ -80,6 +88,9 @@ class Reporter:
             self.writer = None
         if self.metrics is not None:
             self.metrics.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
 
 
 class StatusWriter:
@@ -182,7 +193,7 @@ class Window:
     def reset(self, start: float) -> None:
         self.start = start
         zero = partial(torch.zeros, (), dtype=self.dtype, device=self.device)
-        self.loss, self.ok, self.trailing_bad = zero(), zero(), zero()
+        self.loss, self.ok, self.trailing_bad, self.grad_norm = zero(), zero(), zero(), zero()
         self.steps_total = 0  # steps taken (trained or skipped)
         self.images = 0
         # A step that compiled the network: counted, but its time and images are left out
@@ -200,10 +211,12 @@ class Window:
             return 0.0, 0.0
         return steps / elapsed, images / elapsed
 
-    def add(self, loss: torch.Tensor, ok: torch.Tensor) -> None:
+    def add(self, loss: torch.Tensor, ok: torch.Tensor, grad_norm: torch.Tensor | None = None) -> None:
         ok = ok.to(self.dtype)
         # where(), not loss * ok: NaN * 0 is NaN
         self.loss += torch.where(ok > 0, loss.to(self.dtype), torch.zeros_like(self.loss))
+        if grad_norm is not None:  # measured when clipping or for TensorBoard
+            self.grad_norm += torch.where(ok > 0, grad_norm.to(self.dtype), torch.zeros_like(self.grad_norm))
         self.ok += ok
         self.trailing_bad.mul_(1 - ok).add_(1 - ok)  # +1 on a bad step, 0 after a good one
         self.steps_total += 1

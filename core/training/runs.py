@@ -44,6 +44,7 @@ METRICS_FILE = "metrics.jsonl"
 LOG_FILE = "train.log"
 CHECKPOINTS_DIR = "checkpoints"
 SAMPLES_DIR = "samples"
+TENSORBOARD_DIR = "tb"  # train --tensorboard's event files
 LAST_CHECKPOINT = "last.pt"
 LOCK_FILE = "train.lock"  # flock'ed by the trainer while it runs (RunLock)
 
@@ -319,6 +320,10 @@ def checkpoints_dir(run_dir: Path | str) -> Path:
 
 def samples_dir(run_dir: Path | str) -> Path:
     return Path(run_dir) / SAMPLES_DIR
+
+
+def tensorboard_dir(run_dir: Path | str) -> Path:
+    return Path(run_dir) / TENSORBOARD_DIR
 
 
 def log_path(run_dir: Path | str) -> Path:

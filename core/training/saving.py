@@ -132,6 +132,8 @@ class Saver:
             with parts.ema.applied(model) if weights == "ema" else contextlib.nullcontext():
                 images, _ = generate_images((model, parts.diffusion), request, device=self.device)
             written.append(save_uint8_grid(images, out / f"{prefix}{tag}.png", nrow=nrow))
+            if self.reporter.tensorboard is not None:
+                self.reporter.tensorboard.grid(s.step, weights, written[-1])
         return written
 
     def evaluate(self, parts: Parts) -> None:
@@ -159,6 +161,8 @@ class Saver:
             parts.model.train()
         values = ", ".join(f"{k} {v:.4g}" for k, v in result.values.items())
         self.log.info("evaluation at step %d (%d images, %.1f s): %s", s.step, config.eval_n, result.seconds, values)
+        if self.reporter.tensorboard is not None:
+            self.reporter.tensorboard.evaluation(s.step, result.values)
         self.reporter.emit({"event": EVAL, "step": s.step, **result.values})
 
 

@@ -31,14 +31,14 @@ from pathlib import Path
 
 import torch
 
-from core.diffusion.device import autocast_context, autocast_dtype, kernel_choices, set_cublas_deterministic
+from core.diffusion.device import autocast_dtype, kernel_choices, set_cublas_deterministic
 from core.training import runs
 from core.training.build import (
-    Parts, TrainState, build_parts, compile_network, derive_seed, epoch_order, lr_at, params_finite, synchronize,
-    weights_digest,
+    Parts, TrainState, build_parts, compile_network, epoch_order, lr_at, params_finite, synchronize, weights_digest,
 )
 from core.training.config import LOGGER_NAME, REPORTED_BY_CALLER, TrainConfig, TrainError
 from core.training.distributed import Dist, first_line, is_peer_gone, pick_rank_device
+from core.training.init_from import InitWeights, load_source
 from core.training.events import (
     BAD_FILES, COMPILED, COMPILING, FAILED, FINISHED, RUNNING, STEP, STOPPED, WROTE, RunStatus, eta_seconds,
 )
@@ -47,6 +47,7 @@ from core.training.preflight import (
 )
 from core.training.records import ProgressFn, Reporter, Window, memory_mb, write_opening
 from core.training.saving import Saver, write_examples
+from core.training.step import Stepper
 
 # What callers import from here (the CLI, bench/, tests), beside train() itself.
 __all__ = ["LOGGER_NAME", "TrainConfig", "TrainError", "compile_network", "epoch_order", "lr_at",
@@ -123,8 +124,10 @@ class Trainer:
         self.state = TrainState()
         self.records = Reporter(run_dir, world.is_main, progress, log)
         self.saver = Saver(config, run_dir, world, self.state, self.records, log, self._trained_seconds)
+        self.stepper = Stepper(config, world, self.state)
         self.classes: list[str] = []
         self._resume_from: dict | None = None
+        self._init: InitWeights | None = None  # --init-from's weights, until the network has them
         self.lock: runs.RunLock | None = None
         self.started = False  # the loop began: a TrainError from now on fails the run
         self.session_start = time.monotonic()
@@ -146,6 +149,8 @@ class Trainer:
         if world.is_main:  # rank 0 checks and shares the verdict: every rank fails or starts together
             try:
                 ckpt = preflight(self.config, self.run_dir)
+                if ckpt is None and self.config.init_from:  # checked before anything is written
+                    self._init = load_source(self.config, self.run_dir.parent)
                 self.lock = claim(self.run_dir, ckpt, world, self.records, self.log)
             except TrainError as exc:
                 error = str(exc)
@@ -154,6 +159,8 @@ class Trainer:
             raise TrainError(error)
         if not world.is_main:
             ckpt = rank_checkpoint(self.run_dir, world)
+            if ckpt is None and self.config.init_from:
+                self._init = load_source(self.config, self.run_dir.parent)
         # Held only until the weights are restored: a classic-preset checkpoint is over a gigabyte.
         self._resume_from, ckpt = ckpt, None
         try:
@@ -210,10 +217,13 @@ class Trainer:
         if self.world.is_main:
             self.world.broadcast(ckpt is not None)  # see preflight.rank_checkpoint
         dataset = self._dataset(ckpt)
-        parts, compile_note = build_parts(self.config, self.world, dataset, self.classes, ckpt, self.state, self.log)
+        parts, compile_note = build_parts(self.config, self.world, dataset, self.classes, ckpt, self.state, self.log,
+                                          self._init)
         resumed = ckpt is not None
         if resumed:
             self.saver.last_saved_step = self.state.step
+        elif self._init is not None:
+            self.log.info("%s", self._init.describe())
         del ckpt
         if self.world.is_main:
             self._start_records(parts, resumed, examples, compile_note)
@@ -247,11 +257,17 @@ class Trainer:
         if config.compile:
             notes.append(f"torch.compile: compile cache in {compile_note}")
         model, n = parts.model, len(parts.dataset)
+        # --init-from's source: said when the run starts, kept in config.json by every session.
+        initialized = self._init.record() if self._init else (runs.read_config(self.run_dir) or {}).get(
+            "initialized_from")
         runs.write_config(self.run_dir, {
             **config.to_dict(), "model": model.config.to_dict(), "diffusion": parts.diffusion.config.to_dict(),
             "classes": parts.classes, "num_images": n, "world_size": self.world.world_size,
+            **({"initialized_from": initialized} if initialized else {}),
         })
         self.records.open_metrics()
+        if config.tensorboard:
+            self.records.open_tensorboard()
         write_opening(config, parts, self.run_dir, self.world.world_size, self.device, resumed=resumed,
                       at=(s.step, s.epoch), notes=notes, log=self.log)
         if examples:
@@ -292,7 +308,7 @@ class Trainer:
                     stop_reason = f"reached max_steps {config.max_steps}"
                     break
                 batch = order[s.pos : s.pos + config.batch_size]
-                if config.compile and len(batch) not in self.compiled_sizes:
+                if config.compile and not self.stepper.micro_sizes(batch) <= self.compiled_sizes:
                     self._compiling_step(parts, batch, gens, window)
                 else:
                     self._step(parts, batch, gens, window)
@@ -333,7 +349,7 @@ class Trainer:
         self._step(parts, idx, gens, window)
         synchronize(self.device)
         seconds = time.monotonic() - start
-        self.compiled_sizes.add(len(idx))
+        self.compiled_sizes |= self.stepper.micro_sizes(idx)
         window.untimed_s += seconds
         window.untimed_images += len(idx) * self.world.world_size
         window.untimed_steps += 1
@@ -350,48 +366,7 @@ class Trainer:
 
     def _step(self, parts: Parts, idx: torch.Tensor, gens: tuple[torch.Generator, torch.Generator],
               window: Window) -> None:
-        """One optimisation step, without waiting on the device: a NaN/inf loss (on any rank)
-        turns the optimizer and EMA update off on the device, and is counted there; the host
-        looks at the counts once per metrics line (_log_window)."""
-        config, world, s, device = self.config, self.world, self.state, self.device
-        data_gen, noise_gen = gens
-        data_gen.manual_seed(derive_seed("data", config.seed, s.step, world.rank))
-        noise_gen.manual_seed(derive_seed("noise", config.seed, s.step, world.rank))
-        # On the device when the images live there (core.data.dataset.batches_on); the flips and the
-        # label dropout below are drawn from the CPU generator either way, in this order.
-        x, labels = parts.batches.get_batch(idx, data_gen)
-        if config.conditional and config.label_dropout > 0:
-            drop = torch.rand(labels.shape[0], generator=data_gen) < config.label_dropout
-            drop = drop.to(labels.device, non_blocking=True)
-            labels = torch.where(drop, torch.full_like(labels, len(parts.classes)), labels)  # "no label"
-        x = x.to(device, non_blocking=True)  # no-ops for batches built on the device
-        if config.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        labels = labels.to(device, non_blocking=True) if config.conditional else None
-
-        with autocast_context(device, parts.amp_dtype):
-            loss = parts.diffusion.training_loss(parts.train_model, x, labels, generator=noise_gen)
-        bad = world.sum_tensor((~torch.isfinite(loss.detach())).to(torch.float32))  # ranks with NaN/inf
-        ok = (bad == 0).to(torch.float32)
-        for group in parts.optimizer.param_groups:
-            group["lr"] = lr_at(config, s.step, self.total_steps)
-        parts.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(parts.model.parameters(), config.grad_clip)
-        if getattr(parts.optimizer, "defaults", {}).get("fused"):
-            # The fused kernel skips the update (and its step count) where found_inf is 1:
-            # the same switch GradScaler uses, decided on the device.
-            parts.optimizer.found_inf = 1.0 - ok
-            parts.optimizer.step()
-        elif bool(ok):  # no fused kernel on this device: ask the host
-            parts.optimizer.step()
-        parts.ema.update(parts.model, active=ok)
-        window.add(loss.detach(), ok)
-        s.pos += len(idx)
-        s.step += 1
-        s.images_seen += len(idx) * world.world_size
-        window.images += len(idx) * world.world_size
+        self.stepper.step(parts, idx, gens, window, self.total_steps)
 
     def _stop_reason(self) -> str:
         config = self.config
@@ -418,7 +393,7 @@ class Trainer:
         ranks, with the ranks' stop requests), a metrics line, a progress event and a status
         write. Returns whether some rank asked to stop."""
         config, s = self.config, self.state
-        loss_sum, steps, bad, bad_run, stops = self._window_totals(window)
+        loss_sum, steps, bad, norm_sum, stops = self._window_totals(window)
         if bad:
             first = s.step - (window.steps_total - 1)
             self.log.warning("steps %d-%d: %d NaN/inf loss%s, skipped (%d in a row)", first, s.step,
@@ -442,6 +417,9 @@ class Trainer:
         if steps:  # a window of skipped (NaN) steps has no loss to plot
             record["loss"] = loss_sum / self.world.world_size / steps
         self.records.metrics_line(record)
+        if self.records.tensorboard is not None:
+            norm = norm_sum / self.world.world_size / steps if steps else None
+            self.records.tensorboard.training(s.step, record, norm)
         self.records.emit({"event": STEP, **record, "total_steps": self.total_steps, "eta_s": eta,
                    "epochs": config.epochs})
         self.records.status(state=RUNNING, message="training", step=s.step, epoch=s.epoch,
@@ -450,18 +428,19 @@ class Trainer:
         window.reset(now)
         return stops > 0
 
-    def _window_totals(self, window: Window) -> tuple[float, int, int, int, int]:
-        """(loss sum over ranks, trained steps, skipped steps, NaN run, ranks asking to stop)."""
+    def _window_totals(self, window: Window) -> tuple[float, int, int, float, int]:
+        """(loss sum over ranks, trained steps, skipped steps, gradient-norm sum over ranks,
+        ranks asking to stop); also updates the run of NaN steps."""
         stop = torch.tensor(1.0 if self._local_stop() else 0.0, dtype=window.dtype, device=self.device)
-        packed = self.world.sum_tensor(torch.stack([window.loss, window.ok, stop]))
-        loss_sum, ok_steps, stops = packed.tolist()
+        packed = self.world.sum_tensor(torch.stack([window.loss, window.ok, stop, window.grad_norm]))
+        loss_sum, ok_steps, stops, norm_sum = packed.tolist()
         steps = int(round(ok_steps / self.world.world_size))  # every rank agreed on each skip
         bad = window.steps_total - steps
         # The run of NaN steps ending now: the window's own trailing run, plus the previous
         # run when the whole window was bad.
         trailing = int(window.trailing_bad.item())
         self.bad_in_row = self.bad_in_row + trailing if trailing == window.steps_total else trailing
-        return loss_sum, steps, bad, self.bad_in_row, int(stops)
+        return loss_sum, steps, bad, norm_sum, int(stops)
 
     def _end_epoch(self, parts: Parts, window: Window) -> None:
         s, config = self.state, self.config

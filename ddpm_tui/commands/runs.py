@@ -17,6 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "failed, or died (status said running but its process is gone).",
     )
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="print the `tensorboard --logdir` line that shows every run trained with --tensorboard")
 
 
 def _ago(ts: float | None) -> str:
@@ -66,6 +68,13 @@ def _table(rows: list[dict[str, str]], title: str, width: int):
 
 
 def run(args: argparse.Namespace, workspace) -> int:
+    if args.tensorboard:
+        from core.training import tensorboard  # torch-free; the package itself is not imported
+
+        print(tensorboard.logdir_command(workspace.runs_dir))
+        if not tensorboard.available():
+            print(f"(tensorboard is not installed here: {tensorboard.INSTALL})")
+        return 0
     from core.quality.eval_log import best_fid, format_best_fid
     from core.training.runs import list_runs  # no torch needed
 

@@ -59,9 +59,12 @@ def build_config(args: argparse.Namespace, workspace, run_dir: Path) -> Any:
     if "data" in given:
         given["data"] = str(Path(given["data"]).expanduser().resolve())
     saved = _saved_config(run_dir)
+    if given.keys() & {"init_from", "init_from_raw"}:
+        given.update(_init_source(given, saved, workspace, run_dir))
     try:
         if saved is None:
-            values = options.resolve({"data": str(workspace.dataset_dir()), **_cpu_start(given, args.quiet), **given})
+            start = {} if given.get("init_from") else _cpu_start(given, args.quiet)  # the source's network
+            values = options.resolve({"data": str(workspace.dataset_dir()), **start, **given})
         else:
             values = options.resolve(given, base=TrainConfig.from_dict(saved).to_dict())
         config = TrainConfig.from_dict(values)
@@ -91,6 +94,40 @@ def _cpu_start(given: dict[str, Any], quiet: bool) -> dict[str, Any]:
         print(f"no CUDA GPU: starting from the CPU default ({options.cpu_start_text()}); "
               "pass --preset classic --image-size 64 for the original's network")
     return dict(options.CPU_NEW_RUN)
+
+
+def _init_source(given: dict[str, Any], saved: dict | None, workspace, run_dir: Path) -> dict[str, Any]:
+    """--init-from starts a new run only; its RUN_OR_FILE is recorded as the checkpoint file."""
+    from core.training.init_from import resolve_source
+
+    if saved is not None:
+        raise CLIError(f"--init-from starts a new run, and run {run_dir.name!r} exists; "
+                       "pick a new --run name (an existing run continues from its own checkpoint)")
+    if not given.get("init_from"):
+        raise CLIError("--init-from-raw needs --init-from RUN_OR_FILE")
+    try:
+        source = resolve_source(given["init_from"], workspace.runs_dir)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    return {"init_from": str(source), **_source_network(source, given)}
+
+
+def _source_network(source: Path, given: dict[str, Any]) -> dict[str, Any]:
+    """The source's network for what the command line leaves open (preset, image size,
+    conditional), so `--init-from RUN` alone continues that network in a new run."""
+    from core.diffusion.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        model = load_checkpoint(source).get("model_config") or {}
+    except CheckpointError as exc:
+        raise CLIError(f"--init-from: {exc}") from None
+    out: dict[str, Any] = {}
+    if model.get("preset") in options.BY_NAME["preset"].choices:
+        out["preset"] = model["preset"]
+    if isinstance(model.get("image_size"), int):
+        out["image_size"] = model["image_size"]
+    out["conditional"] = bool(model.get("num_classes"))
+    return {name: value for name, value in out.items() if name not in given}
 
 
 def _saved_config(run_dir: Path) -> dict | None:
@@ -145,8 +182,11 @@ def run(args: argparse.Namespace, workspace) -> int:
     if Path(config.data).exists() and not Path(config.data).is_dir():
         raise CLIError(f"--data {config.data} is a file, not a folder of breed folders")
     if not Path(config.data).is_dir():
-        raise CLIError(f"dataset folder {config.data} does not exist; scrape one with `ddpm-tui scrape` "
-                       "or pass --data DIR")
+        demo = workspace.dataset_dir("demo")
+        offline = (f"--data {demo} (the demo set)" if demo.is_dir()
+                   else "`ddpm-tui data demo` for an offline demo set")
+        raise CLIError(f"dataset folder {shown(config.data)} does not exist; pass --data DIR, "
+                       f"scrape one with `ddpm-tui scrape`, or try {offline}")
     quiet = args.quiet or rank != 0
     with _Display(name, quiet, LOGGER_NAME) as display:
         try:
