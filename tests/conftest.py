@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# cuBLAS reads this once, at the process's first matmul on CUDA; a --deterministic test on a
+# GPU may run after other tests used CUDA, too late for the trainer to set it. That the
+# trainer sets it itself is checked in a fresh process without it (test_gpu_switches.py).
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 @pytest.fixture
