@@ -152,10 +152,13 @@ def restore(ckpt: dict, ema: EMA, optimizer: torch.optim.Optimizer, s: TrainStat
 # ---------------------------------------------------------------------------- torch.compile
 
 
+COMPILE_BACKEND = "inductor"  # torch.compile's default; the tests use "aot_eager" (no C++/Triton build)
+
+
 def compile_network(model: nn.Module) -> nn.Module:
     """What --compile does to the network a step calls (``model`` is the UNet, or the UNet
     under DDP). The one place to switch to a regional compile of the UNet's blocks."""
-    return torch.compile(model)
+    return torch.compile(model, backend=COMPILE_BACKEND)
 
 
 COMPILE_CACHE_DIR = "torch-compile"  # under the workspace's cache/

@@ -364,7 +364,8 @@ class RunLock:
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise RunBusy(f"run {run_dir.name!r} is already training (pid {holder}); stop it first") from None
+            raise RunBusy(f"run {run_dir.name!r} is already training: pid {holder} holds its lock ({LOCK_FILE}); "
+                          "stop it first") from None
         except OSError:  # e.g. ENOLCK: a file system without locks
             os.close(fd)
             _remove_new_run_dir(run_dir, created)

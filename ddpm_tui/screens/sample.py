@@ -30,7 +30,7 @@ from textual.widgets import Button, Input, Label, ProgressBar, Select, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from core.diffusion.registry import DEFAULT_SAMPLER, SAMPLER_SPECS
-from core.io.safe_text import shown_markup
+from core.io.safe_text import shown, shown_markup
 from ddpm_tui.devices import find_choices_for, gpu_of, known_choices, provisional_choices, runs_training_on
 from ddpm_tui.draw_worker import DrawProcess
 from ddpm_tui.screens.base import StudioScreen
@@ -213,7 +213,7 @@ class SampleScreen(StudioScreen):
         select = self.query_one("#run", Select)
         current = select.value
         self._update_gpu_note()  # a run may have started or stopped on the chosen GPU
-        options = [(f"{r.name} ({r.state})", r.name) for r in runs]
+        options = [(Text(f"{shown(r.name)} ({r.state})"), r.name) for r in runs]  # folder names: plain, escaped
         if [o[1] for o in options] != [o[1] for o in getattr(self, "_run_options", [])]:
             self._run_options = options
             select.set_options(options)
@@ -244,13 +244,13 @@ class SampleScreen(StudioScreen):
             return
         run_dir = self.studio.workspace.run_dir(name)
         ckpts = sorted(checkpoints_dir(run_dir).glob("*.pt"), key=lambda p: (p.name != "last.pt", p.name))
-        ckpt_select.set_options([(p.name, str(p)) for p in ckpts])
+        ckpt_select.set_options([(Text(shown(p.name)), str(p)) for p in ckpts])
         if ckpts:
             ckpt_select.value = str(ckpts[0])
         config = read_config(run_dir) or {}
         classes = list(config.get("classes") or []) if config.get("conditional") else []
         self._breed_names = classes
-        breed.set_options([("any (unconditional)", NO_BREED)] + [(c, str(i)) for i, c in enumerate(classes)])
+        breed.set_options([("any (unconditional)", NO_BREED)] + [(Text(shown(c)), str(i)) for i, c in enumerate(classes)])
         breed.value = NO_BREED
         breed.disabled = not classes
         self.query_one("#guidance", Input).disabled = not classes

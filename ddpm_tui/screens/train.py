@@ -24,7 +24,7 @@ from textual.widgets import Button, DataTable, Label, Static
 from textual.worker import get_current_worker
 
 from core.quality.eval_log import format_best_fid
-from core.io.safe_text import shown_markup
+from core.io.safe_text import shown, shown_markup
 from core.training.events import FAILED, FINISHED, RUNNING, SETTLING_WINDOWS, STOPPED, RunStatus, eta_seconds
 from ddpm_tui.jobs import TRAIN_LOG, JobError, launch_train, log_tail, stop_run
 from ddpm_tui.screens.base import StudioScreen
@@ -264,7 +264,7 @@ class TrainScreen(StudioScreen):
         steps = [m["step"] for m in view.new_metrics if "step" in m and "loss" in m]
         losses = [m["loss"] for m in view.new_metrics if "step" in m and "loss" in m]
         if view.reset:
-            plot.title = f"loss · {view.name}"
+            plot.title = f"loss · {shown(view.name)}"  # a folder name: no escape codes
             plot.set_points(steps, losses)
             cur.last = {}
             cur.speed = Throughput()
@@ -280,7 +280,7 @@ class TrainScreen(StudioScreen):
         cur.name, cur.offset = view.name, view.offset
         if view.sample is not None:
             self.query_one("#train-samples", HalfBlockImage).set_image(view.sample)
-            self.query_one("#samples-label", Label).update(view.sample_path.name if view.sample_path else "")
+            self.query_one("#samples-label", Label).update(shown_markup(view.sample_path.name) if view.sample_path else "")
         self.query_one("#run-summary", Static).update(self._summary(view.name, view.status, cur.last, cur.speed))
         self.query_one("#sysmon", SysMonPanel).run_device = self._run_device(view.name, view.status)
 
@@ -306,14 +306,14 @@ class TrainScreen(StudioScreen):
         if state == RUNNING:
             eta = speed.eta(step, total, status.get("time_budget_ends_at")) or status.get("eta_s")
         settling = " [dim](settling)[/]" if state == RUNNING and speed.settling else ""
-        parts = [f"[b]{name}[/]  [{style}]{state}[/]"]
+        parts = [f"[b]{shown_markup(name)}[/]  [{style}]{shown_markup(state)}[/]"]  # from disk: escaped
         msg = status.get("message")
         if state == "died":
             msg = "its process is gone without saying why (killed?); e resumes from the last checkpoint"
         elif state == STOPPED and msg:  # the trainer's hint is for the command line
             msg = msg.split(";")[0] + "; e resumes it from the last checkpoint"
         if msg:
-            parts[0] += f"  {msg}"
+            parts[0] += f"  {shown_markup(msg)}"
         line2 = [f"step {step if step is not None else '–'}" + (f"/{total}" if total else "")]
         if epoch is not None:
             line2.append(f"epoch {epoch:.2f}" if isinstance(epoch, float) else f"epoch {epoch}")

@@ -321,27 +321,51 @@ def test_import_checkpoint_then_sample(ws: Path, tmp_path: Path, capsys):
 # -- one trainer per run, and one clear line for what cannot work ------------------------------
 
 
-@pytest.mark.slow
-def test_two_trainers_released_at_the_same_instant_exactly_one_trains(ws: Path, tmp_path: Path):
-    go = tmp_path / "go"
-    code = ("import os, sys, time\n"
-            "from ddpm_tui.cli import main\n"  # imports done before the start line
-            "import core.training.train\n"
-            f"while not os.path.exists({str(go)!r}): time.sleep(0.001)\n"
-            f"sys.exit(main(['--workspace', {str(ws)!r}, 'train', '--run', 'same', *{TINY!r}, '--epochs', '2']))\n")
-    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    time.sleep(8)  # both have imported torch and wait on the same file
-    go.touch()
-    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
-    codes = sorted(r[0] for r in results)
-    assert codes == [0, 2], results
-    loser = next(r for r in results if r[0] == 2)
-    assert loser[2].strip().count("\n") == 0 and "already training" in loser[2], loser[2]
+HOLD_LOCK = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.pwrite(fd, b"%d\\n" % os.getpid(), 0)
+print("held", flush=True)
+sys.stdin.read()  # holds the lock until the test closes stdin
+"""
+
+
+def test_a_run_whose_lock_another_process_holds_is_refused_by_the_lock(ws: Path, capsys):
+    """The flock itself, from a second process: no status.json, so the pid check has nothing
+    to go on and only the lock can refuse; its line names the lock. Once the holder is gone
+    (the kernel drops its flock), the run trains."""
     run = ws / "runs" / "same"
-    records, _ = runs.read_metrics(run)
-    assert [r["step"] for r in records] == list(range(1, 9))  # one trainer's records, once
+    run.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run / runs.LOCK_FILE)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"  # it says when it holds the lock: no sleep
+        assert runs.read_status(run) is None
+        assert cli(ws, "train", "--run", "same", *TINY, "--epochs", "1", "--samples", "0", "--quiet") == 2
+        err = capsys.readouterr().err
+        assert f"run 'same' is already training: pid {holder.pid} holds its lock (train.lock)" in err, err
+        assert err.strip().count("\n") == 0, err
+        assert runs.read_metrics(run)[0] == [] and not runs.checkpoints_dir(run).exists()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    assert cli(ws, "train", "--run", "same", *TINY, "--epochs", "1", "--samples", "0", "--quiet") == 0
     assert runs.read_status(run)["state"] == "finished"
+
+
+def test_a_run_whose_status_names_a_live_trainer_is_refused_by_the_pid_check(ws: Path, capsys):
+    """The other guard, without the lock: status.json says running, by a live pid (1). Its
+    line names the pid and host, not the lock, so the two guards are told apart."""
+    import socket
+
+    run = ws / "runs" / "busy"
+    run.mkdir(parents=True)
+    runs.write_status(run, state="running", pid=1, host=socket.gethostname())
+    assert cli(ws, "train", "--run", "busy", *TINY, "--epochs", "1", "--quiet") == 2
+    err = capsys.readouterr().err
+    assert f"run 'busy' is already training (pid 1 on {socket.gethostname()}); stop it first" in err, err
+    assert "lock" not in err and err.strip().count("\n") == 0, err
 
 
 def test_bad_inputs_are_one_line_and_leave_no_failed_run(ws: Path, tmp_path: Path, capsys):
