@@ -30,7 +30,7 @@ import torch
 from core.io.atomic import atomic_write
 from core.quality import metrics
 from core.quality.evaluate import EvalError, EvalSettings, Evaluator, Progress
-from core.quality.features import INCEPTION_SIZE, FeatureError, load_inception  # noqa: F401
+from core.quality.features import FeatureError, load_inception  # noqa: F401
 
 POOL3_WIDTH = 2048  # InceptionV3's pool3 features
 
@@ -149,6 +149,11 @@ class StatsEvaluator(Evaluator):
     def settings_record(self, settings: EvalSettings) -> dict:
         return {**super().settings_record(settings), "reference": self.reference.key}
 
-    def score(self, samples: torch.Tensor, labels=None, progress: Progress | None = None) -> dict[str, float]:
-        fake, _ = self.net.embed(samples, progress=progress)
-        return {"fid": metrics.frechet_distance(self.reference.mu, self.reference.sigma, *metrics.gaussian_stats(fake))}
+    def score_features(self, fake, probs=None, labels=None) -> dict[str, float]:
+        """FID of the generated images' features against the file's statistics (the one score
+        a mean and covariance allow); Evaluator.score and .evaluate both come through here."""
+        try:
+            mu, sigma = metrics.gaussian_stats(fake)
+            return {"fid": metrics.frechet_distance(self.reference.mu, self.reference.sigma, mu, sigma)}
+        except ValueError as exc:
+            raise EvalError(f"cannot compute the FID: {exc}") from None

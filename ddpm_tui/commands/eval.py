@@ -106,13 +106,13 @@ def run(args: argparse.Namespace, workspace) -> int:
         device = resolve_device(args.device)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
-    _notice_before(args, device)
     kwargs = dict(run_dir=run_dir, run_config=runs.read_config(run_dir) if run_dir is not None else None,
                   settings=settings, data_dir=args.data, features=args.features,
                   fid_weights=args.fid_weights, cache_dir=workspace.cache_dir, device=device,
                   amp=args.amp, batch_size=args.batch_size)
     if args.ref_stats:  # the real side is the file; its FIDs do not belong among the run's
         kwargs.update(run_dir=None, evaluator=_reference_side(args, device))
+    _notice_before(args, device)  # after every check of the arguments, before the work
     try:
         if args.json:
             result = evaluate_checkpoint(ckpt_path, **kwargs)
