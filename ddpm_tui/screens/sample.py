@@ -342,6 +342,8 @@ class SampleScreen(StudioScreen):
                 call(self._done, SampleResult(job, images, seconds, weights_note, device))
             elif kind == "failed":
                 call(self._failed, message[1])
+            elif kind == "cancelling":
+                call(self._cancelling, message[1], message[2])
 
     def _grid(self, images: np.ndarray) -> np.ndarray:
         from ddpm_tui.widgets.halfblock import tile_images
@@ -353,6 +355,12 @@ class SampleScreen(StudioScreen):
         what = "x0 guess" if self.preview_x0 else "x_t"
         self.query_one("#sample-status", Static).update(f"step {done}/{total} · preview {what} (Ctrl+T)")
         self.query_one("#sample-preview", HalfBlockImage).set_image(self._grid(preview))
+
+    def _cancelling(self, next_step: str, seconds: int) -> None:
+        """A cancelled draw whose process has not answered: say what comes, and when."""
+        what = "terminating" if next_step == "terminate" else "killing"
+        self.query_one("#sample-status", Static).update(
+            f"cancelling… the sampling process has not answered: {what} it in {seconds} s")
 
     def _failed(self, message: str) -> None:
         self.query_one("#sample-status", Static).update(f"[red]{shown_markup(message)}[/]")
