@@ -82,6 +82,7 @@ class SampleScreen(StudioScreen):
         Binding("ctrl+u", "save_upscaled", "Save x4", priority=True),
         Binding("w", "save", "Save PNGs", show=False),
         Binding("p", "toggle_preview", "Preview x0/x_t", show=False),
+        Binding("z", "zoom", "Zoom", show=False),  # as on the Train and Dataset screens
         Binding("escape", "blur", "Leave field", show=False),
     ]
 
@@ -425,6 +426,20 @@ class SampleScreen(StudioScreen):
 
     def action_blur(self) -> None:
         self.set_focus(None)
+
+    def action_zoom(self) -> None:
+        """The images shown (the preview or the finished grid) on the whole terminal."""
+        from ddpm_tui.screens.zoom import ZoomScreen
+
+        image = self.query_one("#sample-preview", HalfBlockImage).image
+        if image is None:
+            self.notify("nothing to zoom yet: generate first (Ctrl+R)", severity="warning")
+            return
+        run = self.query_one("#run", Select).value
+        title = f"{run} · samples" if isinstance(run, str) else "samples"
+        if self._result is not None:
+            title = f"{self._result.job.run_name} · seed {self._result.job.request.seed}"
+        self.app.push_screen(ZoomScreen(image, title))
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "generate":

@@ -87,3 +87,59 @@ def test_quitting_during_a_hung_draw_is_quick(workspace):
     finally:
         if "pid" in box and pid_alive(box["pid"]):
             os.kill(box["pid"], signal.SIGKILL)
+
+
+def test_sample_screen_zooms_the_images(workspace):
+    from ddpm_tui.screens.zoom import ZoomScreen
+    from ddpm_tui.widgets.halfblock import HalfBlockImage
+
+    make_checkpoint_run(workspace, "tiny-run", image_size=16, T=10)
+
+    async def go():
+        app = make_app(workspace, start_mode="sample")
+        async with app.run_test(size=(100, 30)) as pilot:
+            screen = app.screen
+            await wait_for(pilot, lambda: screen.query_one("#checkpoint", Select).value != Select.BLANK, 20,
+                           "the checkpoint choice")
+            screen.query_one("#steps", Input).value = "2"
+            screen.query_one("#count", Input).value = "2"
+            app.set_focus(None)
+            await pilot.press("ctrl+r")
+            await wait_for(pilot, lambda: screen._result is not None, 120, "the samples")
+            await pilot.press("z")
+            await pilot.pause()
+            assert isinstance(app.screen, ZoomScreen)
+            shown = screen.query_one("#sample-preview", HalfBlockImage).image
+            assert (app.screen.query_one("#zoom-image", HalfBlockImage).image == shown).all()
+            await pilot.press("escape")
+            assert app.screen is screen
+
+    run_async(go())
+
+
+def test_train_grid_and_its_note_fit_at_120_columns(workspace):
+    import numpy as np
+    from PIL import Image
+    from textual.widgets import Label
+
+    from core.quality.eval_log import append_records
+
+    run_dir = make_checkpoint_run(workspace, "tiny-run")
+    (run_dir / "samples").mkdir(exist_ok=True)
+    Image.fromarray(np.zeros((70, 172, 3), np.uint8)).save(run_dir / "samples" / "ema_epoch_0003.png")
+    append_records(run_dir, [{"step": s, "metric": "fid", "value": v, "sampler": "ddim", "steps": 10, "n": 50,
+                              "features": "dataset", "time": 0.0} for s, v in ((100, 80.0), (200, 40.0))])
+
+    async def go():
+        app = make_app(workspace, start_mode="train", color_mode="256")
+        async with app.run_test(size=(120, 30)) as pilot:
+            from ddpm_tui.widgets.halfblock import HalfBlockImage
+
+            grid = app.screen.query_one("#train-samples", HalfBlockImage)
+            await wait_for(pilot, lambda: grid.image is not None, 20, "the sample grid")
+            await pilot.pause()
+            note = app.screen.query_one("#train-samples-box .color-note", Label)
+            assert note.content_region.width >= len(str(note.render()))  # "256 colours · ^p Image colours"
+            assert grid.region.right <= 120 and grid.size.width >= 30
+
+    run_async(go())
