@@ -244,7 +244,7 @@ class DatasetScreen(StudioScreen):
         self.query_one("#dataset-right").display = True
         self.focus_main()  # e.g. right after the demo set is made: arrow keys move at once
         flagged = f" · [yellow]{stats.flagged_files} flagged[/] ({flag_summary(stats.flagged)})" if stats.flagged_files else ""
-        imb = f" · imbalance {stats.imbalance:.1f}x" if stats.imbalance else ""
+        imb = f" · imbalance {stats.imbalance:.1f}x (largest breed / smallest)" if stats.imbalance else ""
         size = (f" · median {stats.median_width:.0f}x{stats.median_height:.0f}"
                 if stats.median_width and stats.median_height else "")
         unscanned = f" · {stats.unscanned} not checked yet (c)" if stats.unscanned else ""

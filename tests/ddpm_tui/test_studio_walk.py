@@ -143,3 +143,79 @@ def test_train_grid_and_its_note_fit_at_120_columns(workspace):
             assert grid.region.right <= 120 and grid.size.width >= 30
 
     run_async(go())
+
+
+async def open_new_run_form(app, pilot):
+    from ddpm_tui.screens.newrun import NewRunScreen
+
+    await pilot.pause()
+    await pilot.press("n")
+    await wait_for(pilot, lambda: isinstance(app.screen, NewRunScreen), 10, "the new-run form")
+    return app.screen
+
+
+def test_new_run_form_proposes_breed_labels_and_shows_the_box_state_without_colour(workspace):
+    from textual.widgets import Checkbox
+
+    from studio_helpers import make_dataset
+
+    make_dataset(workspace.dataset_dir("dogs"))  # three breed folders
+
+    async def go():
+        app = make_app(workspace, start_mode="train", color_mode="256")
+        async with app.run_test(size=(100, 40)) as pilot:
+            form = await open_new_run_form(app, pilot)
+            assert form.query_one("#conditional", Checkbox).value is True
+            on, off = form.query_one("#conditional", Checkbox), form.query_one("#channels_last", Checkbox)
+            assert off.value is False
+            # the glyphs and words differ, whatever the colours
+            assert on.render().plain != off.render().plain
+            assert "✓" in on.render().plain and "✓" not in off.render().plain
+            off.value = True
+            await pilot.pause()
+            assert "✓" in off.render().plain
+            assert form.collect().options["conditional"] is True
+
+    run_async(go())
+
+
+def test_new_run_form_one_breed_stays_unconditional(workspace):
+    from textual.widgets import Checkbox
+
+    from studio_helpers import make_dataset
+
+    make_dataset(workspace.dataset_dir("dogs"), {"pug": 3})
+
+    async def go():
+        app = make_app(workspace, start_mode="train")
+        async with app.run_test(size=(100, 40)) as pilot:
+            form = await open_new_run_form(app, pilot)
+            assert form.query_one("#conditional", Checkbox).value is False
+
+    run_async(go())
+
+
+def test_new_run_form_explains_every_field_and_labels_fit(workspace):
+    from textual.widgets import Label
+
+    from core.training import options
+
+    async def go():
+        app = make_app(workspace, start_mode="train")
+        async with app.run_test(size=(80, 24)) as pilot:
+            form = await open_new_run_form(app, pilot)
+            for option in options.form_options():
+                widget = form.query_one(f"#{option.name}")
+                assert widget.tooltip and option.help in str(widget.tooltip), option.name
+            help_line = form.query_one("#newrun-help", Static)
+            form.query_one("#zero_terminal_snr").focus()
+            await pilot.pause()
+            assert "x_T is pure noise" in text_of(help_line)
+            form.query_one("#preset").focus()
+            await pilot.pause()
+            assert options.BY_NAME["preset"].help in " ".join(text_of(help_line).split())
+            for label in form.query("#newrun-grid > Label"):
+                text = str(label.render())
+                assert label.content_region.width >= len(text), text  # whole, not cut
+
+    run_async(go())
