@@ -219,3 +219,24 @@ def test_new_run_form_explains_every_field_and_labels_fit(workspace):
                 assert label.content_region.width >= len(text), text  # whole, not cut
 
     run_async(go())
+
+
+def test_empty_samples_panel_says_when_the_first_grid_comes(workspace):
+    from textual.widgets import Label
+
+    from core.training.runs import write_config, write_status
+
+    run_dir = workspace.run_dir("young")
+    write_config(run_dir, {"preset": "tiny", "image_size": 16, "epochs": 20, "batch_size": 4, "save_frequency": 5,
+                           "samples": 10})
+    write_status(run_dir, state="stopped", pid=0, host="test", step=30, epoch=3, total_steps=200, epochs=20)
+
+    async def go():
+        app = make_app(workspace, start_mode="train")
+        async with app.run_test(size=(120, 30)) as pilot:
+            label = app.screen.query_one("#samples-label", Label)
+            await wait_for(pilot, lambda: "first samples" in str(label.render()), 20, "the note")
+            assert str(label.render()) == "first samples at step 50"  # save_frequency 5 x 200/20 steps
+            assert label.content_region.width >= len(str(label.render()))
+
+    run_async(go())
