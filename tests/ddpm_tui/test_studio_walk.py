@@ -240,3 +240,41 @@ def test_empty_samples_panel_says_when_the_first_grid_comes(workspace):
             assert label.content_region.width >= len(str(label.render()))
 
     run_async(go())
+
+
+@pytest.mark.slow
+def test_dataset_scan_result_stays_and_flagged_counts_show(workspace):
+    from textual.widgets import DataTable
+
+    from studio_helpers import make_dataset
+
+    data = workspace.dataset_dir()
+    make_dataset(data, {"beagle": 2, "pug": 2}, size=64)  # 64 px: not too small; noise: not low-information
+    (data / "pug" / "broken.jpg").write_bytes(b"")  # flagged "empty"
+
+    async def go():
+        app = make_app(workspace)
+        async with app.run_test(size=(100, 30)) as pilot:
+            screen = app.screen
+            table = screen.query_one("#breeds", DataTable)
+            await wait_for(pilot, lambda: table.row_count == 2 and not screen._busy, 30, "counts")
+            assert table.get_cell("beagle", "flagged") == "–"  # not checked yet
+            await pilot.press("c")
+            await wait_for(pilot, lambda: not screen._busy and "flagged" in text_of(screen.query_one("#dataset-summary")),
+                           60, "the scan")
+            assert table.get_cell("beagle", "flagged") == "0" and "empty 1" in table.get_cell("pug", "flagged")
+            last = screen.query_one("#dataset-last", Static)
+            assert text_of(last).startswith("scan done:")
+            await pilot.press("r")  # a recount (and any time passing) keeps the last result
+            await wait_for(pilot, lambda: not screen._busy, 30, "the recount")
+            assert text_of(last).startswith("scan done:")
+
+    run_async(go())
+
+
+def test_no_flip_help_says_what_the_flag_does():
+    from core.training.options import BY_NAME, help_text
+
+    option = BY_NAME["flip"]
+    assert option.cli_flags == ("--no-flip",)
+    assert "--no-flip trains without them" in help_text(option)
