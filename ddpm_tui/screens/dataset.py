@@ -39,6 +39,10 @@ def share_bar(share: float, width: int = BAR_WIDTH) -> str:
     return ("█" * full + (EIGHTHS[part] if part else "")).ljust(width)
 
 
+SUMMARY_HELP = ("imbalance: the largest breed's image count over the smallest's (1x = even); flagged: images "
+                "the last check (c) found suspect, by reason; median: the typical image size")
+
+
 def flag_summary(flagged: dict[str, int], scanned: bool = False) -> str:
     """'blurry 2 small 1'; none: "0" after a scan, "–" before any (nothing known yet)."""
     return " ".join(f"{reason} {n}" for reason, n in sorted(flagged.items()) if n) or ("0" if scanned else "–")
@@ -122,7 +126,9 @@ class DatasetScreen(StudioScreen):
         self._breed: str | None = None
 
     def compose_body(self) -> ComposeResult:
-        yield Static("", id="dataset-summary")
+        summary = Static("", id="dataset-summary")
+        summary.tooltip = SUMMARY_HELP
+        yield summary
         yield Static("", id="dataset-last")
         with Horizontal(id="dataset-body"):
             with Vertical(id="dataset-left"):
@@ -203,14 +209,20 @@ class DatasetScreen(StudioScreen):
         if message:
             self.query_one("#dataset-summary", Static).update(f"{message} {done}/{total}")
 
+    def _show_note(self, note: str | None) -> None:
+        """A job's result as a notice, and under the summary until the next one (a notice goes
+        after a few seconds)."""
+        if note:
+            self.notify(note)
+            last = self.query_one("#dataset-last", Static)
+            last.update(Text(note))
+            last.display = True
+
     def _finished(self, stats, error: str | None, note: str | None) -> None:
         self._busy = False
         self.query_one("#dataset-progress").display = False
         self._stats = stats
-        if note:
-            self.notify(note)
-            # the last job's result stays on screen (a notice goes after a few seconds)
-            self.query_one("#dataset-last", Static).update(Text(note))
+        self._show_note(note)
         table = self.query_one("#breeds", DataTable)
         keep = self._breed
         # columns sized from the data, not measured while rows stream in: stable on every redraw
@@ -249,7 +261,7 @@ class DatasetScreen(StudioScreen):
         self.query_one("#dataset-right").display = True
         self.focus_main()  # e.g. right after the demo set is made: arrow keys move at once
         flagged = f" · [yellow]{stats.flagged_files} flagged[/] ({flag_summary(stats.flagged)})" if stats.flagged_files else ""
-        imb = f" · imbalance {stats.imbalance:.1f}x (largest breed / smallest)" if stats.imbalance else ""
+        imb = f" · imbalance {stats.imbalance:.1f}x" if stats.imbalance else ""
         size = (f" · median {stats.median_width:.0f}x{stats.median_height:.0f}"
                 if stats.median_width and stats.median_height else "")
         unscanned = f" · {stats.unscanned} not checked yet (c)" if stats.unscanned else ""

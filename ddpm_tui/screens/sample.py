@@ -53,7 +53,7 @@ FIELD_HELP = {
     "seed": "the same seed and settings draw the same images (here and in `ddpm-tui sample`)",
 }
 NO_BREED = "__any__"
-ANY_BREED = "any (each in turn)"  # as the CLI without --breed: image i gets breed i mod the breeds
+ANY_BREED = "all in turn"  # as the CLI without --breed: image i gets breed i mod the breeds
 
 
 @dataclass
