@@ -16,12 +16,17 @@ started the studio); it talks over a socket pair with multiprocessing's Connecti
     child -> studio: ("progress", done, total, preview), ("done", images, seconds, weights, device),
                      ("failed", message)
 
+``DrawProcess.run`` adds ("cancelling", next_step, seconds) while a cancelled child has not
+answered: "terminate" or "kill" comes in that many seconds (a hung child is ended, never
+waited for).
+
 ``images`` and ``preview`` are uint8 arrays (B, H, W, 3). Its output goes to a log file, never
 to the terminal the studio draws on.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -35,6 +40,39 @@ from typing import Callable, Iterator
 
 PREVIEW_INTERVAL = 0.25  # seconds between previews (<= 4 Hz): a fast sampler must not flood SSH
 JOIN_TIMEOUT = 10.0  # seconds a quitting child gets before it is terminated
+# A cancelled draw that does not answer (a hung or stopped child) is ended in steps the
+# screen counts down: CANCEL_GRACE to stop by itself, then SIGTERM, then SIGKILL after KILL_GRACE.
+CANCEL_GRACE = 3.0
+KILL_GRACE = 2.0
+
+
+class _Escalation:
+    """Ends an unanswering child step by step; ``step`` says what comes next and when."""
+
+    def __init__(self, proc: subprocess.Popen, grace: float) -> None:
+        self.proc, self.grace, self.start, self.terminated = proc, grace, time.monotonic(), False
+
+    def step(self) -> tuple[str, int]:
+        """("terminate" | "kill", whole seconds left) - acting on the child when the time comes."""
+        elapsed = time.monotonic() - self.start
+        if elapsed >= self.grace and not self.terminated:
+            self.terminated = True
+            _signal(self.proc, signal.SIGTERM)
+            _signal(self.proc, signal.SIGCONT)  # a stopped child acts on SIGTERM only once continued
+        if elapsed >= self.grace + KILL_GRACE:
+            _signal(self.proc, signal.SIGKILL)
+            return ("kill", 0)
+        if elapsed < self.grace:
+            return ("terminate", math.ceil(self.grace - elapsed))
+        return ("kill", math.ceil(self.grace + KILL_GRACE - elapsed))
+
+
+def _signal(proc: subprocess.Popen, sig: int) -> None:
+    if proc.poll() is None:
+        try:
+            os.kill(proc.pid, sig)
+        except OSError:  # it ended meanwhile
+            pass
 
 
 class DrawProcess:
@@ -102,11 +140,17 @@ class DrawProcess:
             self._start()
         conn, proc = self._conn, self._proc
         self._send("job", job)
-        told = False
+        stopping: _Escalation | None = None
+        notice = None
         while True:
-            if not told and cancelled():
+            if stopping is None and (cancelled() or self._proc is not proc):
                 self._send("cancel")
-                told = True
+                # closed (the studio quits or leaves the screen): no time for a polite answer
+                stopping = _Escalation(proc, CANCEL_GRACE if self._proc is proc else 0.0)
+            step = stopping.step() if stopping is not None else None
+            if step != notice:  # said once a second: the screen counts down
+                notice = step
+                yield ("cancelling", *step)
             try:
                 if not conn.poll(0.1):
                     if proc.poll() is not None and not conn.poll(0):
@@ -119,8 +163,10 @@ class DrawProcess:
                 except subprocess.TimeoutExpired:
                     code = None
                 where = f"; see {self.log_path}" if self.log_path else ""
-                yield ("failed", f"the sampling process ended (exit code {code}){where}")
-                self.close()
+                yield ("failed", "cancelled" if stopping is not None
+                       else f"the sampling process ended (exit code {code}){where}")
+                if self._proc is proc:
+                    self.close()
                 return
             yield message
             if message[0] in ("done", "failed"):
@@ -140,9 +186,10 @@ class DrawProcess:
         self._proc = self._conn = None
 
         def reap() -> None:
-            for stop in (None, proc.terminate, proc.kill):
+            for stop in (None, signal.SIGTERM, signal.SIGKILL):
                 if stop is not None:
-                    stop()
+                    _signal(proc, stop)
+                    _signal(proc, signal.SIGCONT)  # a stopped child acts on SIGTERM only once continued
                 try:
                     proc.wait(JOIN_TIMEOUT)
                     break

@@ -11,9 +11,10 @@ import re
 import unicodedata
 from pathlib import Path
 
-# The original's image_scrapper.py list, in its order (spelling kept: "jack russel").
+# The original's image_scrapper.py list, in its order ("jack russell" spelled right: its
+# folders under the original's "jack russel" spelling are still found, FORMER_SPELLINGS).
 DEFAULT_BREEDS: tuple[str, ...] = (
-    "jack russel terrier",
+    "jack russell terrier",
     "french bulldogs",
     "labrador retrievers",
     "golden retrievers",
@@ -64,6 +65,10 @@ def breed_slug(name: str) -> str:
     return slug
 
 
+# A breed's former slug -> its current one: folders named the old way keep receiving its photos.
+FORMER_SPELLINGS: dict[str, str] = {"jack_russel_terrier": "jack_russell_terrier"}
+
+
 def breed_label(name: str) -> str:
     """Human-readable name of a breed (the slug with spaces)."""
     return breed_slug(name).replace("_", " ")
@@ -109,8 +114,9 @@ def breed_folder(dataset_dir: str | Path, breed: str) -> Path:
     """The folder a breed's photos go to inside ``dataset_dir``.
 
     An existing folder whose name has the same slug (the original's
-    ``labrador_retrievers_dog_pictures``, or ``Labrador Retrievers``) is reused, so one breed
-    never ends up split over two class folders. Otherwise ``dataset_dir/<slug>``.
+    ``labrador_retrievers_dog_pictures``, or ``Labrador Retrievers``), or a former spelling of
+    it (``jack russel terrier``), is reused, so one breed never ends up split over two class
+    folders. Otherwise ``dataset_dir/<slug>``.
     """
     root = Path(dataset_dir)
     slug = breed_slug(breed)
@@ -123,8 +129,9 @@ def breed_folder(dataset_dir: str | Path, breed: str) -> Path:
         entries = []
     for entry in entries:
         try:
-            if breed_slug(entry.name) == slug:
-                return entry
+            found = breed_slug(entry.name)
         except BreedError:
             continue
+        if slug in (found, FORMER_SPELLINGS.get(found)):
+            return entry
     return exact

@@ -149,7 +149,7 @@ OPTIONS: tuple[Option, ...] = (
          resumable=False, basic=True),
     _opt("resize", str, "squash", _DATA, "Resize", "squash to a square (the original) or crop the centre square",
          choices=RESIZE_MODES),
-    _opt("flip", bool, True, _DATA, "Random flips", "random horizontal flips"),
+    _opt("flip", bool, True, _DATA, "Random flips", "random left-right flips of the training images (--no-flip trains without them)"),
     _opt("workers", int, 0, _DATA, "Workers", "image-decoding workers (0 = one per CPU)", low=0, metavar="N"),
     _opt("cache_dir", str, "", _DATA, "Cache folder", "decoded-image cache (set by the workspace)",
          internal=True),
@@ -161,29 +161,30 @@ OPTIONS: tuple[Option, ...] = (
          "with --init-from: take the raw weights instead of the EMA ones", resumable=False),
     # -- model and diffusion
     _opt("recipe", str, "classic", _MODEL, "Recipe",
-         "a bundle of defaults: classic (formerly seed: the training of dogs-image-generator-DDPM, the "
-         "original project, exactly) or fast (v prediction, cosine schedule, min-SNR, AdamW with warm-up, "
+         "a named set of values for the options below: classic (formerly seed: the training of "
+         "dogs-image-generator-DDPM, the original project, exactly) or fast (v prediction, cosine schedule, min-SNR, AdamW with warm-up, "
          "grad clip, EMA 0.999, batch 32); explicit options override it",
          choices=("classic", "fast"), basic=True),
     _opt("preset", str, "classic", _MODEL, "Preset",
-         "network: classic (formerly seed: the original project's 93M UNet), small, tiny (its design, "
+         "the network's size and design: classic (formerly seed: the original project's 93M UNet, "
+         "slow on a CPU), small, tiny (its design, "
          "smaller); res-small, res-tiny (ResNet blocks, attention at 16 px and below: more quality per CPU "
          "minute)", choices=PRESET_NAMES, resumable=False, basic=True),
-    _opt("T", int, 1000, _MODEL, "Noise steps T", "diffusion steps for training and sampling", low=1,
+    _opt("T", int, 1000, _MODEL, "Noise steps T", "diffusion steps: how many small noise steps take an image to pure noise (x_T); the DDPM sampler takes all T, the others fewer", low=1,
          metavar="STEPS", resumable=False),
-    _opt("schedule", str, "linear", _MODEL, "Schedule", "beta schedule", choices=SCHEDULE_NAMES, resumable=False),
-    _opt("prediction", str, "eps", _MODEL, "Prediction", "what the network predicts: eps (noise), x0 or v",
+    _opt("schedule", str, "linear", _MODEL, "Schedule", "noise schedule (beta): how fast noise grows over the T steps; linear (the original), cosine (slower at first, kinder to small images) or sigmoid", choices=SCHEDULE_NAMES, resumable=False),
+    _opt("prediction", str, "eps", _MODEL, "Prediction", "what the network predicts: eps (the added noise, the original), x0 (the clean image) or v (a mix of both that trains evenly at every noise level)",
          choices=PREDICTION_NAMES, resumable=False),
-    _opt("loss_weighting", str, "uniform", _MODEL, "Loss weighting", "per-timestep loss weights",
+    _opt("loss_weighting", str, "uniform", _MODEL, "Loss weighting", "how much each noise level counts in the loss: uniform (the original) or min_snr (min-SNR: nearly clean steps, with a high signal-to-noise ratio, count less; trains faster)",
          choices=LOSS_WEIGHTING_NAMES, resumable=False),
-    _opt("min_snr_gamma", float, 5.0, _MODEL, "Min-SNR gamma", "gamma of min-SNR loss weighting", low=0.0,
+    _opt("min_snr_gamma", float, 5.0, _MODEL, "Min-SNR gamma", "min-SNR weighting's cap gamma: a step weighs min(SNR, gamma) (5 is the paper's)", low=0.0,
          low_open=True, metavar="G", resumable=False),
     _opt("zero_terminal_snr", bool, False, _MODEL, "Zero terminal SNR",
-         "rescale the schedule so x_T is pure noise", resumable=False),
+         "zero terminal SNR: rescale the schedule so the last step x_T is pure noise, as sampling starts from (no trace of the image left)", resumable=False),
     _opt("conditional", bool, False, _MODEL, "Breed labels",
-         "condition on the breed (enables --breed and --guidance when sampling)", resumable=False, basic=True),
+         "breed labels: the network learns which breed (folder) each image is, so sampling can ask for one (--breed) and use --guidance", resumable=False, basic=True),
     _opt("label_dropout", float, 0.1, _MODEL, "Label dropout",
-         "share of labels dropped for classifier-free guidance", low=0.0, high=1.0, high_open=True, metavar="P"),
+         "label dropout: the share of training images shown without their breed, so the network also learns to draw any dog; classifier-free guidance needs it", low=0.0, high=1.0, high_open=True, metavar="P"),
     # -- optimisation
     _opt("batch_size", int, 16, _OPT, "Batch size", "training batch size per process", low=1, metavar="N",
          flags=("--batch_size",), basic=True),
@@ -198,10 +199,10 @@ OPTIONS: tuple[Option, ...] = (
          metavar="STEPS"),
     _opt("lr_schedule", str, "constant", _OPT, "LR schedule",
          "constant, or cosine decay to 0 over the run's steps", choices=("constant", "cosine")),
-    _opt("grad_clip", float, 0.0, _OPT, "Grad clip", "clip the gradient norm (0 = off, as in the original)",
+    _opt("grad_clip", float, 0.0, _OPT, "Grad clip", "clip the gradient norm at this value: one bad batch cannot throw the weights far (0 = off, as in the original)",
          low=0.0, metavar="NORM"),
-    _opt("ema_decay", float, 0.995, _OPT, "EMA decay", "EMA decay", low=0.0, high=1.0, metavar="D"),
-    _opt("ema_warmup", int, 0, _OPT, "EMA warm-up", "EMA warm-up W: decay min(D, (1+n)/(W+n)); 0 = off",
+    _opt("ema_decay", float, 0.995, _OPT, "EMA decay", "EMA: an exponential moving average of the weights, what sampling uses by default (smoother than the raw weights); decay closer to 1 = smoother, slower to follow", low=0.0, high=1.0, metavar="D"),
+    _opt("ema_warmup", int, 0, _OPT, "EMA warm-up", "EMA warm-up W: the decay starts low and grows, min(D, (1+n)/(W+n)) at step n, so early weights are not averaged in for long; 0 = off",
          low=0, metavar="W"),
     _opt("epochs", int, 500, _OPT, "Epochs", "epochs to run", low=1, basic=True),
     _opt("seed", int, 0, _OPT, "Seed", "random seed", low=0, high=MAX_SEED),
@@ -214,14 +215,14 @@ OPTIONS: tuple[Option, ...] = (
          metavar="N"),
     # -- saving and samples
     _opt("samples", int, 10, _SAVE, "Samples/save", "images per sample grid", low=0, metavar="N", basic=True),
-    _opt("save_frequency", int, 10, _SAVE, "Save every N ep", "epochs between checkpoints and sample grids",
+    _opt("save_frequency", int, 10, _SAVE, "Save every N ep", "epochs between checkpoints and sample grids (the first grid comes after this many epochs)",
          low=1, metavar="EPOCHS", flags=("--save_frequency",), basic=True),
     _opt("save_every_steps", int, 0, _SAVE, "Save every N steps", "also checkpoint every N steps (0 = off)",
          low=0, metavar="N"),
     _opt("keep_milestones", int, 0, _SAVE, "Keep milestones",
          "keep N epoch_NNNN.pt checkpoints besides last.pt (-1 all)", low=-1, metavar="N"),
-    _opt("sample_steps", int, 25, _SAVE, "Sample steps", "DDIM steps for the sample grids", low=1, metavar="N"),
-    _opt("sample_guidance", float, 3.0, _SAVE, "Sample guidance", "guidance for the grids of conditional runs",
+    _opt("sample_steps", int, 25, _SAVE, "Sample steps", "sampler steps (DDIM) for the sample grids written at each save", low=1, metavar="N"),
+    _opt("sample_guidance", float, 3.0, _SAVE, "Sample guidance", "classifier-free guidance for the grids of conditional runs: how strongly images follow their breed (1 = plain conditional; higher = more typical, less varied)",
          low=0.0, metavar="W"),
     _opt("log_every", int, 10, _SAVE, "Log every N steps", "steps per metrics line", low=1, metavar="N"),
     _opt("eval_every", int, 0, _SAVE, "Eval every N steps",
@@ -236,9 +237,9 @@ OPTIONS: tuple[Option, ...] = (
     # -- hardware
     _opt("device", str, "auto", _HW, "Device", "auto (CUDA, then MPS, then CPU), cuda, cuda:1, mps or cpu",
          basic=True),
-    _opt("amp", str, "auto", _HW, "Autocast", "autocast: auto = bf16 where the device does it fast; "
-         "fp16 is refused until a gradient scaler exists", choices=AMP_MODES),
-    _opt("channels_last", bool, False, _HW, "channels_last", "channels_last memory format (often faster on GPUs)"),
+    _opt("amp", str, "auto", _HW, "Autocast", "autocast (mixed precision: much of the maths in 16-bit floats, faster on GPUs): "
+         "auto = bf16 where the device does it fast, off = 32-bit; fp16 is refused until a gradient scaler exists", choices=AMP_MODES),
+    _opt("channels_last", bool, False, _HW, "channels_last", "channels_last: a memory layout of the images and weights (channels innermost), often faster on GPUs"),
     _opt("compile", bool, False, _HW, "torch.compile",
          "torch.compile the network (opt-in; the first step compiles, minutes on a GPU, cached in the "
          "workspace's cache/ for later runs)"),

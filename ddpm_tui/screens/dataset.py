@@ -39,8 +39,13 @@ def share_bar(share: float, width: int = BAR_WIDTH) -> str:
     return ("█" * full + (EIGHTHS[part] if part else "")).ljust(width)
 
 
-def flag_summary(flagged: dict[str, int]) -> str:
-    return " ".join(f"{reason} {n}" for reason, n in sorted(flagged.items()) if n) or "–"
+SUMMARY_HELP = ("imbalance: the largest breed's image count over the smallest's (1x = even); flagged: images "
+                "the last check (c) found suspect, by reason; median: the typical image size")
+
+
+def flag_summary(flagged: dict[str, int], scanned: bool = False) -> str:
+    """'blurry 2 small 1'; none: "0" after a scan, "–" before any (nothing known yet)."""
+    return " ".join(f"{reason} {n}" for reason, n in sorted(flagged.items()) if n) or ("0" if scanned else "–")
 
 
 def report_path_for(workspace, data_dir: Path) -> Path:
@@ -121,7 +126,10 @@ class DatasetScreen(StudioScreen):
         self._breed: str | None = None
 
     def compose_body(self) -> ComposeResult:
-        yield Static("", id="dataset-summary")
+        summary = Static("", id="dataset-summary")
+        summary.tooltip = SUMMARY_HELP
+        yield summary
+        yield Static("", id="dataset-last")
         with Horizontal(id="dataset-body"):
             with Vertical(id="dataset-left"):
                 yield DataTable(id="breeds", cursor_type="row", zebra_stripes=True)
@@ -201,18 +209,27 @@ class DatasetScreen(StudioScreen):
         if message:
             self.query_one("#dataset-summary", Static).update(f"{message} {done}/{total}")
 
+    def _show_note(self, note: str | None) -> None:
+        """A job's result as a notice, and under the summary until the next one (a notice goes
+        after a few seconds)."""
+        if note:
+            self.notify(note)
+            last = self.query_one("#dataset-last", Static)
+            last.update(Text(note))
+            last.display = True
+
     def _finished(self, stats, error: str | None, note: str | None) -> None:
         self._busy = False
         self.query_one("#dataset-progress").display = False
         self._stats = stats
-        if note:
-            self.notify(note)
+        self._show_note(note)
         table = self.query_one("#breeds", DataTable)
         keep = self._breed
         # columns sized from the data, not measured while rows stream in: stable on every redraw
         table.clear(columns=True)
         breeds = stats.breeds if stats is not None else []
-        flags = [flag_summary(b.flagged) for b in breeds]
+        scanned = stats is not None and stats.report_created is not None
+        flags = [flag_summary(b.flagged, scanned) for b in breeds]
         table.add_column("breed", key="breed", width=max([5] + [len(b.name) for b in breeds]))
         table.add_column("images", key="images", width=max([6] + [len(str(b.count)) for b in breeds]))
         table.add_column("share", key="share", width=BAR_WIDTH + 7)
@@ -252,7 +269,7 @@ class DatasetScreen(StudioScreen):
                        f"{imb}{size}{flagged}{unscanned}")
         for b in stats.breeds:
             table.add_row(Text(shown(b.name)), str(b.count), f"{share_bar(b.share)} {b.share * 100:4.1f}%",
-                          flag_summary(b.flagged), key=b.name)
+                          flag_summary(b.flagged, scanned), key=b.name)
         names = [b.name for b in stats.breeds]
         if keep in names:
             table.move_cursor(row=names.index(keep))

@@ -10,14 +10,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Checkbox, Input, Label, Select
+from textual.widgets import Button, Input, Label, Select, Static
 
+from core.data.files import is_hidden
 from core.training import options
 from ddpm_tui.devices import find_choices_for, known_choices, provisional_choices
+from ddpm_tui.widgets.tickbox import TickBox
 
 @dataclass
 class NewRun:
@@ -45,6 +48,18 @@ def has_cuda_gpu() -> bool:
         return False
 
 
+def class_folders(data_dir: Path) -> int:
+    """The breed folders directly under ``data_dir`` (core.data.files' rule, without walking
+    the images: the form opens on the event loop)."""
+    try:
+        return sum(1 for p in Path(data_dir).iterdir() if not is_hidden(p.name) and p.is_dir())
+    except OSError:
+        return 0
+
+
+NAME_HELP = "the run's folder name under runs/: " + options.RUN_NAME_RULE
+
+
 def form_defaults(gpu: bool) -> dict[str, Any]:
     """The form's starting values: the new-run recipe with the original's network on a GPU, a
     CPU-sized network and a time budget otherwise (the CLI's too: options.new_run_defaults)."""
@@ -59,7 +74,9 @@ class NewRunScreen(ModalScreen[NewRun | None]):
         self.data_dir = data_dir
         self.runs_dir = runs_dir
         self.gpu = has_cuda_gpu() if gpu is None else gpu
-        self.defaults = {**form_defaults(self.gpu), "data": str(data_dir)}
+        # a set of several breeds (the demo set, the scraped dogs) proposes breed labels
+        conditional = class_folders(data_dir) >= 2
+        self.defaults = {**form_defaults(self.gpu), "data": str(data_dir), "conditional": conditional}
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="newrun-dialog"):
@@ -67,10 +84,14 @@ class NewRunScreen(ModalScreen[NewRun | None]):
             with VerticalScroll(id="newrun-form"):
                 with Grid(classes="form-grid", id="newrun-grid"):
                     yield Label("Run name")
-                    yield Input(default_run_name(), compact=True, id="name")
+                    yield Input(default_run_name(), compact=True, id="name", tooltip=NAME_HELP)
                     for option in options.form_options():
                         yield Label(option.label)
-                        yield self._widget(option, self.defaults[option.name])
+                        widget = self._widget(option, self.defaults[option.name])
+                        widget.tooltip = options.help_text(option)
+                        yield widget
+            # the focused field's help (the same text as its tooltip and its --help line)
+            yield Static(NAME_HELP, id="newrun-help")
             yield Label("", id="newrun-error")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Start (Ctrl+R)", compact=True, id="start", variant="success")
@@ -79,7 +100,7 @@ class NewRunScreen(ModalScreen[NewRun | None]):
     @staticmethod
     def _widget(option: options.Option, value: Any):
         if option.type is bool:
-            return Checkbox(option.help[:40], value=value, compact=True, id=option.name)
+            return TickBox(value, compact=True, id=option.name)
         if option.choices:
             return Select([(c, c) for c in option.choices], value=value, allow_blank=False, compact=True,
                           id=option.name)
@@ -94,6 +115,14 @@ class NewRunScreen(ModalScreen[NewRun | None]):
         if known_choices() is None:  # counting GPUs imports torch: not on the event loop
             self.run_worker(self._find_devices, thread=True, group="devices", name="device list",
                             exit_on_error=False)
+
+    def on_descendant_focus(self, event) -> None:
+        """The help line follows the focus."""
+        widget = event.widget
+        while widget is not None and widget is not self and not widget.tooltip:
+            widget = widget.parent  # a drop-down's inner part: its Select has the help
+        if widget is not None and widget is not self:
+            self.query_one("#newrun-help", Static).update(Text(str(widget.tooltip)))
 
     def _find_devices(self) -> None:
         find_choices_for(self, self._set_devices)

@@ -40,7 +40,20 @@ if TYPE_CHECKING:
 from ddpm_tui.widgets.halfblock import HalfBlockImage
 
 UPSCALE = 4  # the enlarged copies Ctrl+U adds for viewing
+# The form's terms, shown as each field's tooltip
+FIELD_HELP = {
+    "weights": "EMA: the moving average of the weights over training (smoother, usually better); raw: the "
+               "weights of the last step",
+    "steps": "denoising steps: more is slower and usually finer (DDPM always takes the run's T)",
+    "eta": "eta: how much fresh noise DDIM adds at each step (0 = the same images for a seed, 1 = like DDPM); "
+           "not the ETA (time left) of training",
+    "breed": "any: one breed after another, as `ddpm-tui sample` without --breed; or one breed for every image",
+    "guidance": "classifier-free guidance: how strongly images follow their breed (1 = plain conditional; "
+                "higher = more typical, less varied)",
+    "seed": "the same seed and settings draw the same images (here and in `ddpm-tui sample`)",
+}
 NO_BREED = "__any__"
+ANY_BREED = "all in turn"  # as the CLI without --breed: image i gets breed i mod the breeds
 
 
 @dataclass
@@ -82,6 +95,7 @@ class SampleScreen(StudioScreen):
         Binding("ctrl+u", "save_upscaled", "Save x4", priority=True),
         Binding("w", "save", "Save PNGs", show=False),
         Binding("p", "toggle_preview", "Preview x0/x_t", show=False),
+        Binding("z", "zoom", "Zoom", show=False),  # as on the Train and Dataset screens
         Binding("escape", "blur", "Leave field", show=False),
     ]
 
@@ -118,7 +132,7 @@ class SampleScreen(StudioScreen):
                     yield Label("Seed")
                     yield Input("0", compact=True, id="seed", type="integer")
                     yield Label("Breed")
-                    yield Select([("any (unconditional)", NO_BREED)], value=NO_BREED, allow_blank=False, compact=True, id="breed")
+                    yield Select([(ANY_BREED, NO_BREED)], value=NO_BREED, allow_blank=False, compact=True, id="breed")
                     yield Label("Guidance")
                     yield Input("3.0", compact=True, id="guidance", type="number")
                     yield Label("Device")
@@ -136,6 +150,8 @@ class SampleScreen(StudioScreen):
                 yield Static("", id="sample-saved")
 
     def on_mount(self) -> None:
+        for fid, text in FIELD_HELP.items():
+            self.query_one(f"#{fid}").tooltip = text
         self.query_one("#sample-progress").display = False  # an idle bar would animate
         self.query_one("#sample-gpu-note").display = False
         self.refresh_runs()
@@ -250,7 +266,7 @@ class SampleScreen(StudioScreen):
         config = read_config(run_dir) or {}
         classes = list(config.get("classes") or []) if config.get("conditional") else []
         self._breed_names = classes
-        breed.set_options([("any (unconditional)", NO_BREED)] + [(Text(shown(c)), str(i)) for i, c in enumerate(classes)])
+        breed.set_options([(ANY_BREED, NO_BREED)] + [(Text(shown(c)), str(i)) for i, c in enumerate(classes)])
         breed.value = NO_BREED
         breed.disabled = not classes
         self.query_one("#guidance", Input).disabled = not classes
@@ -274,6 +290,8 @@ class SampleScreen(StudioScreen):
 
         breed = self.query_one("#breed", Select).value
         run = self.query_one("#run", Select).value
+        # "any" is what `ddpm-tui sample` does without --breed: one breed after another
+        # (core.diffusion.sampling.resolve_labels), so one seed gives one grid in both
         any_breed = breed in (NO_BREED, Select.BLANK)
         options = dict(
             n=min(number("count", int, 1, "Count"), 64),
@@ -282,7 +300,6 @@ class SampleScreen(StudioScreen):
             eta=number("eta", float, 0.0, "eta"),
             guidance=number("guidance", float, 0.0, "Guidance"),
             label=None if any_breed else int(breed),
-            unconditional=any_breed,
             seed=number("seed", int, 0, "Seed"),
             weights=str(self.query_one("#weights", Select).value),
         )
@@ -342,6 +359,8 @@ class SampleScreen(StudioScreen):
                 call(self._done, SampleResult(job, images, seconds, weights_note, device))
             elif kind == "failed":
                 call(self._failed, message[1])
+            elif kind == "cancelling":
+                call(self._cancelling, message[1], message[2])
 
     def _grid(self, images: np.ndarray) -> np.ndarray:
         from ddpm_tui.widgets.halfblock import tile_images
@@ -350,9 +369,15 @@ class SampleScreen(StudioScreen):
 
     def _progress(self, done: int, total: int, preview: np.ndarray) -> None:
         self.query_one("#sample-progress", ProgressBar).update(total=total, progress=done)
-        what = "x0 guess" if self.preview_x0 else "x_t"
+        what = "x0, the model's guess of the final image" if self.preview_x0 else "x_t, the noisy image"
         self.query_one("#sample-status", Static).update(f"step {done}/{total} · preview {what} (Ctrl+T)")
         self.query_one("#sample-preview", HalfBlockImage).set_image(self._grid(preview))
+
+    def _cancelling(self, next_step: str, seconds: int) -> None:
+        """A cancelled draw whose process has not answered: say what comes, and when."""
+        what = "terminating" if next_step == "terminate" else "killing"
+        self.query_one("#sample-status", Static).update(
+            f"cancelling… the sampling process has not answered: {what} it in {seconds} s")
 
     def _failed(self, message: str) -> None:
         self.query_one("#sample-status", Static).update(f"[red]{shown_markup(message)}[/]")
@@ -417,6 +442,20 @@ class SampleScreen(StudioScreen):
 
     def action_blur(self) -> None:
         self.set_focus(None)
+
+    def action_zoom(self) -> None:
+        """The images shown (the preview or the finished grid) on the whole terminal."""
+        from ddpm_tui.screens.zoom import ZoomScreen
+
+        image = self.query_one("#sample-preview", HalfBlockImage).image
+        if image is None:
+            self.notify("nothing to zoom yet: generate first (Ctrl+R)", severity="warning")
+            return
+        run = self.query_one("#run", Select).value
+        title = f"{run} · samples" if isinstance(run, str) else "samples"
+        if self._result is not None:
+            title = f"{self._result.job.run_name} · seed {self._result.job.request.seed}"
+        self.app.push_screen(ZoomScreen(image, title))
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "generate":

@@ -47,6 +47,20 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
+def first_samples_note(config: dict, total_steps: int | None) -> str:
+    """The empty samples panel's title: when the trainer writes its first grid (at the end of
+    epoch save_frequency, or of the last epoch if sooner; a stop also writes one)."""
+    if config.get("samples") == 0:
+        return "no samples (samples/save 0)"
+    every, epochs = config.get("save_frequency"), config.get("epochs")
+    if not isinstance(every, int) or every < 1:
+        return "latest samples"
+    first = min(every, epochs) if isinstance(epochs, int) and epochs > 0 else every
+    if isinstance(total_steps, int) and total_steps > 0 and isinstance(epochs, int) and epochs > 0:
+        return f"first samples at step {first * total_steps // epochs}"  # short: the panel is narrow
+    return f"first samples after epoch {first}"
+
+
 def fmt_loss(value: float | None) -> str:
     return "–" if value is None else f"{value:.4f}"
 
@@ -281,6 +295,10 @@ class TrainScreen(StudioScreen):
         if view.sample is not None:
             self.query_one("#train-samples", HalfBlockImage).set_image(view.sample)
             self.query_one("#samples-label", Label).update(shown_markup(view.sample_path.name) if view.sample_path else "")
+        elif self.query_one("#train-samples", HalfBlockImage).image is None:
+            info = self._runs.get(view.name)
+            self.query_one("#samples-label", Label).update(first_samples_note(
+                getattr(info, "config", None) or {}, view.status.get("total_steps")))
         self.query_one("#run-summary", Static).update(self._summary(view.name, view.status, cur.last, cur.speed))
         self.query_one("#sysmon", SysMonPanel).run_device = self._run_device(view.name, view.status)
 

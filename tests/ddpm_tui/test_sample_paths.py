@@ -56,9 +56,13 @@ def _screen_sample(ws, sampler: str) -> tuple[list[Path], str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sampler,ema", [("ddim", True), ("dpmpp2m", False)])
-def test_screen_and_cli_write_identical_pngs_and_name_the_weights(workspace, capsys, sampler: str, ema: bool):
-    run_dir = make_checkpoint_run(workspace, "tiny-run", image_size=16, T=10)
+@pytest.mark.parametrize("sampler,ema,conditional", [("ddim", True, False), ("dpmpp2m", False, False),
+                                                     ("ddim", True, True)])
+def test_screen_and_cli_write_identical_pngs_and_name_the_weights(workspace, capsys, sampler: str, ema: bool,
+                                                                  conditional: bool):
+    """Same seed and settings, same PNGs; on a conditional run the screen's breed "any" is the
+    CLI without --breed (one breed after another)."""
+    run_dir = make_checkpoint_run(workspace, "tiny-run", image_size=16, T=10, conditional=conditional)
     if not ema:
         _drop_ema(run_dir)
     screen_files, status = _screen_sample(workspace, sampler)

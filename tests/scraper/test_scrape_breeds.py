@@ -18,7 +18,16 @@ from scraper.breeds import (
 def test_defaults_are_the_originals_26_breeds():
     assert len(DEFAULT_BREEDS) == 26
     assert len({breed_slug(b) for b in DEFAULT_BREEDS}) == 26
-    assert "jack russel terrier" in DEFAULT_BREEDS and "havanese" in DEFAULT_BREEDS
+    assert "jack russell terrier" in DEFAULT_BREEDS and "havanese" in DEFAULT_BREEDS
+
+
+@pytest.mark.parametrize("old", ["jack russel terrier", "jack_russel_terrier", "jack_russel_terrier_dog_pictures"])
+def test_jack_russell_photos_go_to_a_folder_of_the_former_spelling(tmp_path, old):
+    """The default's spelling was fixed; an existing folder named the old way keeps its breed's photos."""
+    (tmp_path / old).mkdir()
+    (tmp_path / "french_bulldogs").mkdir()
+    assert breed_folder(tmp_path, "jack russell terrier") == tmp_path / old
+    assert breed_folder(tmp_path / "empty", "jack russell terrier").name == "jack_russell_terrier"
 
 
 @pytest.mark.parametrize(
