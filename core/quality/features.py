@@ -34,6 +34,7 @@ FEATURES = ("inception", "dataset")
 INCEPTION_FILE = "inception_v3_google-0cc3c7bd.pth"  # torchvision's IMAGENET1K_V1 file name
 INCEPTION_URL = f"https://download.pytorch.org/models/{INCEPTION_FILE}"
 INCEPTION_SIZE = 299
+INCEPTION_PREPROCESSING = 2  # in the key: features (and evaluations) of another version are not comparable
 FEATNET_FORMAT = "ddpm-tui-featnet"
 FEATNET_VERSION = 2  # bump when the architecture or the training recipe changes
 TRAIN_SECONDS = 60.0  # the dataset net's training budget (the demo set needs ~10 s of CPU)
@@ -138,9 +139,10 @@ def load_inception(path: str | os.PathLike | None = None, device: torch.device |
         raise FeatureError(f"{path}: not a readable weights file ({type(exc).__name__}: {str(exc)[:120]})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    # transform_input: the ImageNet weights expect ImageNet normalisation, which torchvision
-    # applies to inputs given in [-1, 1] (what we pass).
-    net = Inception3(num_classes=1000, aux_logits=True, transform_input=True, init_weights=False)
+    # torchvision's transform_input turns ImageNet-normalised inputs into [-1, 1], the range
+    # these (ported Google) weights were trained on. Ours are in [-1, 1] already, so it is
+    # off (version 1 had it on: the net saw x * 0.46 - 0.03).
+    net = Inception3(num_classes=1000, aux_logits=True, transform_input=False, init_weights=False)
     try:
         net.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as exc:
@@ -148,7 +150,7 @@ def load_inception(path: str | os.PathLike | None = None, device: torch.device |
         raise FeatureError(f"{path}: not torchvision InceptionV3 weights ({first})") from None
     net.fc = nn.Identity()
     out = InceptionFeatures(net, device).to(device)
-    out.key = _file_key(path)
+    out.key = f"{_file_key(path)}-p{INCEPTION_PREPROCESSING}"
     return out
 
 
