@@ -193,6 +193,14 @@ def dataset_key(images: torch.Tensor, labels: torch.Tensor, classes: Sequence[st
     return h.hexdigest()[:24]
 
 
+def _seeded_net(num_classes: int, seed: int = 0) -> SmallCNN:
+    """A SmallCNN initialised from ``seed``, leaving the global random stream as it was: an
+    evaluation inside training must not change the trainer's (--eval-every)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return SmallCNN(num_classes)
+
+
 def train_dataset_net(images: torch.Tensor, labels: torch.Tensor, num_classes: int, *,
                       seconds: float = TRAIN_SECONDS, epochs: int | None = None, seed: int = 0,
                       batch_size: int = 64, progress: Progress | None = None) -> SmallCNN:
@@ -203,8 +211,7 @@ def train_dataset_net(images: torch.Tensor, labels: torch.Tensor, num_classes: i
     if num_classes < 2:
         raise FeatureError(f"the dataset feature net needs at least 2 breed folders, found {num_classes}")
     gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    net = SmallCNN(num_classes)
+    net = _seeded_net(num_classes, seed)
     max_lr = 2e-3
     opt = torch.optim.Adam(net.parameters(), lr=max_lr)
     n = images.shape[0]
@@ -260,7 +267,7 @@ def dataset_feature_net(images: torch.Tensor, labels: torch.Tensor, classes: Seq
     replacing the stale one for this folder and size)."""
     key = dataset_key(images, labels, classes)
     path = _cache_file(Path(cache_dir), root, int(images.shape[-1])) if cache_dir is not None else None
-    net = SmallCNN(len(classes))
+    net = _seeded_net(len(classes))
     loaded = False
     if path is not None and path.is_file():
         try:
