@@ -55,15 +55,21 @@ def _config(data: Path, cache: Path, **kw) -> TrainConfig:
 
 
 @pytest.fixture(scope="module")
-def twin_runs(demo, tmp_path_factory):
+def cache(tmp_path_factory) -> Path:
+    """One cache for the module: the dataset feature net trains once (about 3 s)."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def twin_runs(demo, cache, tmp_path_factory):
     """The same 10-step run twice, with an evaluation every 5 steps and without."""
     base = tmp_path_factory.mktemp("twins")
     plain = base / "plain"
     judged = base / "judged"
     with _one_thread():
-        assert train(_config(demo, base / "cache"), plain)["state"] == "finished"
-        assert train(_config(demo, base / "cache", eval_every=5, eval_n=8), judged)["state"] == "finished"
-    return plain, judged, base / "cache"
+        assert train(_config(demo, cache), plain)["state"] == "finished"
+        assert train(_config(demo, cache, eval_every=5, eval_n=8), judged)["state"] == "finished"
+    return plain, judged, cache
 
 
 def _last(run_dir: Path) -> dict:
@@ -109,3 +115,16 @@ def test_the_evaluation_scores_the_ema_weights(twin_runs, demo):
         cache_dir=cache, amp="off").values["fid"] for weights in ("ema", "raw")}
     assert abs(again["ema"] - again["raw"]) > 0.05 * again["ema"], again
     assert recorded == pytest.approx(again["ema"], rel=1e-6), (recorded, again)
+
+
+def test_fid_falls_as_the_model_learns_the_demo_set(demo, cache, tmp_path):
+    """The cheapest honest setting found (about 4 s of training and evaluation on one CPU
+    thread, plus the shared feature net): 20 demo images, 40 steps at lr 2e-3, EMA decay
+    0.9, FID of 20 ten-step DDIM samples every 10 steps. Seen: 677, 540, 387, 237."""
+    config = _config(demo, cache, T=100, schedule="cosine", batch_size=10, epochs=20, lr=2e-3, ema_decay=0.9,
+                     save_frequency=1000, samples=1, sample_steps=10, log_every=10, eval_every=10, eval_n=20)
+    assert train(config, tmp_path / "run")["state"] == "finished"
+    fids = [r["value"] for r in eval_log.read_eval(tmp_path / "run")[0] if r["metric"] == "fid"]
+    assert len(fids) == 4
+    assert fids == sorted(fids, reverse=True), fids  # every evaluation better than the one before
+    assert fids[-1] < 0.5 * fids[0], fids
