@@ -36,6 +36,7 @@ INCEPTION_URL = f"https://download.pytorch.org/models/{INCEPTION_FILE}"
 # torch.hub's convention: the name's last part is the start of the file's sha256
 INCEPTION_SHA256_PREFIX = INCEPTION_FILE.rsplit("-", 1)[1].split(".")[0]
 INCEPTION_SIZE = 299
+INCEPTION_PREPROCESSING = 2  # in the key: features (and evaluations) of another version are not comparable
 FEATNET_FORMAT = "ddpm-tui-featnet"
 FEATNET_VERSION = 2  # bump when the architecture or the training recipe changes
 TRAIN_SECONDS = 60.0  # the dataset net's training budget (the demo set needs ~10 s of CPU)
@@ -142,9 +143,10 @@ def load_inception(path: str | os.PathLike | None = None, device: torch.device |
         raise FeatureError(f"{path}: not a PyTorch weights file") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    # transform_input: the ImageNet weights expect ImageNet normalisation, which torchvision
-    # applies to inputs given in [-1, 1] (what we pass).
-    net = Inception3(num_classes=1000, aux_logits=True, transform_input=True, init_weights=False)
+    # torchvision's transform_input turns ImageNet-normalised inputs into [-1, 1], the range
+    # these (ported Google) weights were trained on. Ours are in [-1, 1] already, so it is
+    # off (version 1 had it on: the net saw x * 0.46 - 0.03).
+    net = Inception3(num_classes=1000, aux_logits=True, transform_input=False, init_weights=False)
     try:
         net.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as exc:
@@ -152,7 +154,7 @@ def load_inception(path: str | os.PathLike | None = None, device: torch.device |
         raise FeatureError(f"{path}: not torchvision InceptionV3 weights ({first})") from None
     net.fc = nn.Identity()
     out = InceptionFeatures(net, device).to(device)
-    out.key = _file_key(path)
+    out.key = f"{_file_key(path)}-p{INCEPTION_PREPROCESSING}"
     return out
 
 
@@ -195,6 +197,14 @@ def dataset_key(images: torch.Tensor, labels: torch.Tensor, classes: Sequence[st
     return h.hexdigest()[:24]
 
 
+def _seeded_net(num_classes: int, seed: int = 0) -> SmallCNN:
+    """A SmallCNN initialised from ``seed``, leaving the global random stream as it was: an
+    evaluation inside training must not change the trainer's (--eval-every)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return SmallCNN(num_classes)
+
+
 def train_dataset_net(images: torch.Tensor, labels: torch.Tensor, num_classes: int, *,
                       seconds: float = TRAIN_SECONDS, epochs: int | None = None, seed: int = 0,
                       batch_size: int = 64, progress: Progress | None = None) -> SmallCNN:
@@ -205,8 +215,7 @@ def train_dataset_net(images: torch.Tensor, labels: torch.Tensor, num_classes: i
     if num_classes < 2:
         raise FeatureError(f"the dataset feature net needs at least 2 breed folders, found {num_classes}")
     gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    net = SmallCNN(num_classes)
+    net = _seeded_net(num_classes, seed)
     max_lr = 2e-3
     opt = torch.optim.Adam(net.parameters(), lr=max_lr)
     n = images.shape[0]
@@ -262,7 +271,7 @@ def dataset_feature_net(images: torch.Tensor, labels: torch.Tensor, classes: Seq
     replacing the stale one for this folder and size)."""
     key = dataset_key(images, labels, classes)
     path = _cache_file(Path(cache_dir), root, int(images.shape[-1])) if cache_dir is not None else None
-    net = SmallCNN(len(classes))
+    net = _seeded_net(len(classes))
     loaded = False
     if path is not None and path.is_file():
         try:

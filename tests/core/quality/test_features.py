@@ -97,12 +97,82 @@ def test_dataset_net_needs_two_classes():
         features.train_dataset_net(torch.zeros((4, 3, 8, 8), dtype=torch.uint8), torch.zeros(4), 1)
 
 
-def test_inception_loads_a_state_dict_from_disk(tmp_path, one_thread):
+@pytest.fixture(scope="module")
+def inception_file(tmp_path_factory):
+    """Random but fixed InceptionV3 weights in torchvision's file name, written once."""
     from torchvision.models.inception import Inception3
 
     torch.manual_seed(0)
-    path = tmp_path / features.INCEPTION_FILE
+    path = tmp_path_factory.mktemp("hub") / "checkpoints" / features.INCEPTION_FILE
+    path.parent.mkdir()
     torch.save(Inception3(aux_logits=True, init_weights=False).state_dict(), path)
+    return path
+
+
+def _known_image(size=32):
+    """A picture with edges, a gradient and distinct channels (so a wrong resize, scale or
+    channel normalisation shows)."""
+    y, x = np.mgrid[0:size, 0:size]
+    rgb = np.stack([x * 255 // (size - 1), y * 255 // (size - 1), ((x // 4 + y // 4) % 2) * 200 + 30], -1)
+    return Image.fromarray(rgb.astype(np.uint8))
+
+
+def test_inception_preprocessing_matches_torchvisions_documented_transform(inception_file, one_thread):
+    """Reference, written independently: what torchvision documents for its IMAGENET1K_V1
+    weights, i.e. the weights' own transform (bilinear resize, ImageNet mean/std; here
+    resize_size = crop_size = 299, FID's whole-image squash rather than a crop) on the PIL
+    image, into Inception3 with transform_input=True (as inception_v3(weights=...) builds
+    it). Equal features mean our input scaling, 299 px resize and transform_input setting
+    give the network the pixels torchvision's weights expect."""
+    from torchvision.models import Inception_V3_Weights
+    from torchvision.models.inception import Inception3
+
+    pil = _known_image()
+    reference_transform = Inception_V3_Weights.IMAGENET1K_V1.transforms(resize_size=299)
+    assert reference_transform.crop_size == [299] and reference_transform.mean == [0.485, 0.456, 0.406]
+    # given a float tensor (not the PIL image, which PIL would resize in uint8, rounding)
+    from torchvision.transforms.functional import to_tensor
+
+    x = reference_transform(to_tensor(pil))[None]
+    assert x.shape == (1, 3, 299, 299)
+    ref_net = Inception3(aux_logits=True, transform_input=True, init_weights=False)
+    ref_net.load_state_dict(torch.load(inception_file, weights_only=True))
+    ref_net.fc = torch.nn.Identity()
+    with torch.inference_mode():
+        expected = ref_net.eval()(x).double().numpy()
+
+    ours = features.load_inception(inception_file)
+    uint8 = torch.from_numpy(np.array(pil)).permute(2, 0, 1)[None].contiguous()
+    got, probs = ours.embed(uint8)
+    assert probs is None and got.shape == (1, 2048)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    # the model's float range [-1, 1] is the same picture
+    again, _ = ours.embed(uint8.float() / 127.5 - 1)
+    np.testing.assert_allclose(again, got, rtol=1e-5, atol=1e-6)
+
+
+def test_auto_features_choose_inception_when_its_weights_are_on_disk(inception_file, tmp_path, one_thread):
+    from core.quality import evaluate
+
+    hub_before = torch.hub.get_dir()
+    try:
+        torch.hub.set_dir(str(tmp_path / "empty-hub"))
+        assert not features.inception_available()
+        assert evaluate.resolve_features("auto") == "dataset"
+        torch.hub.set_dir(str(inception_file.parent.parent))  # <hub>/checkpoints/<file>
+        assert features.default_inception_path() == inception_file
+        assert evaluate.resolve_features("auto") == "inception"
+        root = tmp_path / "data"
+        make_demo_dataset(root, per_class=1, size=16, seed=0)
+        ev = evaluate.Evaluator(root, image_size=16, features="auto")
+        assert ev.features == "inception" and ev.net.name == "inception"
+        assert ev.real_features.shape == (ev.real_count, 2048)
+    finally:
+        torch.hub.set_dir(hub_before)
+
+
+def test_inception_loads_a_state_dict_from_disk(inception_file, one_thread):
+    path = inception_file
     assert features.inception_available(path)
     net = features.load_inception(path)
     feats, probs = net.embed(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))

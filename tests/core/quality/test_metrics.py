@@ -133,7 +133,84 @@ def test_precision_recall_fake_covers_one_of_two_real_modes():
     fake = mode_a[:60]  # a subset of the real points, all from one mode
     precision, recall = metrics.precision_recall(real, fake)
     assert precision == 1.0
-    assert 0.25 <= recall <= 0.5  # mode b uncovered; mode a's outskirts may be too
+    # Mode b is uncovered; the 40 mode-a points not in the fake set all lie inside the fake
+    # points' 3-NN balls (brute force, _reference_pr, says so too), so exactly half.
+    assert recall == 0.5 == _reference_pr(real, fake)[1]
+
+
+def _reference_pr(real, fake, k=3):
+    """Kynkäänniemi et al. written out plainly: Euclidean (not squared) distances, each
+    point's radius the distance to its k-th nearest other point of its own set; precision
+    measures fake points against the real balls, recall real points against the fake balls."""
+    def dist(a, b):
+        return np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+
+    def radii(x):
+        return np.array([sorted(np.delete(row, i))[k - 1] for i, row in enumerate(dist(x, x))])
+
+    def covered(points, centres, r):
+        return float(np.mean([(row <= r).any() for row in dist(points, centres)]))
+
+    return covered(fake, real, radii(real)), covered(real, fake, radii(fake))
+
+
+def _pr_points():
+    """12 real points spread wide (k-NN radii mostly above 1, so squaring matters) and 12
+    fake points, tighter and shifted (their radii differ from the real ones)."""
+    rng = np.random.default_rng(36)
+    real = rng.normal(size=(12, 2)) * 2  # no rounding: no distance ties at a ball's surface
+    fake = rng.normal(0.8, 1.0, size=(12, 2))
+    return real, fake
+
+
+def test_precision_recall_hand_computed_where_k_radius_and_distance_matter():
+    real, fake = _pr_points()
+    # The right answer: 9 of 12 fake points inside the real 3-NN balls, 6 of 12 real points
+    # inside the fake 3-NN balls.
+    assert _reference_pr(real, fake) == (9 / 12, 6 / 12)
+    assert metrics.precision_recall(real, fake) == (9 / 12, 6 / 12)
+    # The points are chosen so that every wrong variant gives another answer: another k,
+    # recall measured with the real set's radii, or squared distances against plain radii.
+    for k in (1, 2, 5, 10):
+        assert _reference_pr(real, fake, k) != (9 / 12, 6 / 12), k
+        assert metrics.precision_recall(real, fake, k=k) == _reference_pr(real, fake, k)
+    real_radii = np.array([sorted(np.delete(np.linalg.norm(real - p, axis=1), i))[2] for i, p in enumerate(real)])
+    assert np.mean([(np.linalg.norm(fake - p, axis=1) <= real_radii).any() for p in real]) != 6 / 12
+    assert np.mean([(np.linalg.norm(real - p, axis=1) ** 2 <= real_radii).any() for p in fake]) != 9 / 12
+
+
+def test_precision_recall_swapping_the_sets_swaps_the_answers():
+    real, fake = _pr_points()
+    assert metrics.precision_recall(fake, real) == (6 / 12, 9 / 12)
+
+
+# ---------------------------------------------------------------------------- KID by hand
+
+
+def test_mmd2_hand_computed_cubic_kernel():
+    # 1-D, k(a, b) = (a b + 1)^3: k(0, 1) = 1, k(2, 3) = 343, k(x, y) = 1, 1, 27, 64.
+    # MMD^2 = 1 + 343 - 2 (93 / 4) = 297.5 (degree 2 would give 36.5, linear 3.5).
+    x, y = np.array([[0.0], [1.0]]), np.array([[2.0], [3.0]])
+    assert metrics.mmd2_unbiased(x, y) == pytest.approx(297.5, rel=1e-12)
+    assert metrics.mmd2_unbiased(y, x) == pytest.approx(297.5, rel=1e-12)
+    # 2-D, the dot product divided by d = 2: k(x, x') = 1, k(y, y') = 1, k(x, y) = 1, 1, 8, 8.
+    # MMD^2 = 1 + 1 - 2 (18 / 4) = -7 (unbiased: may be negative; without / d: -26).
+    x, y = np.array([[0.0, 0.0], [1.0, 1.0]]), np.array([[2.0, 0.0], [0.0, 2.0]])
+    assert metrics.mmd2_unbiased(x, y) == pytest.approx(-7.0, rel=1e-12)
+
+
+def test_kid_averages_mmd2_over_subsets():
+    rng = np.random.default_rng(11)
+    x, y = rng.normal(size=(6, 3)), rng.normal(0.3, 1.0, size=(5, 3))
+    # Subsets as large as the smaller set, drawn without replacement: with 5 of 6 points
+    # the 6 possible x subsets give different values; all of y each time.
+    mean, std = metrics.kid(x, y, subsets=1, subset_size=100, seed=3)
+    pick = np.random.default_rng(3)
+    ix, iy = pick.choice(6, 5, replace=False), pick.choice(5, 5, replace=False)
+    assert mean == pytest.approx(metrics.mmd2_unbiased(x[ix], y[iy]), rel=1e-12) and std == 0.0
+    whole, whole_std = metrics.kid(x[:5], y, subsets=4, subset_size=5)
+    assert whole == pytest.approx(metrics.mmd2_unbiased(x[:5], y), rel=1e-12)
+    assert whole_std == pytest.approx(0.0, abs=1e-12)
 
 
 def test_class_helpers():
