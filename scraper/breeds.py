@@ -69,6 +69,11 @@ def breed_slug(name: str) -> str:
 FORMER_SPELLINGS: dict[str, str] = {"jack_russel_terrier": "jack_russell_terrier"}
 
 
+def current_slug(slug: str) -> str:
+    """A breed slug as spelled today (a former spelling gives its current one)."""
+    return FORMER_SPELLINGS.get(slug, slug)
+
+
 def breed_label(name: str) -> str:
     """Human-readable name of a breed (the slug with spaces)."""
     return breed_slug(name).replace("_", " ")
@@ -132,6 +137,6 @@ def breed_folder(dataset_dir: str | Path, breed: str) -> Path:
             found = breed_slug(entry.name)
         except BreedError:
             continue
-        if slug in (found, FORMER_SPELLINGS.get(found)):
+        if slug in (found, current_slug(found)):
             return entry
     return exact

@@ -10,7 +10,7 @@ import csv
 import io
 from pathlib import Path
 
-from scraper.breeds import breed_slug
+from scraper.breeds import breed_slug, current_slug
 from scraper.download import safe_child, write_atomic
 from scraper.manifest import Manifest
 
@@ -20,12 +20,13 @@ def write_breed_csvs(manifest: Manifest, out_dir: Path, *, dataset: str = "dogs"
     """Write ``out_dir/<breed>.csv`` for every breed with URLs; returns breed -> path.
 
     ``states`` limits which URLs go out (default: all found URLs, whatever their state)."""
-    wanted = {breed_slug(b) for b in breeds} if breeds else None
+    wanted = {current_slug(breed_slug(b)) for b in breeds} if breeds else None
     rows_by_breed: dict[str, list[str]] = {}
     for row in manifest.url_rows(dataset=dataset, states=states):
-        if wanted is not None and row["breed"] not in wanted:
+        breed = current_slug(row["breed"])  # URLs found under a former spelling join today's
+        if wanted is not None and breed not in wanted:
             continue
-        rows_by_breed.setdefault(row["breed"], []).append(row["url"])
+        rows_by_breed.setdefault(breed, []).append(row["url"])
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     for breed in sorted(rows_by_breed):

@@ -113,6 +113,13 @@ def test_export_one_csv_per_breed(tmp_path):
     only_failed = write_breed_csvs(m, tmp_path / "failed", dataset="dogs", states=("failed",))
     assert list(only_failed) == ["beagles"]
     assert (tmp_path / "failed" / "beagles.csv").read_text().splitlines() == ["url,breed", "http://a/2,beagles"]
+    # URLs found under the original's spelling ("jack russel") go out with today's
+    m.add_urls("dogs", "jack_russel_terrier", ["http://d/1"])
+    m.add_urls("dogs", "jack_russell_terrier", ["http://d/2"])
+    jack = write_breed_csvs(m, tmp_path / "jack", dataset="dogs", breeds=["jack russell terrier"])
+    assert list(jack) == ["jack_russell_terrier"]
+    assert jack["jack_russell_terrier"].read_text().splitlines() == [
+        "url,breed", "http://d/1,jack_russell_terrier", "http://d/2,jack_russell_terrier"]
     # the file is a plain SQLite database other tools can read
     with sqlite3.connect(tmp_path / "scrape.sqlite") as db:
-        assert db.execute("SELECT count(*) FROM urls").fetchone()[0] == 4
+        assert db.execute("SELECT count(*) FROM urls").fetchone()[0] == 6
