@@ -157,7 +157,7 @@ OPTIONS: tuple[Option, ...] = (
          "start this NEW run from another run's weights: a run name, a run folder or a checkpoint file "
          "(same network; a conditional run's breeds are matched by name, new ones start fresh)",
          metavar="RUN_OR_FILE", resumable=False),
-    _opt("init_from_raw", bool, False, _DATA, "Init from raw weights",
+    _opt("init_from_raw", bool, False, _DATA, "Init: raw weights",
          "with --init-from: take the raw weights instead of the EMA ones", resumable=False),
     # -- model and diffusion
     _opt("recipe", str, "classic", _MODEL, "Recipe",

@@ -100,7 +100,7 @@ def test_conditional_run_reports_class_accuracy(data, cache, tmp_path, one_threa
     from core.diffusion.checkpoint import build_model_from_checkpoint, load_checkpoint
 
     model, diffusion = build_model_from_checkpoint(load_checkpoint(ckpt), use_ema=True)
-    samples = evaluate.generate_images(model, diffusion, 10, evaluate.EvalSettings(n=10, steps=1))
+    samples = torch.cat(list(evaluate.generate_images(model, diffusion, 10, evaluate.EvalSettings(n=10, steps=1))))
     classes = read_config(run_dir)["classes"]
     ev = evaluate.Evaluator(data, image_size=16, features="dataset", cache_dir=cache, classes=classes)
     _, probs = ev.net.embed(samples)
@@ -228,7 +228,8 @@ class _ClassTemplates(torch.nn.Module):
         self.config = SimpleNamespace(image_size=templates.shape[-1], in_channels=3, num_classes=len(templates))
 
     def forward(self, x, t, labels=None):
-        return self.templates[labels]
+        # the null label (classifier-free guidance's unconditional half) draws the mean picture
+        return torch.cat([self.templates, self.templates.mean(0, keepdim=True)])[labels]
 
 
 def test_evaluate_labels_conditional_samples_with_the_classes_they_were_drawn_for(data, cache, heldout, tmp_path,
