@@ -132,7 +132,8 @@ class Trend:
     def detail(self) -> list[str]:
         """The figures behind the verdict and the rule, for `eval --trend`."""
         name = self.metric.upper()
-        out = [f"{name} trend over the last {self.window} of {self.points} comparable evaluations"]
+        out = [f"{name} trend over the last {self.window} of {self.points} comparable evaluations"
+               if self.window else f"{self.points} comparable {name} evaluation{'s' if self.points != 1 else ''}"]
         if self.latest is not None:
             out.append(f"latest: {name} {self.latest.value:.4g} ± {self.latest.sigma:.2g} at step {self.latest.step}")
         if self.best is not None:
