@@ -121,10 +121,14 @@ def _complete(found: dict[str, dict]) -> bool:
     return all(_number(found[m].get("value")) is not None for m in expected)
 
 
-def _number(value: Any) -> float | None:
+def number(value: Any) -> float | None:
+    """A finite number from a record, or None (text, bool, null, NaN)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value) if math.isfinite(value) else None
+
+
+_number = number
 
 
 def fid_points(records: Iterable[dict], features: str | None = None) -> list[tuple[int, float, str]]:

@@ -234,6 +234,15 @@ OPTIONS: tuple[Option, ...] = (
     _opt("eval_n", int, 1000, _SAVE, "Eval images",
          "images generated per evaluation (with --sample-steps DDIM steps); small n is quick but noisy",
          low=2, metavar="N"),
+    _opt("stop_when_flat", int, 0, _SAVE, "Stop when flat",
+         "with --eval-every: finish after K evaluations without a significant KID improvement (2x the "
+         "combined std; see docs/evaluation.md); keeps checkpoints/best.pt (0 = off)", low=0, metavar="K"),
+    _opt("stop_at_kid", float, 0.0, _SAVE, "Stop at KID",
+         "with --eval-every: finish once an evaluation's KID is at or below X; keeps checkpoints/best.pt "
+         "(0 = off)", low=0.0, metavar="X"),
+    _opt("stop_at_fid", float, 0.0, _SAVE, "Stop at FID",
+         "with --eval-every: finish once an evaluation's FID is at or below X; keeps checkpoints/best.pt "
+         "(by FID when this is the only stop rule; 0 = off)", low=0.0, metavar="X"),
     # -- hardware
     _opt("device", str, "auto", _HW, "Device", "auto (CUDA, then MPS, then CPU), cuda, cuda:1, mps or cpu",
          basic=True),
@@ -248,6 +257,8 @@ OPTIONS: tuple[Option, ...] = (
          "bit-exact resume on CUDA; slower"),
 )
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
+# The options that end a run on its evaluations (core/training/stop_rules.py); they need eval_every.
+STOP_RULES = ("stop_when_flat", "stop_at_kid", "stop_at_fid")
 # The options with a choice that has a former name (recipe, preset): derived, not listed.
 _RENAMABLE = tuple(o for o in OPTIONS if set(o.choices) & set(FORMER_NAMES.values()))
 
@@ -358,6 +369,10 @@ class _Methods:
             option.check(getattr(self, option.name))
         if self.recipe not in RECIPES:
             raise ValueError(f"unknown recipe {self.recipe!r}")
+        stop_rules = [o.cli_flags[0] for o in OPTIONS if o.name in STOP_RULES and getattr(self, o.name)]
+        if stop_rules and not self.eval_every:
+            raise ValueError(f"{', '.join(stop_rules)} judge{'s' if len(stop_rules) == 1 else ''} the evaluations "
+                             "of --eval-every N: give --eval-every too")
         if self.grad_accum > self.batch_size:
             raise ValueError(f"grad_accum {self.grad_accum} is more than batch_size {self.batch_size}: "
                              "each micro-batch needs at least one image")

@@ -1,5 +1,6 @@
-"""What a training session leaves on disk besides its records: checkpoints (last.pt and the
-kept epoch milestones), sample grids, the example images, and evaluations into eval.jsonl."""
+"""What a training session leaves on disk besides its records: checkpoints (last.pt, the
+kept epoch milestones and, under a stop rule, best.pt), sample grids, the example images, and
+evaluations into eval.jsonl with the stop rules' verdict on them."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from core.training.config import TrainConfig
 from core.training.distributed import Dist
 from core.training.events import EVAL, EVALUATING, SAMPLING, SAVING, WROTE
 from core.training.records import Reporter
+from core.training.stop_rules import BEST_CHECKPOINT, StopRules
 
 
 class Saver:
@@ -38,6 +40,7 @@ class Saver:
         self.last_saved_step = -1
         self.save_error = ""
         self.evaluator = None  # core.quality.evaluate.Evaluator, built at the first --eval-every
+        self.rules = StopRules(config)
 
     def kept(self) -> str:
         """The last checkpoint on disk, for a message."""
@@ -80,6 +83,12 @@ class Saver:
         parts.model.train()
 
     def _write_checkpoint(self, path: Path, parts: Parts) -> None:
+        self._checkpoint_to(path, parts)
+        self.last_saved_step = self.state.step
+        self.log.info("saved checkpoint at step %d (epoch %d)", self.state.step, self.state.epoch)
+
+    def _checkpoint_to(self, path: Path, parts: Parts) -> None:
+        """The whole training state at this step into ``path`` (atomic: a new file replaces the old)."""
         s, config = self.state, self.config
         seconds = self.trained_seconds()
         save_checkpoint(
@@ -92,8 +101,6 @@ class Saver:
                    "batch_size": config.batch_size, "classes": list(parts.classes),
                    "seed": config.seed, "host": socket.gethostname()},
         )
-        self.last_saved_step = s.step
-        self.log.info("saved checkpoint at step %d (epoch %d)", s.step, s.epoch)
 
     def _milestone(self, last: Path) -> None:
         """epoch_NNNN.pt beside last.pt: a hard link (no copy, and last.pt is later replaced
@@ -136,10 +143,10 @@ class Saver:
                 self.reporter.tensorboard.grid(s.step, weights, written[-1])
         return written
 
-    def evaluate(self, parts: Parts) -> None:
+    def evaluate(self, parts: Parts) -> str | None:
         """FID, KID, precision/recall of the EMA weights into eval.jsonl (rank 0). The real
         side (feature net, real features) is built once; a failure is logged and training
-        goes on."""
+        goes on. Returns a stop rule's message when one says the run is done."""
         from core.quality.evaluate import EvalError, EvalSettings, Evaluator
 
         config, s = self.config, self.state
@@ -156,7 +163,7 @@ class Saver:
                                                  run_dir=self.run_dir, amp=config.amp)
         except (EvalError, OSError, ValueError) as exc:
             self.log.error("evaluation at step %d failed: %s", s.step, exc)
-            return
+            return None
         finally:
             parts.model.train()
         values = ", ".join(f"{k} {v:.4g}" for k, v in result.values.items())
@@ -164,6 +171,22 @@ class Saver:
         if self.reporter.tensorboard is not None:
             self.reporter.tensorboard.evaluation(s.step, result.values)
         self.reporter.emit({"event": EVAL, "step": s.step, **result.values})
+        return self._judge(parts) if self.rules.enabled else None
+
+    def _judge(self, parts: Parts) -> str | None:
+        """The stop rules on the evaluation just recorded; best.pt when it is the best so far."""
+        judgement = self.rules.judge(self.run_dir, self.state.step)
+        if judgement.best:
+            path = runs.checkpoints_dir(self.run_dir) / BEST_CHECKPOINT
+            try:
+                self._checkpoint_to(path, parts)
+                self.log.info("kept %s: the best %s so far (step %d)", BEST_CHECKPOINT, self.rules.metric.upper(),
+                              self.state.step)
+            except (CheckpointError, OSError) as exc:
+                self.log.error("could not write %s: %s", path, save_error_text(exc, path))
+        if judgement.stop:
+            self.log.info("%s", judgement.stop)
+        return judgement.stop
 
 
 def write_examples(dataset: Any, diffusion: Diffusion, out_dir: Path, *, seed: int = 0, count: int = 16) -> list[Path]:

@@ -10,7 +10,8 @@ for flips, label dropout, timesteps and noise; the checkpoint stores weights, EM
 optimizer, step, epoch, the position inside the epoch and the global RNG states. So N steps,
 a stop, and N more steps give the same weights as 2N steps in one go.
 
-Stopping: SIGTERM/SIGINT (or ``stop_event``) finish the current step, save and mark the run
+Stop rules (--stop-when-flat, --stop-at-kid, --stop-at-fid; core/training/stop_rules.py) end
+the run ``finished`` after an evaluation that satisfies them. Stopping: SIGTERM/SIGINT (or ``stop_event``) finish the current step, save and mark the run
 ``stopped``. A second Ctrl-C aborts at once (the last checkpoint is kept). A NaN/inf loss
 skips the step; ``max_nonfinite`` in a row saves the last good state and fails the run.
 
@@ -48,6 +49,7 @@ from core.training.preflight import (
 from core.training.records import ProgressFn, Reporter, Window, memory_mb, write_opening
 from core.training.saving import Saver, write_examples
 from core.training.step import Stepper
+from core.training.stop_rules import STOP_RULE_PREFIX
 
 # What callers import from here (the CLI, bench/, tests), beside train() itself.
 __all__ = ["LOGGER_NAME", "TrainConfig", "TrainError", "compile_network", "epoch_order", "lr_at",
@@ -323,10 +325,12 @@ class Trainer:
                     self.saver.save(parts, samples=False, milestone=False)
                     window.start = time.monotonic()
                 if config.eval_every and s.step % config.eval_every == 0:
-                    if world.is_main:
-                        self.saver.evaluate(parts)
-                    world.barrier()
+                    # A stop rule's verdict (rank 0's) ends the run on every rank at this step.
+                    ruled = world.broadcast(self.saver.evaluate(parts) if world.is_main else None)
                     window.start = time.monotonic()
+                    if ruled:
+                        stop_reason = ruled
+                        break
                 if stop:
                     stop_reason = self._stop_reason()
                     break
@@ -462,6 +466,8 @@ class Trainer:
         final_state = FINISHED
         if stop_reason is None:
             message = f"finished {s.epoch} epoch{'s' if s.epoch != 1 else ''} at step {s.step}"
+        elif stop_reason.startswith(STOP_RULE_PREFIX):
+            message = f"{stop_reason}; finished at step {s.step} (epoch {s.epoch})"
         elif stop_reason.startswith("reached max_steps"):
             message = f"{stop_reason} (epoch {s.epoch})"
         else:

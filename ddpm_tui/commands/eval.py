@@ -56,6 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--amp", choices=AMP_MODES, default="auto", help="autocast (default: auto = bf16 where the device has it)")
     p.add_argument("--batch-size", type=_positive_int, default=100, help="images per sampling batch (default: 100)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--trend", action="store_true",
+                   help="print the run's quality trend from its eval.jsonl (KID slope per hour and per 1,000 "
+                   "steps, and whether it is improving, flat or getting worse) without sampling")
     _add_stats_args(p)
 
 
@@ -84,7 +87,32 @@ def _run_or_write_stats(args: argparse.Namespace, workspace) -> int:
         return write_stats(args, workspace)
     if args.source is None:
         raise CLIError("eval needs a RUN_OR_CHECKPOINT (or --write-stats DIR FILE.npz)")
-    return run(args, workspace)
+    return show_trend(args, workspace) if args.trend else run(args, workspace)
+
+
+def show_trend(args: argparse.Namespace, workspace) -> int:
+    """--trend: the verdict on the run's evaluations so far (core.quality.trend); nothing sampled."""
+    from pathlib import Path
+
+    from core.quality.eval_log import read_eval
+    from core.quality.trend import trend
+    from core.training import runs
+
+    path = Path(args.source).expanduser()
+    if path.is_file() and path.parent.name == runs.CHECKPOINTS_DIR:
+        path = path.parent.parent  # a checkpoint: its run's evaluations
+    run_dir = path if path.is_dir() else workspace.run_dir(args.source) if "/" not in args.source else None
+    if run_dir is None or not run_dir.is_dir():
+        raise CLIError(f"{args.source!r} is not a run in {workspace.runs_dir} nor a run folder")
+    result = trend(read_eval(run_dir)[0])
+    if args.json:
+        print(json.dumps({"run": str(run_dir), "text": result.text, "short": result.short,
+                          **{k: v for k, v in asdict(result).items() if k not in ("latest", "best")}}, indent=2))
+        return 0
+    print(f"run {shown(run_dir.name)}: {result.text}")
+    for line in result.detail():
+        print(f"  {line}")
+    return 0
 
 
 def run(args: argparse.Namespace, workspace) -> int:

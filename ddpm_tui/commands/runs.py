@@ -12,7 +12,7 @@ from ddpm_tui.commands._common import add_command
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = add_command(
         subparsers, "runs", run,
-        help="list training runs (state, step, last loss, alive)",
+        help="list training runs (state, step, last loss, best FID, quality trend, alive)",
         description="List the runs in the workspace, newest first. State is running, stopped, finished, "
         "failed, or died (status said running but its process is gone).",
     )
@@ -34,7 +34,7 @@ def _ago(ts: float | None) -> str:
 COLOURS = {"running": "green", "finished": "cyan", "stopped": "yellow", "failed": "red", "died": "red"}
 # Dropped in this order where the terminal is too narrow for every column: a figure or a state
 # is never cut (a step of 1390 shown as "139" reads as another number).
-LESS_IMPORTANT = ("age", "alive", "preset", "epoch", "best FID")
+LESS_IMPORTANT = ("age", "alive", "preset", "epoch", "best FID", "trend")
 RUN_NAME_MIN = 12  # narrower than its name, the run column wraps the name (never cuts it)
 
 
@@ -75,11 +75,13 @@ def run(args: argparse.Namespace, workspace) -> int:
         if not tensorboard.available():
             print(f"(tensorboard is not installed here: {tensorboard.INSTALL})")
         return 0
-    from core.quality.eval_log import best_fid, format_best_fid
+    from core.quality.eval_log import best_fid, format_best_fid, read_eval
+    from core.quality.trend import trend
     from core.training.runs import list_runs  # no torch needed
 
     infos = list_runs(workspace.runs_dir)
     best = {r.name: best_fid(r.path) for r in infos}
+    trends = {r.name: trend(read_eval(r.path)[0]) for r in infos}  # "too few" for a run never evaluated
     if args.json:
         rows = [
             {
@@ -87,6 +89,8 @@ def run(args: argparse.Namespace, workspace) -> int:
                 "last_loss": r.last_loss, "pid": r.pid, "alive": r.alive, "host": r.host,
                 "updated_at": r.updated_at, "message": r.message, "preset": r.config.get("preset"),
                 "best_fid": dict(zip(("value", "step", "features"), best[r.name])) if best[r.name] else None,
+                "trend": {"verdict": trends[r.name].verdict, "since_step": trends[r.name].since_step,
+                          "text": trends[r.name].text},
             }
             for r in infos
         ]
@@ -109,7 +113,8 @@ def run(args: argparse.Namespace, workspace) -> int:
             "run": r.name, "state": r.state, "preset": str(r.config.get("preset") or "-"),
             "step": "-" if r.step is None else str(r.step), "epoch": "-" if r.epoch is None else str(r.epoch),
             "last loss": "-" if r.last_loss is None else f"{r.last_loss:.4f}",
-            "best FID": format_best_fid(best[r.name]), "alive": alive, "age": _ago(r.updated_at),
+            "best FID": format_best_fid(best[r.name]),
+            "trend": trends[r.name].short if trends[r.name].points else "–", "alive": alive, "age": _ago(r.updated_at),
             **({"message": r.message} if wide else {}),
         })
         if not wide and r.message and r.state in ("failed", "died", "stopped", "running"):

@@ -3,12 +3,14 @@
 The Train screen's poller reads eval.jsonl incrementally (``core.quality.eval_log.read_eval``) in
 its thread and hands the new records to :meth:`FidPlot.add_records` on the event loop.
 FIDs of different feature nets are not comparable, so the plot shows the feature net of
-the latest evaluation only.
+the latest evaluation only. Its title carries the quality trend (core.quality.trend): whether
+KID (FID without KID) is improving, flat or getting worse, from every record read so far.
 """
 
 from __future__ import annotations
 
 from core.quality.eval_log import fid_points
+from core.quality.trend import Trend, trend
 from ddpm_tui.widgets.lossplot import StepPlot
 
 
@@ -18,10 +20,15 @@ class FidPlot(StepPlot):
         self.display = False
         self.points: dict[str, dict[int, float]] = {}  # features -> step -> fid (a rerun replaces)
         self.latest: str | None = None
+        self.records: list[dict] = []  # every eval.jsonl record read, for the trend
+        self.trend: Trend | None = None
 
     def add_records(self, records: list[dict], *, reset: bool = False) -> None:
         if reset:
-            self.points, self.latest = {}, None
+            self.points, self.latest, self.records, self.trend = {}, None, [], None
+        if records:
+            self.records.extend(records)
+            self.trend = trend(self.records)
         new = fid_points(records)
         for step, value, features in new:
             self.points.setdefault(features, {})[step] = value
@@ -34,10 +41,23 @@ class FidPlot(StepPlot):
         """(step, fid) of the plotted feature net, by step."""
         return sorted(self.points.get(self.latest, {}).items()) if self.latest else []
 
+    @property
+    def verdict(self) -> str:
+        """The trend in a few words for the title: 'KID flat since step 1200'."""
+        t = self.trend
+        if t is None or not t.points:
+            return ""
+        if t.verdict == "too few":
+            return "trend: too few evaluations"
+        if t.verdict == "improving":
+            rate = f"{t.per_hour:+.2g}/h" if t.per_hour is not None else f"{t.per_1k_steps:+.2g}/1k steps"
+            return f"{t.metric.upper()} improving {rate.replace('-', '−')}"
+        return f"{t.metric.upper()} {'flat' if t.verdict == 'flat' else 'worse'} since step {t.since_step}"
+
     def _draw(self, plt) -> None:
         pts = self.series
         self.display = bool(pts)  # a run never evaluated keeps the whole width for its loss
-        plt.title(f"FID ({self.latest})")
+        plt.title(f"FID ({self.latest}) · {self.verdict}" if self.verdict else f"FID ({self.latest})")
         if pts:
             xs, ys = [p[0] for p in pts], [p[1] for p in pts]
             plt.plot(xs, ys, marker="braille", color="cyan")
