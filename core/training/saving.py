@@ -148,7 +148,8 @@ class Saver:
             if self.evaluator is None:
                 self.evaluator = Evaluator(config.data, image_size=config.image_size, resize=config.resize,
                                            classes=parts.classes if config.conditional else None,
-                                           cache_dir=config.cache_dir or None, device=self.device)
+                                           cache_dir=config.cache_dir or None, device=self.device,
+                                           holdout=config.eval_holdout)
             settings = EvalSettings(n=config.eval_n, steps=config.sample_steps,
                                     guidance=config.sample_guidance if config.conditional else 1.0)
             with parts.ema.applied(parts.model):
