@@ -162,9 +162,22 @@ class Saver:
             parts.model.train()
         values = ", ".join(f"{k} {v:.4g}" for k, v in result.values.items())
         self.log.info("evaluation at step %d (%d images, %.1f s): %s", s.step, config.eval_n, result.seconds, values)
+        self._warn_overfitting()
         if self.reporter.tensorboard is not None:
             self.reporter.tensorboard.evaluation(s.step, result.values)
         self.reporter.emit({"event": EVAL, "step": s.step, **result.values})
+
+
+    def _warn_overfitting(self) -> None:
+        from core.quality.eval_log import read_eval
+        from core.quality.overfitting import overfitting_warning
+
+        try:
+            warning = overfitting_warning(read_eval(self.run_dir)[0])
+        except OSError:
+            return
+        if warning is not None and warning.step == self.state.step:  # said once, by the evaluation that set it off
+            self.log.warning("%s", warning.message)
 
 
 def write_examples(dataset: Any, diffusion: Diffusion, out_dir: Path, *, seed: int = 0, count: int = 16) -> list[Path]:

@@ -34,7 +34,7 @@ def _ago(ts: float | None) -> str:
 COLOURS = {"running": "green", "finished": "cyan", "stopped": "yellow", "failed": "red", "died": "red"}
 # Dropped in this order where the terminal is too narrow for every column: a figure or a state
 # is never cut (a step of 1390 shown as "139" reads as another number).
-LESS_IMPORTANT = ("age", "alive", "preset", "epoch", "best FID")
+LESS_IMPORTANT = ("age", "alive", "preset", "epoch", "best FID", "check")
 RUN_NAME_MIN = 12  # narrower than its name, the run column wraps the name (never cuts it)
 
 
@@ -75,11 +75,13 @@ def run(args: argparse.Namespace, workspace) -> int:
         if not tensorboard.available():
             print(f"(tensorboard is not installed here: {tensorboard.INSTALL})")
         return 0
-    from core.quality.eval_log import best_fid, format_best_fid
+    from core.quality.eval_log import best_fid, format_best_fid, read_eval
+    from core.quality.overfitting import FLAG, overfitting_warning
     from core.training.runs import list_runs  # no torch needed
 
     infos = list_runs(workspace.runs_dir)
     best = {r.name: best_fid(r.path) for r in infos}
+    warned = {r.name: overfitting_warning(read_eval(r.path)[0]) for r in infos}
     if args.json:
         rows = [
             {
@@ -87,6 +89,7 @@ def run(args: argparse.Namespace, workspace) -> int:
                 "last_loss": r.last_loss, "pid": r.pid, "alive": r.alive, "host": r.host,
                 "updated_at": r.updated_at, "message": r.message, "preset": r.config.get("preset"),
                 "best_fid": dict(zip(("value", "step", "features"), best[r.name])) if best[r.name] else None,
+                "overfitting": warned[r.name].message if warned[r.name] else None,
             }
             for r in infos
         ]
@@ -109,11 +112,14 @@ def run(args: argparse.Namespace, workspace) -> int:
             "run": r.name, "state": r.state, "preset": str(r.config.get("preset") or "-"),
             "step": "-" if r.step is None else str(r.step), "epoch": "-" if r.epoch is None else str(r.epoch),
             "last loss": "-" if r.last_loss is None else f"{r.last_loss:.4f}",
-            "best FID": format_best_fid(best[r.name]), "alive": alive, "age": _ago(r.updated_at),
+            "best FID": format_best_fid(best[r.name]), "check": FLAG if warned[r.name] else "-",
+            "alive": alive, "age": _ago(r.updated_at),
             **({"message": r.message} if wide else {}),
         })
         if not wide and r.message and r.state in ("failed", "died", "stopped", "running"):
             notes.append(f"[bold]{r.name}[/]: {r.message}")
+        if warned[r.name]:  # the flag's meaning and what to do, whatever the width
+            notes.append(f"[bold]{r.name}[/]: {warned[r.name].message}")
     table = _table(rows, f"runs in {workspace.runs_dir}", console.width)
     console.print(table)
     for note in notes:
