@@ -235,7 +235,7 @@ OPTIONS: tuple[Option, ...] = (
          "also write loss, learning rate, gradient norm, images/s, evaluations and sample grids to "
          "RUN/tb/ (needs: pip install 'ddpm-tui[tensorboard]')"),
     _opt("eval_holdout", float, 0.0, _SAVE, "Eval held-out",
-         "hold this share of the images out of training (0.1 or 10%; 0 = off) and evaluate against them: "
+         "hold this share of the images out of training (0.1, or 10 with a percent sign; 0 = off) and evaluate against them: "
          "FID against images never trained on; the split is fixed by each file's path (see docs/evaluation.md)",
          low=0.0, high=MAX_HOLDOUT, percent=True, resumable=False, metavar="FRACTION"),
     _opt("eval_n", int, 1000, _SAVE, "Eval images",
