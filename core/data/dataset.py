@@ -36,6 +36,7 @@ from typing import Callable, Sequence
 import torch
 
 from core.diffusion.checkpoint import atomic_torch_save
+from core.data.split import holdout_mask
 from core.data.files import DatasetFile, DatasetFolderError, is_image_name, list_folder, unchanged
 from core.data.images import RESIZE_MODES, decode_image, decode_or_error, resize_image, worker_pool  # noqa: F401
 from core.io.safe_text import shown
@@ -343,9 +344,13 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         logger: logging.Logger | None = None,
         classes: Sequence[str] | None = None,
         pool: str = "thread",
+        holdout: float = 0.0,
+        part: str = "train",
     ) -> None:
         """``classes``: a fixed class list (a resumed conditional run's): labels follow it,
-        breed folders not in it are ignored with a warning."""
+        breed folders not in it are ignored with a warning. ``holdout``: the share held out
+        (core.data.split's rule); ``part``: which side to keep, "train", "holdout" or "all".
+        Every file is decoded either way, so both sides share one decoded-image cache."""
         t0 = time.perf_counter()
         self.root = Path(root)
         self.options = options or DataOptions()
@@ -357,10 +362,18 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                              progress=progress, logger=log)
         good = self._report_bad(files, out)
         self._label(files, good, classes)
-        self.images = out.images[torch.tensor(good, dtype=torch.long)] if len(good) < n else out.images
+        held = holdout_mask([files[i].rel for i in good], holdout)
+        self.held_out_count = sum(held)
+        keep = [row for row, h in enumerate(held) if part == "all" or h == (part == "holdout")]
+        self.held_out = held if part == "all" else None  # per row, when both sides are kept
+        rows = torch.tensor([good[row] for row in keep], dtype=torch.long)
+        self.images = out.images[rows] if len(keep) < n else out.images
+        self.labels = self.labels[torch.tensor(keep, dtype=torch.long)]
+        self.samples = [self.samples[row] for row in keep]
         self.stats = {
             "files": n,
-            "images": len(good),
+            "images": len(keep),
+            "held_out": self.held_out_count,
             "decoded": out.decoded,
             "reused": out.reused,
             "bad": len(self.bad_files),
@@ -369,6 +382,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         }
         log.info("dataset %s: %d images, %d classes (%d decoded, %d from cache, %d skipped)",
                  shown(self.root), len(good), len(self.classes), out.decoded, out.reused, len(self.bad_files))
+        if holdout > 0:
+            log.info("held out %d of them for evaluation (never trained on); keeping the %s side", sum(held), part)
 
     def _list(self, classes: Sequence[str] | None) -> list[DatasetFile]:
         """The image files to use (by ``core.data.files``' rule and ``classes``), with warnings

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.quality import eval_log, metrics
+from core.quality import eval_log, memorisation, metrics
 from core.quality.features import (FEATURES, FeatureError, FeatureNet, dataset_feature_net, inception_available,
                            load_inception)
 
@@ -165,7 +165,10 @@ class Evaluator:
                  classes: Sequence[str] | None = None, features: str = AUTO_FEATURES,
                  fid_weights: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
                  device: torch.device | str = "cpu", feature_seconds: float | None = None,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, holdout: float = 0.0) -> None:
+        """``holdout``: the run's --eval-holdout. With it the real side is the held-out
+        images (FID against images never trained on); the training side is always what the
+        memorisation check (core.quality.memorisation) compares samples with."""
         from core.data.dataset import DataOptions, DatasetError, ImageFolderDataset
 
         self.device = torch.device(device)
@@ -177,13 +180,20 @@ class Evaluator:
         try:
             data = ImageFolderDataset(root, DataOptions(image_size=int(image_size), resize=resize, flip=False),
                                       cache_dir=self.cache_dir, classes=list(classes) if classes else None,
-                                      progress=progress)
+                                      progress=progress, holdout=holdout, part="all")
         except (DatasetError, ValueError) as exc:
             raise EvalError(str(exc)) from None
-        if len(data) < 2:
-            raise EvalError(f"{root}: at least 2 readable images are needed, found {len(data)}")
+        self.holdout = float(holdout)
+        held = torch.tensor(data.held_out, dtype=torch.bool)
+        train_images, train_labels = data.images[~held], data.labels[~held]
+        real_images = data.images[held] if self.holdout else train_images
+        if len(real_images) < 2 or len(train_images) < 2:
+            side = "held-out" if len(real_images) < 2 else "training"
+            raise EvalError(f"{root}: at least 2 readable {side} images are needed, found "
+                            f"{min(len(real_images), len(train_images))}")
         self.classes = list(data.classes)
-        self.real_labels = data.labels.numpy()
+        self.real_labels = (data.labels[held] if self.holdout else train_labels).numpy()
+        self.train_labels = train_labels.numpy()
         if self.features == "inception":
             try:
                 self.net: FeatureNet = load_inception(fid_weights, self.device)
@@ -192,13 +202,16 @@ class Evaluator:
         else:
             extra = {"seconds": feature_seconds} if feature_seconds is not None else {}
             try:
-                self.net = dataset_feature_net(data.images, data.labels, data.classes, root=root,
+                self.net = dataset_feature_net(train_images, train_labels, data.classes, root=root,
                                                cache_dir=self.cache_dir, device=self.device,
                                                progress=progress, **extra)
             except FeatureError as exc:
                 raise EvalError(str(exc)) from None
-        self.real_features = self._real_features(data.images, progress)
-        self.real_count = len(data)
+        self.real_features = self._real_features(real_images, progress)
+        self.train_features = self._real_features(train_images, progress) if self.holdout else self.real_features
+        self.train_pixels = memorisation.pixel_vectors(train_images)
+        self._thresholds: tuple[float, float] | None = None
+        self.real_count = len(real_images)
 
     def _real_features(self, images: torch.Tensor, progress: Progress | None) -> np.ndarray:
         if self.cache_dir is None:
@@ -219,7 +232,23 @@ class Evaluator:
         return feats
 
     def settings_record(self, settings: EvalSettings) -> dict:
-        return {**asdict(settings), "features": self.features, "feature_key": self.net.key}
+        held = {"real": "holdout", "holdout": self.holdout} if getattr(self, "holdout", 0.0) else {}
+        return {**asdict(settings), "features": self.features, "feature_key": self.net.key, **held}
+
+    def copy_check(self, fake: np.ndarray, pixels: np.ndarray | None,
+                   labels: Sequence[int] | None = None) -> memorisation.CopyCheck | None:
+        """The memorisation check of samples' features (and downscaled pixels) against the
+        training images; None for a real side without training images (reference statistics)."""
+        if getattr(self, "train_features", None) is None:
+            return None
+        if self._thresholds is None:  # the training set's own spacing: computed once
+            self._thresholds = (memorisation.copy_threshold(self.train_features),
+                                memorisation.copy_threshold(self.train_pixels))
+        feats = memorisation.check_space(fake, self.train_features, self._thresholds[0])
+        pix = memorisation.check_space(pixels, self.train_pixels, self._thresholds[1]) if pixels is not None else None
+        per_class = (memorisation.per_class_rates(feats.copies, labels, self.classes)
+                     if labels is not None and self.classes else {})
+        return memorisation.CopyCheck(feats, pix, per_class)
 
     def score(self, samples: torch.Tensor, labels: Sequence[int] | None = None,
               progress: Progress | None = None) -> dict[str, float]:
@@ -276,13 +305,20 @@ class Evaluator:
             labels = [i % num_classes for i in range(settings.n)]  # every breed equally often
             if self.net.classes is not None and len(self.net.classes) != num_classes:
                 raise EvalError(f"the model knows {num_classes} classes but the dataset has {len(self.net.classes)}")
-        fake, probs = self._embed_samples(model, diffusion, settings, amp=amp, batch_size=batch_size,
-                                          progress=progress)
+        fake, probs, pixels = self._embed_samples(model, diffusion, settings, amp=amp, batch_size=batch_size,
+                                                  progress=progress)
         values = self.score_features(fake, probs, labels if self.net.classes is not None else None)
+        copies = self.copy_check(fake, pixels, labels)
+        if copies is not None:
+            values["copy_rate"] = copies.rate
         seconds = time.perf_counter() - t0
+        held = {"real": "holdout"} if getattr(self, "holdout", 0.0) else {}
         records = _records(values, step=step, settings=settings, features=self.features, eid=eid,
                            identity=identity, extra={"feature_key": self.net.key, "seconds": round(seconds, 3),
-                                                     "real_n": self.real_count})
+                                                     "real_n": self.real_count, **held})
+        for record in records:
+            if record["metric"] == "copy_rate" and copies is not None:
+                record.update(copies.record_fields())
         if run_dir is not None:
             try:
                 eval_log.append_records(run_dir, records)
@@ -291,16 +327,18 @@ class Evaluator:
         return EvalResult(values, int(step), self.features, settings, seconds, False, records)
 
     def _embed_samples(self, model: nn.Module, diffusion, settings: EvalSettings, *, amp: str, batch_size: int,
-                       progress: Progress | None) -> tuple[np.ndarray, np.ndarray | None]:
-        """Draw ``settings.n`` images and keep only their features: one batch of images in memory."""
-        feats, probs = [], []
+                       progress: Progress | None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """Draw ``settings.n`` images and keep only their features and downscaled pixels (the
+        copy check's): one batch of full images in memory."""
+        feats, probs, pixels = [], [], []
         for batch in generate_images(model, diffusion, settings.n, settings, device=_model_device(model), amp=amp,
                                      batch_size=batch_size, progress=progress):
             f, p = self.net.embed(batch, batch_size=batch_size)
             feats.append(f)
+            pixels.append(memorisation.pixel_vectors(batch))
             if p is not None:
                 probs.append(p)
-        return np.concatenate(feats), (np.concatenate(probs) if probs else None)
+        return np.concatenate(feats), (np.concatenate(probs) if probs else None), np.concatenate(pixels)
 
 
 def _check_log(run_dir: str | os.PathLike) -> None:
@@ -394,7 +432,8 @@ def evaluate_checkpoint(ckpt_path: str | os.PathLike, *, run_dir: str | os.PathL
     evaluator = evaluator or Evaluator(data, image_size=int(model_cfg.get("image_size") or model.config.image_size),
                           resize=str(config.get("resize") or "squash"),
                           classes=classes if model.config.num_classes else None, features=features,
-                          fid_weights=fid_weights, cache_dir=cache_dir, device=device, progress=progress)
+                          fid_weights=fid_weights, cache_dir=cache_dir, device=device, progress=progress,
+                          holdout=float(config.get("eval_holdout") or 0.0))  # the run's split
     model, diffusion = model.to(device), diffusion.to(device)
     return evaluator.evaluate(model, diffusion, settings, step=step,
                               identity=checkpoint_identity(ckpt_path, step), run_dir=run_dir,

@@ -22,6 +22,7 @@ import re
 from dataclasses import MISSING, asdict, dataclass, field, fields, make_dataclass
 from typing import Any, Iterable
 
+from core.data.split import MAX_HOLDOUT, parse_fraction
 from core.diffusion.registry import (AMP_MODES, DEVICE_SUGGESTIONS, LOSS_WEIGHTING_NAMES, MAX_SEED,  # noqa: F401
                                      PREDICTION_NAMES, PRESET_IMAGE_SIZE, PRESET_NAMES, SAMPLER_NAMES,
                                      SCHEDULE_NAMES, WEIGHT_NAMES, FORMER_NAMES,
@@ -52,6 +53,7 @@ class Option:
     duration: bool = False  # the command line also takes 30m, 1.5h, 2d
     internal: bool = False  # set by the program (not a flag, not in the form), kept in config.json
     basic: bool = False  # shown in the form's first section
+    percent: bool = False  # the command line also takes 10% for 0.1
 
     @property
     def cli_flags(self) -> tuple[str, ...]:
@@ -119,7 +121,8 @@ class Option:
         if self.type is str:
             return self.check(text)
         try:
-            value = parse_duration(text) if self.duration else self.type(text)
+            value = (parse_duration(text) if self.duration else parse_fraction(text) if self.percent
+                     else self.type(text))
         except ValueError:
             kind = "an integer" if self.type is int else "a number"
             raise ValueError(f"{self.name}: {text!r} is not {kind}") from None
@@ -231,6 +234,10 @@ OPTIONS: tuple[Option, ...] = (
     _opt("tensorboard", bool, False, _SAVE, "TensorBoard",
          "also write loss, learning rate, gradient norm, images/s, evaluations and sample grids to "
          "RUN/tb/ (needs: pip install 'ddpm-tui[tensorboard]')"),
+    _opt("eval_holdout", float, 0.0, _SAVE, "Eval held-out",
+         "hold this share of the images out of training (0.1, or 10 with a percent sign; 0 = off) and evaluate against them: "
+         "FID against images never trained on; the split is fixed by each file's path (see docs/evaluation.md)",
+         low=0.0, high=MAX_HOLDOUT, percent=True, resumable=False, metavar="FRACTION"),
     _opt("eval_n", int, 1000, _SAVE, "Eval images",
          "images generated per evaluation (with --sample-steps DDIM steps); small n is quick but noisy",
          low=2, metavar="N"),
@@ -274,7 +281,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 # Keys config.json carries besides the options (written by the trainer).
 CONFIG_META_KEYS = ("model", "diffusion", "classes", "created_at", "num_images", "world_size", "imported_from",
-                    "initialized_from")
+                    "initialized_from", "holdout")
 
 
 # The recipe a new run gets when none is named (the CLI and the studio's form): the best one

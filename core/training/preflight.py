@@ -144,6 +144,7 @@ def load_dataset(config: TrainConfig, log: logging.Logger, progress: ProgressFn 
             Path(config.data), options,
             cache_dir=Path(config.cache_dir) if config.cache_dir else None,
             workers=config.workers or None, progress=on_progress, logger=log, classes=classes,
+            holdout=config.eval_holdout,
         )
     except DatasetError as exc:
         raise TrainError(str(exc)) from None

@@ -155,7 +155,8 @@ class Saver:
             if self.evaluator is None:
                 self.evaluator = Evaluator(config.data, image_size=config.image_size, resize=config.resize,
                                            classes=parts.classes if config.conditional else None,
-                                           cache_dir=config.cache_dir or None, device=self.device)
+                                           cache_dir=config.cache_dir or None, device=self.device,
+                                           holdout=config.eval_holdout)
             settings = EvalSettings(n=config.eval_n, steps=config.sample_steps,
                                     guidance=config.sample_guidance if config.conditional else 1.0)
             with parts.ema.applied(parts.model):
@@ -168,6 +169,7 @@ class Saver:
             parts.model.train()
         values = ", ".join(f"{k} {v:.4g}" for k, v in result.values.items())
         self.log.info("evaluation at step %d (%d images, %.1f s): %s", s.step, config.eval_n, result.seconds, values)
+        self._warn_overfitting()
         if self.reporter.tensorboard is not None:
             self.reporter.tensorboard.evaluation(s.step, result.values)
         self.reporter.emit({"event": EVAL, "step": s.step, **result.values})
@@ -187,6 +189,18 @@ class Saver:
         if judgement.stop:
             self.log.info("%s", judgement.stop)
         return judgement.stop
+
+
+    def _warn_overfitting(self) -> None:
+        from core.quality.eval_log import read_eval
+        from core.quality.overfitting import overfitting_warning
+
+        try:
+            warning = overfitting_warning(read_eval(self.run_dir)[0])
+        except OSError:
+            return
+        if warning is not None and warning.step == self.state.step:  # said once, by the evaluation that set it off
+            self.log.warning("%s", warning.message)
 
 
 def write_examples(dataset: Any, diffusion: Diffusion, out_dir: Path, *, seed: int = 0, count: int = 16) -> list[Path]:

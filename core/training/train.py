@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from core.data.split import HOLDOUT_RULE
 from core.diffusion.device import autocast_dtype, kernel_choices, set_cublas_deterministic
 from core.training import runs
 from core.training.build import (
@@ -266,6 +267,8 @@ class Trainer:
             **config.to_dict(), "model": model.config.to_dict(), "diffusion": parts.diffusion.config.to_dict(),
             "classes": parts.classes, "num_images": n, "world_size": self.world.world_size,
             **({"initialized_from": initialized} if initialized else {}),
+            **({"holdout": {"fraction": config.eval_holdout, "rule": HOLDOUT_RULE,
+                            "images": getattr(parts.dataset, "held_out_count", 0)}} if config.eval_holdout else {}),
         })
         self.records.open_metrics()
         if config.tensorboard:

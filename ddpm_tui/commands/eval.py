@@ -23,7 +23,7 @@ _guidance = bounded(float, low=0.0, high=100.0)
 CPU_NOTICE_WORK = 10_000  # images x steps above which a CPU evaluation takes minutes: say so first
 
 LABELS = {"fid": "FID", "kid": "KID", "precision": "precision", "recall": "recall",
-          "class_accuracy": "class accuracy", "class_entropy": "class entropy (nats)"}
+          "class_accuracy": "class accuracy", "class_entropy": "class entropy (nats)", "copy_rate": "copy rate"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -178,15 +178,32 @@ def _print_result(args: argparse.Namespace, result, settings, ckpt_path, run_dir
     for metric, label in LABELS.items():
         if metric not in values:
             continue
-        text = f"{values[metric]:.4g}"
+        text = f"{values[metric]:.4g}" if metric != "copy_rate" else _copy_text(result.records, values[metric])
         if metric == "kid":
             text += f" ± {values.get('kid_std', 0.0):.2g}"
         print(f"  {label:<22}{text}")
+    if any(r.get("real") == "holdout" for r in result.records):
+        print("  (FID, KID, precision and recall against the run's held-out images: never trained on)")
     if result.features == "dataset":
         print("  (dataset features: this FID is on the dataset net's own scale; compare it only with other "
               "dataset-feature FIDs of this dataset, never with published Inception FIDs)")
     if run_dir is not None and not result.reused and not args.ref_stats:
         print(f"appended to {run_dir / 'eval.jsonl'}")
+
+
+def _copy_text(records: list[dict], rate: float) -> str:
+    """'3% (pixels 1%); beagle 0%, pug 6%': the copy rate, as its record has it."""
+    record = next((r for r in records if r.get("metric") == "copy_rate"), {})
+    text = f"{rate:.0%}"
+    if isinstance(record.get("pixel_rate"), (int, float)):
+        text += f" (in pixels: {record['pixel_rate']:.0%})"
+    per_class = record.get("per_class")
+    if isinstance(per_class, dict) and per_class:
+        text += "; " + ", ".join(f"{shown(str(k))} {v:.0%}" for k, v in per_class.items()
+                                 if isinstance(v, (int, float)))
+    if isinstance(record.get("rule"), str):
+        text += f"\n  {'':<22}(a copy: {shown(record['rule'])})"
+    return text
 
 
 def _notes(lines: list[str]) -> None:

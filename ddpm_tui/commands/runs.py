@@ -34,7 +34,7 @@ def _ago(ts: float | None) -> str:
 COLOURS = {"running": "green", "finished": "cyan", "stopped": "yellow", "failed": "red", "died": "red"}
 # Dropped in this order where the terminal is too narrow for every column: a figure or a state
 # is never cut (a step of 1390 shown as "139" reads as another number).
-LESS_IMPORTANT = ("age", "alive", "preset", "epoch", "best FID", "trend")
+LESS_IMPORTANT = ("check", "age", "alive", "preset", "epoch", "best FID", "trend")  # "check" also prints below
 RUN_NAME_MIN = 12  # narrower than its name, the run column wraps the name (never cuts it)
 
 
@@ -77,11 +77,13 @@ def run(args: argparse.Namespace, workspace) -> int:
         return 0
     from core.quality.eval_log import best_fid, format_best_fid, read_eval
     from core.quality.trend import trend
+    from core.quality.overfitting import FLAG, overfitting_warning
     from core.training.runs import list_runs  # no torch needed
 
     infos = list_runs(workspace.runs_dir)
     best = {r.name: best_fid(r.path) for r in infos}
     trends = {r.name: trend(read_eval(r.path)[0]) for r in infos}  # "too few" for a run never evaluated
+    warned = {r.name: overfitting_warning(read_eval(r.path)[0]) for r in infos}
     if args.json:
         rows = [
             {
@@ -91,6 +93,7 @@ def run(args: argparse.Namespace, workspace) -> int:
                 "best_fid": dict(zip(("value", "step", "features"), best[r.name])) if best[r.name] else None,
                 "trend": {"verdict": trends[r.name].verdict, "since_step": trends[r.name].since_step,
                           "text": trends[r.name].text},
+                "overfitting": warned[r.name].message if warned[r.name] else None,
             }
             for r in infos
         ]
@@ -114,11 +117,14 @@ def run(args: argparse.Namespace, workspace) -> int:
             "step": "-" if r.step is None else str(r.step), "epoch": "-" if r.epoch is None else str(r.epoch),
             "last loss": "-" if r.last_loss is None else f"{r.last_loss:.4f}",
             "best FID": format_best_fid(best[r.name]),
-            "trend": trends[r.name].short if trends[r.name].points else "–", "alive": alive, "age": _ago(r.updated_at),
+            "trend": trends[r.name].short if trends[r.name].points else "–", "check": FLAG if warned[r.name] else "-",
+            "alive": alive, "age": _ago(r.updated_at),
             **({"message": r.message} if wide else {}),
         })
         if not wide and r.message and r.state in ("failed", "died", "stopped", "running"):
             notes.append(f"[bold]{r.name}[/]: {r.message}")
+        if warned[r.name]:  # the flag's meaning and what to do, whatever the width
+            notes.append(f"[bold]{r.name}[/]: {warned[r.name].message}")
     table = _table(rows, f"runs in {workspace.runs_dir}", console.width)
     console.print(table)
     for note in notes:

@@ -68,7 +68,7 @@ def test_evaluate_checkpoint_appends_then_reuses(data, cache, tmp_path, monkeypa
     assert not first.reused and first.step == 7
     assert set(first.values) >= {"fid", "kid", "kid_std", "precision", "recall", "class_entropy"}
     records, _ = eval_log.read_eval(run_dir)
-    assert {r["metric"] for r in records} == {"fid", "kid", "precision", "recall", "class_entropy"}
+    assert {r["metric"] for r in records} == {"fid", "kid", "precision", "recall", "class_entropy", "copy_rate"}
     for r in records:
         assert all(k in r for k in eval_log.RECORD_KEYS)
         assert r["step"] == 7 and r["n"] == 12 and r["sampler"] == "ddim" and r["features"] == "dataset"
