@@ -67,37 +67,42 @@ def _table(rows: list[dict[str, str]], title: str, width: int):
     return table
 
 
+def _print_tensorboard_line(workspace) -> int:
+    from core.training import tensorboard  # torch-free; the package itself is not imported
+
+    print(tensorboard.logdir_command(workspace.runs_dir))
+    if not tensorboard.available():
+        print(f"(tensorboard is not installed here: {tensorboard.INSTALL})")
+    return 0
+
+
+def _json_row(r, best, trend, warned) -> dict:
+    return {
+        "name": r.name, "path": str(r.path), "state": r.state, "step": r.step, "epoch": r.epoch,
+        "last_loss": r.last_loss, "pid": r.pid, "alive": r.alive, "host": r.host,
+        "updated_at": r.updated_at, "message": r.message, "preset": r.config.get("preset"),
+        "best_fid": dict(zip(("value", "step", "features"), best)) if best else None,
+        "trend": {"verdict": trend.verdict, "since_step": trend.since_step, "text": trend.text},
+        "overfitting": warned.message if warned else None,
+    }
+
+
 def run(args: argparse.Namespace, workspace) -> int:
     if args.tensorboard:
-        from core.training import tensorboard  # torch-free; the package itself is not imported
-
-        print(tensorboard.logdir_command(workspace.runs_dir))
-        if not tensorboard.available():
-            print(f"(tensorboard is not installed here: {tensorboard.INSTALL})")
-        return 0
+        return _print_tensorboard_line(workspace)
+    from core.io.safe_text import shown, shown_markup
     from core.quality.eval_log import best_fid, format_best_fid, read_eval
-    from core.quality.trend import trend
     from core.quality.overfitting import FLAG, overfitting_warning
+    from core.quality.trend import trend
     from core.training.runs import list_runs  # no torch needed
 
     infos = list_runs(workspace.runs_dir)
+    evals = {r.name: read_eval(r.path)[0] for r in infos}
     best = {r.name: best_fid(r.path) for r in infos}
-    trends = {r.name: trend(read_eval(r.path)[0]) for r in infos}  # "too few" for a run never evaluated
-    warned = {r.name: overfitting_warning(read_eval(r.path)[0]) for r in infos}
+    trends = {r.name: trend(evals[r.name]) for r in infos}  # "too few" for a run never evaluated
+    warned = {r.name: overfitting_warning(evals[r.name]) for r in infos}
     if args.json:
-        rows = [
-            {
-                "name": r.name, "path": str(r.path), "state": r.state, "step": r.step, "epoch": r.epoch,
-                "last_loss": r.last_loss, "pid": r.pid, "alive": r.alive, "host": r.host,
-                "updated_at": r.updated_at, "message": r.message, "preset": r.config.get("preset"),
-                "best_fid": dict(zip(("value", "step", "features"), best[r.name])) if best[r.name] else None,
-                "trend": {"verdict": trends[r.name].verdict, "since_step": trends[r.name].since_step,
-                          "text": trends[r.name].text},
-                "overfitting": warned[r.name].message if warned[r.name] else None,
-            }
-            for r in infos
-        ]
-        print(json.dumps(rows, indent=2))
+        print(json.dumps([_json_row(r, best[r.name], trends[r.name], warned[r.name]) for r in infos], indent=2))
         return 0
     from rich.console import Console
 
@@ -113,20 +118,19 @@ def run(args: argparse.Namespace, workspace) -> int:
         if r.alive and r.pid and wide:
             alive = f"yes (pid {r.pid})"
         rows.append({
-            "run": r.name, "state": r.state, "preset": str(r.config.get("preset") or "-"),
+            "run": shown(r.name), "state": r.state, "preset": str(r.config.get("preset") or "-"),
             "step": "-" if r.step is None else str(r.step), "epoch": "-" if r.epoch is None else str(r.epoch),
             "last loss": "-" if r.last_loss is None else f"{r.last_loss:.4f}",
             "best FID": format_best_fid(best[r.name]),
             "trend": trends[r.name].short if trends[r.name].points else "–", "check": FLAG if warned[r.name] else "-",
             "alive": alive, "age": _ago(r.updated_at),
-            **({"message": r.message} if wide else {}),
+            **({"message": shown(r.message or "")} if wide else {}),
         })
         if not wide and r.message and r.state in ("failed", "died", "stopped", "running"):
-            notes.append(f"[bold]{r.name}[/]: {r.message}")
+            notes.append(f"[bold]{shown_markup(r.name)}[/]: {shown_markup(r.message)}")
         if warned[r.name]:  # the flag's meaning and what to do, whatever the width
-            notes.append(f"[bold]{r.name}[/]: {warned[r.name].message}")
-    table = _table(rows, f"runs in {workspace.runs_dir}", console.width)
-    console.print(table)
+            notes.append(f"[bold]{shown_markup(r.name)}[/]: {shown_markup(warned[r.name].message)}")
+    console.print(_table(rows, f"runs in {workspace.runs_dir}", console.width))
     for note in notes:
         console.print(note, markup=True, highlight=False)
     return 0

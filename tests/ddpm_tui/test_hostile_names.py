@@ -74,3 +74,17 @@ def test_hostile_names_reach_the_screen_as_text(workspace, mode: str):
     screen_text = run_async(go())
     if mode in ("dataset", "train", "sample"):  # the names are on these screens, as text
         assert MARK in screen_text, screen_text[:3000]
+
+
+@pytest.mark.parametrize("columns", ["80", "160"])
+def test_runs_prints_hostile_run_names_and_messages_as_text(workspace, columns, monkeypatch, capsys):
+    """`ddpm-tui runs` puts the run name and the trainer's message in the table (wide) or
+    under it (narrow): either way as text, escapes and all."""
+    from ddpm_tui.cli import main
+
+    hostile_workspace(workspace)
+    monkeypatch.setenv("COLUMNS", columns)
+    assert main(["--workspace", str(workspace.root), "runs"]) == 0
+    out = capsys.readouterr().out
+    assert f"{MARK}run" in out and f"{MARK}msg" in out
+    assert "\x1b" not in out and "\x07" not in out and "\x08" not in out
