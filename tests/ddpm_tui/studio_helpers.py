@@ -1,6 +1,7 @@
-"""Helpers for the studio tests: a temporary workspace with a tiny generated dataset, a
-tiny checkpoint made with core APIs, and a helper to wait for the UI without sleeping
-fixed amounts (no timing thresholds: only generous upper bounds on waiting)."""
+"""Helpers for the studio and command-line tests: a temporary workspace with a tiny generated
+dataset, a tiny checkpoint made with core APIs, a helper to wait for the UI without sleeping
+fixed amounts (no timing thresholds: only generous upper bounds on waiting), and the CLI run
+in-process with its one-line errors checked."""
 
 from __future__ import annotations
 
@@ -69,3 +70,18 @@ async def wait_for(pilot, condition, timeout: float = 60.0, what: str = "conditi
 
 def run_async(coro):
     return asyncio.run(coro)
+
+
+def cli(workspace: Workspace, *args: str) -> int:
+    """`ddpm-tui --workspace W ARGS...`, in this process (capsys sees its output)."""
+    from ddpm_tui.cli import main
+
+    return main(["--workspace", str(workspace.root), *args])
+
+
+def one_line_error(capsys, *needles: str) -> None:
+    """What the command wrote to stderr is one `ddpm-tui: error:` line holding every needle."""
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ddpm-tui: error:"), err
+    for needle in needles:
+        assert needle in err, err

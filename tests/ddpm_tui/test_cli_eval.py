@@ -9,7 +9,7 @@ import pytest
 from core.data.demo import make_demo_dataset
 from core.training.runs import read_config, write_config
 from ddpm_tui.cli import main
-from studio_helpers import make_checkpoint_run
+from studio_helpers import make_checkpoint_run, one_line_error
 
 
 @pytest.fixture
@@ -46,30 +46,24 @@ def test_eval_writes_then_reuses(workspace, run, capsys, one_thread):
     assert f"{first['fid']:.3g}@12" in capsys.readouterr().out
 
 
-def _one_line_error(capsys, *needles):
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("ddpm-tui: error:"), err
-    for needle in needles:
-        assert needle in err, err
-
 
 def test_eval_bad_input_is_one_line(workspace, run, capsys, tmp_path):
     assert _eval(workspace, "tiny-run", "--n", "1") == 2
-    _one_line_error(capsys, "--n", "at least 2")
+    one_line_error(capsys, "--n", "at least 2")
 
     assert _eval(workspace, "tiny-run", "--n", "4", "--features", "inception",
                  "--fid-weights", str(tmp_path / "absent.pth")) == 2
-    _one_line_error(capsys, "Inception weights not found", "--fid-weights")
+    one_line_error(capsys, "Inception weights not found", "--fid-weights")
 
     empty = workspace.run_dir("empty")
     (empty / "checkpoints").mkdir(parents=True)
     write_config(empty, {"preset": "tiny"})
     assert _eval(workspace, "empty") == 2
-    _one_line_error(capsys, "no checkpoint")
+    one_line_error(capsys, "no checkpoint")
 
     write_config(run, {**read_config(run), "data": str(tmp_path / "gone")})
     assert _eval(workspace, "tiny-run", "--n", "4", "--features", "dataset") == 2
-    _one_line_error(capsys, "gone", "--data")
+    one_line_error(capsys, "gone", "--data")
 
 
 def test_eval_refuses_a_huge_n_before_any_work(workspace, run, capsys, monkeypatch):
@@ -77,7 +71,7 @@ def test_eval_refuses_a_huge_n_before_any_work(workspace, run, capsys, monkeypat
 
     monkeypatch.setattr(evaluate, "evaluate_checkpoint", lambda *a, **k: pytest.fail("must not start"))
     assert _eval(workspace, "tiny-run", "--n", "1000000000000") == 2
-    _one_line_error(capsys, "--n", "at most 50000")
+    one_line_error(capsys, "--n", "at most 50000")
 
 
 def test_garbage_fid_weights_is_one_plain_line(workspace, run, capsys, tmp_path):

@@ -10,9 +10,8 @@ import torch
 
 from core.diffusion.checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint, save_checkpoint
 from core.diffusion.sampling import SampleRequest, generate, load_for_sampling
-from core.training.runs import checkpoints_dir, read_config, write_config
-from ddpm_tui.cli import main
-from studio_helpers import make_checkpoint_run
+from core.training.runs import checkpoints_dir, read_config
+from studio_helpers import cli, make_checkpoint_run, one_line_error
 
 
 @pytest.fixture
@@ -29,15 +28,6 @@ def run(workspace):
     return run_dir
 
 
-def _cli(workspace, *args):
-    return main(["--workspace", str(workspace.root), *args])
-
-
-def _one_line_error(capsys, *needles):
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("ddpm-tui: error:"), err
-    for needle in needles:
-        assert needle in err, err
 
 
 def _images(source, weights="ema"):
@@ -50,7 +40,7 @@ def _images(source, weights="ema"):
 def test_export_round_trips_bit_exactly(workspace, run, capsys, one_thread, raw):
     pt = checkpoints_dir(run) / "last.pt"
     kind = "raw" if raw else "ema"
-    assert _cli(workspace, "export", "tiny-run", *(["--raw"] if raw else [])) == 0
+    assert cli(workspace, "export", "tiny-run", *(["--raw"] if raw else [])) == 0
     out = run / "exports" / f"tiny-run-step0000012-{kind}.safetensors"
     assert str(out) in capsys.readouterr().out
 
@@ -74,7 +64,7 @@ def test_export_round_trips_bit_exactly(workspace, run, capsys, one_thread, raw)
     assert loaded_st.weights_note == ("EMA" if not raw else "raw (this checkpoint has no EMA weights)")
 
     # the CLI samples it like a checkpoint
-    assert _cli(workspace, "sample", str(out), "--n", "2", "--steps", "2", "--seed", "1", "--device", "cpu",
+    assert cli(workspace, "sample", str(out), "--n", "2", "--steps", "2", "--seed", "1", "--device", "cpu",
                 "--out", str(workspace.root / "s.png"), "--quiet") == 0
     assert (workspace.root / "s.png").is_file()
 
@@ -82,16 +72,16 @@ def test_export_round_trips_bit_exactly(workspace, run, capsys, one_thread, raw)
 def test_export_writes_atomically_and_never_overwrites_without_force(workspace, run, capsys, tmp_path):
     folder = tmp_path / "out"
     target = folder / "dog.safetensors"
-    assert _cli(workspace, "export", "tiny-run", "--out", str(target)) == 0
+    assert cli(workspace, "export", "tiny-run", "--out", str(target)) == 0
     first = target.read_bytes()
-    assert _cli(workspace, "export", "tiny-run", "--out", str(target), "--raw") == 2
-    _one_line_error(capsys, "already exists", "--force")
+    assert cli(workspace, "export", "tiny-run", "--out", str(target), "--raw") == 2
+    one_line_error(capsys, "already exists", "--force")
     assert target.read_bytes() == first
-    assert _cli(workspace, "export", "tiny-run", "--out", str(target), "--raw", "--force") == 0
+    assert cli(workspace, "export", "tiny-run", "--out", str(target), "--raw", "--force") == 0
     assert target.read_bytes() != first
     assert [p.name for p in folder.iterdir()] == ["dog.safetensors"]  # no temp file left
-    assert _cli(workspace, "export", "tiny-run", "--out", str(folder / "dog.pt")) == 2
-    _one_line_error(capsys, ".safetensors")
+    assert cli(workspace, "export", "tiny-run", "--out", str(folder / "dog.pt")) == 2
+    one_line_error(capsys, ".safetensors")
     # metadata: plain JSON any safetensors reader can see
     from safetensors import safe_open
 
@@ -102,11 +92,11 @@ def test_export_writes_atomically_and_never_overwrites_without_force(workspace, 
 
 
 def test_ema_only_file_refuses_raw(workspace, run, capsys):
-    assert _cli(workspace, "export", "tiny-run") == 0
+    assert cli(workspace, "export", "tiny-run") == 0
     out = next((run / "exports").iterdir())
     capsys.readouterr()
-    assert _cli(workspace, "sample", str(out), "--raw", "--n", "1", "--device", "cpu") == 2
-    _one_line_error(capsys, "only the EMA weights", "--raw")
+    assert cli(workspace, "sample", str(out), "--raw", "--n", "1", "--device", "cpu") == 2
+    one_line_error(capsys, "only the EMA weights", "--raw")
 
 
 def _write_st(path, tensors, metadata):
@@ -116,7 +106,7 @@ def _write_st(path, tensors, metadata):
 
 
 def test_corrupt_or_foreign_safetensors_is_one_line(workspace, run, tmp_path):
-    assert _cli(workspace, "export", "tiny-run", "--out", str(tmp_path / "good.safetensors")) == 0
+    assert cli(workspace, "export", "tiny-run", "--out", str(tmp_path / "good.safetensors")) == 0
     good = (tmp_path / "good.safetensors").read_bytes()
     cases = {
         "truncated.safetensors": (good[: len(good) // 2], "truncated or corrupt"),

@@ -17,8 +17,7 @@ from core.quality import metrics
 from core.quality.features import INCEPTION_FILE, INCEPTION_SHA256_PREFIX
 from core.quality.fid_stats import StatsError, read_stats, write_stats
 from core.training.runs import read_config, write_config
-from ddpm_tui.cli import main
-from studio_helpers import make_checkpoint_run
+from studio_helpers import cli, make_checkpoint_run, one_line_error
 
 
 def _features(seed, n=40, d=6):
@@ -86,15 +85,6 @@ def inception_file(tmp_path_factory):
     return path
 
 
-def _cli(workspace, *args):
-    return main(["--workspace", str(workspace.root), *args])
-
-
-def _one_line_error(capsys, *needles):
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("ddpm-tui: error:"), err
-    for needle in needles:
-        assert needle in err, err
 
 
 @pytest.mark.slow
@@ -106,39 +96,39 @@ def test_eval_write_stats_then_ref_stats_matches_the_in_memory_fid(workspace, in
     write_config(run, {**read_config(run), "data": str(data)})
     stats = tmp_path / "demo.npz"
     common = ("--features", "inception", "--fid-weights", str(inception_file), "--device", "cpu")
-    assert _cli(workspace, "eval", "--write-stats", str(data), str(stats), "--image-size", "16", *common) == 0
+    assert cli(workspace, "eval", "--write-stats", str(data), str(stats), "--image-size", "16", *common) == 0
     assert str(stats) in capsys.readouterr().out
     ref = read_stats(stats)
     assert ref.mu.shape == (2048,) and ref.sigma.shape == (2048, 2048) and ref.n and ref.feature_key
     assert metrics.frechet_distance(ref.mu, ref.sigma, ref.mu, ref.sigma) == pytest.approx(0.0, abs=1e-6)
 
     sampling = ("--n", "4", "--steps", "2", "--json", *common)
-    assert _cli(workspace, "eval", "tiny-run", *sampling) == 0
+    assert cli(workspace, "eval", "tiny-run", *sampling) == 0
     in_memory = json.loads(capsys.readouterr().out)
     log = (run / "eval.jsonl").read_text()
-    assert _cli(workspace, "eval", "tiny-run", "--ref-stats", str(stats), *sampling) == 0
+    assert cli(workspace, "eval", "tiny-run", "--ref-stats", str(stats), *sampling) == 0
     from_file = json.loads(capsys.readouterr().out)
     assert from_file["fid"] == pytest.approx(in_memory["fid"], rel=1e-9) and from_file["fid"] > 0
     assert "kid" not in from_file and from_file["ref_stats"] == str(stats)
     assert (run / "eval.jsonl").read_text() == log  # not mixed into the run's own FIDs
 
     # never overwritten without --force; refusals are one line
-    assert _cli(workspace, "eval", "--write-stats", str(data), str(stats), *common) == 2
-    _one_line_error(capsys, "already exists", "--force")
-    assert _cli(workspace, "eval", "tiny-run", "--ref-stats", str(stats), "--features", "dataset") == 2
-    _one_line_error(capsys, "Inception statistics")
+    assert cli(workspace, "eval", "--write-stats", str(data), str(stats), *common) == 2
+    one_line_error(capsys, "already exists", "--force")
+    assert cli(workspace, "eval", "tiny-run", "--ref-stats", str(stats), "--features", "dataset") == 2
+    one_line_error(capsys, "Inception statistics")
     np.savez(tmp_path / "small.npz", mu=np.zeros(3), sigma=np.eye(3))
-    assert _cli(workspace, "eval", "tiny-run", "--ref-stats", str(tmp_path / "small.npz"), *common) == 2
-    _one_line_error(capsys, "3-d features", "2048")
+    assert cli(workspace, "eval", "tiny-run", "--ref-stats", str(tmp_path / "small.npz"), *common) == 2
+    one_line_error(capsys, "3-d features", "2048")
 
 
 def test_missing_inception_names_the_file_and_its_checksum(workspace, capsys, tmp_path):
     data = workspace.dataset_dir("demo")
     make_demo_dataset(data, per_class=2, size=16)
     nowhere = tmp_path / "nowhere.pth"
-    assert _cli(workspace, "eval", "--write-stats", str(data), str(tmp_path / "s.npz"),
+    assert cli(workspace, "eval", "--write-stats", str(data), str(tmp_path / "s.npz"),
                 "--fid-weights", str(nowhere), "--device", "cpu") == 2
-    _one_line_error(capsys, str(nowhere), INCEPTION_FILE, f"sha256 starting {INCEPTION_SHA256_PREFIX}", "--fid-weights")
+    one_line_error(capsys, str(nowhere), INCEPTION_FILE, f"sha256 starting {INCEPTION_SHA256_PREFIX}", "--fid-weights")
     assert not (tmp_path / "s.npz").exists()
-    assert _cli(workspace, "eval") == 2
-    _one_line_error(capsys, "RUN_OR_CHECKPOINT", "--write-stats")
+    assert cli(workspace, "eval") == 2
+    one_line_error(capsys, "RUN_OR_CHECKPOINT", "--write-stats")

@@ -8,25 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from core.data.demo import make_demo_dataset
 from core.diffusion.process import Diffusion, DiffusionConfig
 from core.diffusion.unet import UNet, get_preset
 from core.quality import eval_log, evaluate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("probe") / "demo"
-    make_demo_dataset(root, per_class=6, size=16, seed=0)
-    return root
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """One cache: the feature net trains once; each test leaves the real features mended."""
-    return tmp_path_factory.mktemp("cache")
 
 
 def _evaluator(data, cache):

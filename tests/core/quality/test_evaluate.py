@@ -18,19 +18,6 @@ from core.training.runs import checkpoints_dir, read_config, write_config
 from core.diffusion.unet import UNet, get_preset
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("eval") / "demo"
-    make_demo_dataset(root, per_class=8, size=16, seed=0)
-    return root
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """One cache for the module: the feature net trains once, the tests reuse it."""
-    return tmp_path_factory.mktemp("cache")
-
-
 def _run(tmp_path, data, *, conditional=False):
     torch.manual_seed(0)
     classes = sorted(p.name for p in data.iterdir()) if conditional else []
@@ -192,8 +179,6 @@ def test_fid_and_kid_rank_real_below_blurred_below_noise(data, cache, heldout, o
 def test_precision_and_recall_of_a_one_class_set_and_the_swap(data, cache, heldout, one_thread):
     """Held-out pictures of one class only: realistic (high precision) but covering a
     fifth of the real set (low recall). Swapping real and fake would swap the two."""
-    from core.data.dataset import DataOptions, ImageFolderDataset
-
     ev = evaluate.Evaluator(data, image_size=16, features="dataset", cache_dir=cache)
     one_class = heldout.images[heldout.labels == 0]
     many = torch.cat([one_class] * (len(ev.real_features) // len(one_class)))

@@ -10,30 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.data.demo import make_demo_dataset
 from core.diffusion.checkpoint import load_checkpoint
 from core.quality import eval_log, evaluate
 from core.training.runs import checkpoints_dir, read_metrics
 from core.training.train import TrainConfig, train
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_inception(tmp_path_factory):
-    """--eval-every picks its features 'auto': an empty hub dir makes that the dataset net
-    here, whatever this machine has downloaded."""
-    before = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path_factory.mktemp("empty-hub")))
-    yield
-    torch.hub.set_dir(before)
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("demo") / "data"
-    make_demo_dataset(root, per_class=4, size=16, seed=0)  # 5 classes, 20 images
-    return root
+pytestmark = pytest.mark.usefixtures("one_thread", "no_inception")  # tests/conftest.py, ./conftest.py
 
 
 @contextlib.contextmanager
