@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from core.diffusion.registry import AMP_MODES, DEFAULT_GUIDANCE, DEFAULT_SAMPLER, SAMPLER_SPECS, sampler_help, steps_help
 from core.training.options import RUN_NAME_RE  # noqa: F401  (the commands' one spelling of it)
 
 
@@ -57,3 +58,28 @@ def bounded(kind: type, *, low: float | None = None, high: float | None = None,
 
     parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse
+
+
+positive_int = bounded(int, low=1)
+
+
+def add_source_arg(parser: argparse.ArgumentParser, *, optional: bool = False) -> None:
+    """RUN_OR_CHECKPOINT, as `sample`, `eval` and `export` take it."""
+    parser.add_argument("source", metavar="RUN_OR_CHECKPOINT", nargs="?" if optional else None,
+                        help="a run name in the workspace, or a checkpoint file (.pt, or .safetensors from "
+                        "`ddpm-tui export`)")
+
+
+def add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    """How images are drawn, the same for `sample` and `eval`: sampler, steps, eta, guidance,
+    device and autocast (their defaults from core.diffusion.registry)."""
+    parser.add_argument("--sampler", choices=list(SAMPLER_SPECS), default=DEFAULT_SAMPLER, help=sampler_help())
+    parser.add_argument("--steps", type=positive_int, default=50, help=f"{steps_help()} (default: 50)")
+    parser.add_argument("--eta", type=bounded(float, low=0.0, high=1.0), default=0.0,
+                        help="DDIM eta: 0 deterministic, 1 DDPM-like (default: 0; not the training ETA)")
+    parser.add_argument("--guidance", type=bounded(float, low=0.0, high=100.0), default=None,
+                        help=f"classifier-free guidance scale for conditional runs (default: {DEFAULT_GUIDANCE:g}; "
+                        "1 = plain conditional)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
+    parser.add_argument("--amp", choices=AMP_MODES, default="auto",
+                        help="autocast: bf16 where the device does it fast (default: auto)")

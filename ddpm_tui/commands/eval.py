@@ -12,14 +12,11 @@ import json
 import sys
 from dataclasses import asdict
 
-from core.diffusion.registry import (AMP_MODES, DEFAULT_GUIDANCE, DEFAULT_SAMPLER, MAX_IMAGES, MAX_SEED,
-                                     SAMPLER_SPECS, sampler_help, sampler_spec, steps_help)
+from core.diffusion.registry import DEFAULT_GUIDANCE, MAX_IMAGES, MAX_SEED, sampler_spec
 from core.io.safe_text import shown
-from ddpm_tui.commands._common import CLIError, add_command, bounded
+from ddpm_tui.commands._common import (CLIError, add_command, add_sampling_args, add_source_arg, bounded,
+                                       positive_int)
 
-_positive_int = bounded(int, low=1)
-_eta = bounded(float, low=0.0, high=1.0)
-_guidance = bounded(float, low=0.0, high=100.0)
 CPU_NOTICE_WORK = 10_000  # images x steps above which a CPU evaluation takes minutes: say so first
 
 LABELS = {"fid": "FID", "kid": "KID", "precision": "precision", "recall": "recall",
@@ -34,17 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "run's training images: FID, KID ± std, precision, recall, and class accuracy for conditional runs. "
         "Appends to the run's eval.jsonl; an identical earlier evaluation is reused.",
     )
-    p.add_argument("source", metavar="RUN_OR_CHECKPOINT", nargs="?",
-                   help="a run name in the workspace or a checkpoint .pt or .safetensors path")
+    add_source_arg(p, optional=True)  # --write-stats takes none
+    add_sampling_args(p)
     p.add_argument("--n", type=int, default=1000,
                    help=f"number of generated images, 2..{MAX_IMAGES} (default: 1000; on a CPU ~20 min for "
                    "a small model: --n 200 is quicker and noisier)")
-    p.add_argument("--sampler", choices=list(SAMPLER_SPECS), default=DEFAULT_SAMPLER, help=sampler_help())
-    p.add_argument("--steps", type=_positive_int, default=50, help=f"{steps_help()} (default: 50)")
-    p.add_argument("--eta", type=_eta, default=0.0, help="DDIM eta (default: 0)")
-    p.add_argument("--guidance", type=_guidance, default=None,
-                   help=f"classifier-free guidance for conditional runs, as `sample` (default: {DEFAULT_GUIDANCE:g}; "
-                   "1 = plain conditional)")
     p.add_argument("--seed", type=bounded(int, low=0, high=MAX_SEED), default=0, help="sampling seed (default: 0, so evaluations compare)")
     p.add_argument("--raw", action="store_true", help="judge the trained weights instead of the EMA weights")
     p.add_argument("--features", choices=("auto", "inception", "dataset"), default="auto",
@@ -52,9 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "breeds, cached); auto = inception when its weights are present (default)")
     p.add_argument("--fid-weights", metavar="PATH", help="InceptionV3 weights file (default: torch's hub cache)")
     p.add_argument("--data", metavar="DIR", help="real images to compare with (default: the run's dataset)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
-    p.add_argument("--amp", choices=AMP_MODES, default="auto", help="autocast (default: auto = bf16 where the device has it)")
-    p.add_argument("--batch-size", type=_positive_int, default=100, help="images per sampling batch (default: 100)")
+    p.add_argument("--batch-size", type=positive_int, default=100, help="images per sampling batch (default: 100)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--trend", action="store_true",
                    help="print the run's quality trend from its eval.jsonl (KID slope per hour and per 1,000 "
@@ -69,7 +58,7 @@ def _add_stats_args(p: argparse.ArgumentParser) -> None:
                    "not appended to eval.jsonl)")
     p.add_argument("--write-stats", nargs=2, metavar=("DIR", "FILE.npz"),
                    help="write the statistics of the images in DIR to FILE.npz and stop (no RUN_OR_CHECKPOINT)")
-    p.add_argument("--image-size", type=_positive_int, default=64,
+    p.add_argument("--image-size", type=positive_int, default=64,
                    help="with --write-stats: the size images are read at, as a run's training images (default: 64)")
     p.add_argument("--force", action="store_true", help="with --write-stats: replace an existing FILE.npz")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ddpm_tui.commands._common import CLIError, add_command
+from ddpm_tui.commands._common import CLIError, add_command, add_source_arg
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ".pt file, as a .safetensors file with the model and diffusion configs (and the breeds of a "
         "conditional run) in its metadata. sample, eval and train --init-from read it like a checkpoint.",
     )
-    p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="a run name in the workspace or a checkpoint .pt path")
+    add_source_arg(p)
     p.add_argument("--raw", action="store_true", help="export the trained weights instead of the EMA weights")
     p.add_argument("--out", metavar="FILE",
                    help="file to write, ending in .safetensors (default: the run's exports/ folder, "

@@ -14,14 +14,10 @@ import secrets
 import sys
 from pathlib import Path
 
-from core.diffusion.registry import (AMP_MODES, DEFAULT_GUIDANCE, DEFAULT_SAMPLER, MAX_IMAGES, MAX_SEED, SAMPLER_SPECS,
-                                     sampler_help, steps_help)
-from ddpm_tui.commands._common import CLIError, add_command, bounded
+from core.diffusion.registry import DEFAULT_GUIDANCE, MAX_IMAGES, MAX_SEED
+from ddpm_tui.commands._common import (CLIError, add_command, add_sampling_args, add_source_arg, bounded,
+                                       positive_int)
 
-
-_positive_int = bounded(int, low=1)
-_eta = bounded(float, low=0.0, high=1.0)
-_guidance = bounded(float, low=0.0, high=100.0)
 GRID_LIMIT = 1024  # images kept for the grid PNG; --individual writes every image as it is drawn
 # Never written over, with or without --force: what a run or a dataset cannot lose.
 PROTECTED_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".json", ".jsonl", ".log", ".sqlite")
@@ -37,30 +33,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Draw images from a run's latest checkpoint (by run name) or from a .pt file. "
         "Writes a grid PNG (default: into the run's samples/ folder) and prints the paths.",
     )
-    p.add_argument("source", metavar="RUN_OR_CHECKPOINT",
-                   help="a run name in the workspace or a checkpoint .pt path (or .safetensors from `ddpm-tui export`)")
+    add_source_arg(p)
     p.add_argument("--raw", action="store_true", help="use the trained weights instead of the EMA weights")
-    p.add_argument("--sampler", choices=list(SAMPLER_SPECS), default=DEFAULT_SAMPLER, help=sampler_help())
-    p.add_argument("--steps", type=_positive_int, default=50, help=f"{steps_help()} (default: 50)")
-    p.add_argument("--eta", type=_eta, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like (default: 0)")
+    add_sampling_args(p)
     p.add_argument("--n", type=bounded(int, low=1, high=MAX_IMAGES), default=16,
                    help=f"number of images, at most {MAX_IMAGES} (default: 16)")
-    p.add_argument("--batch-size", type=_positive_int, default=32,
+    p.add_argument("--batch-size", type=positive_int, default=32,
                    help="images drawn at a time; any --n runs in this much memory (default: 32)")
     p.add_argument("--seed", type=_seed, default=None, help="random seed (default: a new one, printed)")
     p.add_argument("--breed", metavar="NAME", help="draw this breed (class-conditional runs)")
-    p.add_argument("--guidance", type=_guidance, default=None,
-                   help=f"classifier-free guidance scale for conditional runs (default: {DEFAULT_GUIDANCE:g}; "
-                   "1 = plain conditional)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
-    p.add_argument("--amp", choices=AMP_MODES, default="auto",
-                   help="autocast: bf16 where the device does it fast (default: auto)")
     p.add_argument("--out", metavar="PATH", help="grid PNG to write (default: the run's samples/ folder)")
     p.add_argument("--individual", action="store_true", help="also write one PNG per image")
     p.add_argument("--force", action="store_true",
                    help="replace an existing file that is not an image ddpm-tui wrote (never a checkpoint, "
                         "config or dataset image)")
-    p.add_argument("--nrow", type=_positive_int, default=None, help="images per grid row (default: square-ish)")
+    p.add_argument("--nrow", type=positive_int, default=None, help="images per grid row (default: square-ish)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar; print only the paths written")
 
 

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from core.io.safe_text import shown
-from ddpm_tui.commands._common import CLIError, add_command
+from ddpm_tui.commands._common import CLIError, add_command, positive_int
 
 _EPILOG = """\
 examples:
@@ -30,14 +30,6 @@ Needs Chromium/Chrome and chromedriver (Debian/Ubuntu: apt-get install chromium 
 _DATASET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _seconds(text: str) -> float:
@@ -96,7 +88,7 @@ def _add_search_args(what) -> None:
     breeds.add_argument("--breeds-file", metavar="FILE", help="breed names, one a line (# comments)")
     what.add_argument("--engine", choices=("google", "bing"), default="google",
                       help="image search engine (default: google)")
-    what.add_argument("--max-per-breed", type=_positive_int, default=100, metavar="N",
+    what.add_argument("--max-per-breed", type=positive_int, default=100, metavar="N",
                       help="stop collecting URLs for a breed at N (default: 100)")
     what.add_argument("--dataset", type=_dataset_name, default="dogs", metavar="NAME",
                       help="store under data/NAME/<breed>/ (default: dogs)")
@@ -106,7 +98,7 @@ def _add_search_args(what) -> None:
 
 
 def _add_browser_args(brw) -> None:
-    brw.add_argument("--browsers", type=_positive_int, default=1, metavar="N",
+    brw.add_argument("--browsers", type=positive_int, default=1, metavar="N",
                      help="parallel browser workers, one headless browser each (default: 1)")
     brw.add_argument("--delay", type=_seconds, default=1.0, metavar="S",
                      help="polite pause between page actions and searches, jittered (default: 1.0)")
@@ -118,14 +110,14 @@ def _add_browser_args(brw) -> None:
 
 
 def _add_download_args(dl) -> None:
-    dl.add_argument("--workers", type=_positive_int, default=8, metavar="N", help="download threads (default: 8)")
-    dl.add_argument("--min-size", type=_positive_int, default=64, metavar="PX",
+    dl.add_argument("--workers", type=positive_int, default=8, metavar="N", help="download threads (default: 8)")
+    dl.add_argument("--min-size", type=positive_int, default=64, metavar="PX",
                     help="reject images whose shorter side is under PX pixels (default: 64)")
     dl.add_argument("--max-bytes", type=_size, default=20 * 1024**2, metavar="SIZE",
                     help="reject downloads larger than SIZE, e.g. 500K, 20M (default: 20M)")
     dl.add_argument("--timeout", type=_seconds, default=30.0, metavar="S",
                     help="connect/read timeout and limit for one whole download (default: 30)")
-    dl.add_argument("--max-attempts", type=_positive_int, default=3, metavar="N",
+    dl.add_argument("--max-attempts", type=positive_int, default=3, metavar="N",
                     help="try a failing URL or search at most N times over all runs (default: 3)")
 
 

@@ -144,7 +144,7 @@ def test_cli_bad_input_names_the_value(tmp_path, capsys):
         _cli(tmp_path, "scrape", "--base-url", "ftp://x")
     with pytest.raises(CLIError, match="no scrape manifest at"):
         _cli(tmp_path, "scrape", "export")
-    for argv, needle in ((["--workers", "0"], "must be at least 1"), (["--max-bytes", "lots"], "expected a size"),
+    for argv, needle in ((["--workers", "0"], "'0' must be >= 1"), (["--max-bytes", "lots"], "expected a size"),
                          (["--dataset", "../x"], "dataset name '../x'"), (["--engine", "yahoo"], "invalid choice")):
         with pytest.raises(SystemExit):
             _cli(tmp_path, "scrape", *argv)
