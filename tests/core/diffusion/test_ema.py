@@ -32,12 +32,18 @@ def test_shadow_holds_parameters_only():
     assert not torch.equal(ema.shadow["lin.bias"], model.lin.bias)
 
 
-def test_update_follows_the_rule():
+def _one_update(decay: float) -> tuple[nn.Module, EMA]:
+    """An EMA made at weights 0, then updated once with the weights at 1."""
     model = Net()
     _set_params(model, 0.0)
-    ema = EMA(model, decay=0.9)
+    ema = EMA(model, decay=decay)
     _set_params(model, 1.0)
     ema.update(model)
+    return model, ema
+
+
+def test_update_follows_the_rule():
+    model, ema = _one_update(0.9)
     torch.testing.assert_close(ema.shadow["lin.weight"], torch.full((2, 3), 0.1))
     ema.update(model)
     torch.testing.assert_close(ema.shadow["lin.weight"], torch.full((2, 3), 0.19))
@@ -94,11 +100,7 @@ def test_state_dict_round_trip_and_mismatch():
 
 
 def test_applied_swaps_the_averaged_weights_in_and_back_out():
-    model = Net()
-    _set_params(model, 0.0)
-    ema = EMA(model, decay=0.5)
-    _set_params(model, 1.0)
-    ema.update(model)
+    model, ema = _one_update(0.5)
     weight = model.lin.weight
     with ema.applied(model) as same:
         assert same is model and model.lin.weight is weight  # the same parameters, other storage
