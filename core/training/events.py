@@ -156,6 +156,7 @@ class EvalEvent(TypedDict):
     recall: NotRequired[float]
     class_accuracy: NotRequired[float]
     class_entropy: NotRequired[float]
+    copy_rate: NotRequired[float]  # share of samples closer to a training image than the rule allows
 
 
 ProgressEvent = Union[LoadingEvent, BadFilesEvent, WroteEvent, CompilingEvent, CompiledEvent, StepEvent,
