@@ -48,5 +48,7 @@ Choose a run and its checkpoint, EMA or raw weights, a sampler (steps and eta wh
 them), count, seed, and for class-conditional runs a breed and the guidance scale. `Ctrl+R`
 (or Generate) starts; the preview shows the images forming (`Ctrl+T` switches x_t / x0).
 `Ctrl+S` (or `w` outside a field) writes the PNGs, `Ctrl+U` adds x4 enlarged copies; the
-path is shown. `z` (outside a field) shows the images on the whole terminal."""),
+path is shown. `z` (outside a field) shows the images on the whole terminal; `n` shows each
+image beside its nearest training image (pixels), the distance and whether it counts as a
+copy (`←`/`→` step, `Esc` back)."""),
 )

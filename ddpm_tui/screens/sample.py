@@ -96,6 +96,7 @@ class SampleScreen(StudioScreen):
         Binding("w", "save", "Save PNGs", show=False),
         Binding("p", "toggle_preview", "Preview x0/x_t", show=False),
         Binding("z", "zoom", "Zoom", show=False),  # as on the Train and Dataset screens
+        Binding("n", "nearest", "Nearest training image", show=False),
         Binding("escape", "blur", "Leave field", show=False),
     ]
 
@@ -456,6 +457,18 @@ class SampleScreen(StudioScreen):
         if self._result is not None:
             title = f"{self._result.job.run_name} · seed {self._result.job.request.seed}"
         self.app.push_screen(ZoomScreen(image, title))
+
+    def action_nearest(self) -> None:
+        """Each drawn image beside its nearest training image (ddpm_tui/screens/nearest.py)."""
+        from ddpm_tui.screens.nearest import NearestScreen
+
+        if self._result is None:
+            self.notify("nothing to compare yet: generate first (Ctrl+R)", severity="warning")
+            return
+        job, ws = self._result.job, self.studio.workspace
+        self.app.push_screen(NearestScreen(self._result.images, ws.run_dir(job.run_name),
+                                           fallback_data=self.studio.dataset_dir, cache_dir=ws.cache_dir,
+                                           title=f"{job.run_name} · seed {job.request.seed}"))
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "generate":

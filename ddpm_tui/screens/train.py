@@ -24,6 +24,7 @@ from textual.widgets import Button, DataTable, Label, Static
 from textual.worker import get_current_worker
 
 from core.quality.eval_log import format_best_fid
+from core.quality.overfitting import FLAG
 from core.io.safe_text import shown, shown_markup
 from core.training.events import FAILED, FINISHED, RUNNING, SETTLING_WINDOWS, STOPPED, RunStatus, eta_seconds
 from ddpm_tui.jobs import TRAIN_LOG, JobError, launch_train, log_tail, stop_run
@@ -176,6 +177,7 @@ class TrainScreen(StudioScreen):
                     yield Button("Resume", compact=True, id="resume", variant="primary")
             with Vertical(id="train-right"):
                 yield Static("Select a run, or press n for a new one.", id="run-summary")
+                yield Static("", id="overfit-warning")  # above the plots, never over them
                 with Horizontal(id="train-plots"):
                     yield LossPlot(id="loss")
                     yield FidPlot(id="fid")
@@ -287,7 +289,9 @@ class TrainScreen(StudioScreen):
         elif steps:
             plot.add_points(steps, losses)
         cur.speed.add(view.new_metrics)
-        self.query_one("#fid", FidPlot).add_records(view.evals, reset=view.reset)
+        fid_plot = self.query_one("#fid", FidPlot)
+        fid_plot.add_records(view.evals, reset=view.reset)
+        self._show_warning(fid_plot.warning)
         cur.eval_offset = view.eval_offset
         if view.new_metrics:
             cur.last = view.new_metrics[-1]
@@ -301,6 +305,12 @@ class TrainScreen(StudioScreen):
                 getattr(info, "config", None) or {}, view.status.get("total_steps")))
         self.query_one("#run-summary", Static).update(self._summary(view.name, view.status, cur.last, cur.speed))
         self.query_one("#sysmon", SysMonPanel).run_device = self._run_device(view.name, view.status)
+
+    def _show_warning(self, warning) -> None:
+        """The overfitting warning (core.quality.overfitting) of the selected run, or nothing."""
+        line = self.query_one("#overfit-warning", Static)
+        line.display = warning is not None
+        line.update("" if warning is None else f"[bold yellow]⚠ {FLAG}[/] [yellow]{shown_markup(warning.message)}[/]")
 
     def _run_device(self, name: str, status: RunStatus) -> tuple[str | None, int | None] | None:
         """The device and world size of a run training on this machine (its GPUs are marked)."""

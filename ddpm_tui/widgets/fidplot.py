@@ -5,11 +5,15 @@ its thread and hands the new records to :meth:`FidPlot.add_records` on the event
 FIDs of different feature nets are not comparable, so the plot shows the feature net of
 the latest evaluation only. Its title carries the quality trend (core.quality.trend): whether
 KID (FID without KID) is improving, flat or getting worse, from every record read so far.
+The copy rate (core.quality.memorisation, 0..1) rides on the right-hand axis in percent, so
+it never squashes FID's scale; ``warning`` is the overfitting warning
+(core.quality.overfitting) of the records read so far, which the Train screen shows.
 """
 
 from __future__ import annotations
 
 from core.quality.eval_log import fid_points
+from core.quality.overfitting import OverfitWarning, overfitting_warning
 from core.quality.trend import Trend, trend
 from ddpm_tui.widgets.lossplot import StepPlot
 
@@ -22,24 +26,37 @@ class FidPlot(StepPlot):
         self.latest: str | None = None
         self.records: list[dict] = []  # every eval.jsonl record read, for the trend
         self.trend: Trend | None = None
+        self.copies: dict[str, dict[int, float]] = {}  # features -> step -> copy rate (0..1)
+        self.warning: OverfitWarning | None = None
 
     def add_records(self, records: list[dict], *, reset: bool = False) -> None:
         if reset:
             self.points, self.latest, self.records, self.trend = {}, None, [], None
+            self.copies, self.warning = {}, None
         if records:
             self.records.extend(records)
             self.trend = trend(self.records)
+            self.warning = overfitting_warning(self.records)
         new = fid_points(records)
         for step, value, features in new:
             self.points.setdefault(features, {})[step] = value
             self.latest = features
-        if new or reset:
+        rates = [r for r in records if r.get("metric") == "copy_rate" and isinstance(r.get("step"), int)
+                 and isinstance(r.get("value"), (int, float)) and not isinstance(r.get("value"), bool)]
+        for r in rates:
+            self.copies.setdefault(str(r.get("features") or ""), {})[r["step"]] = float(r["value"])
+        if new or rates or reset:
             self._replot()
 
     @property
     def series(self) -> list[tuple[int, float]]:
         """(step, fid) of the plotted feature net, by step."""
         return sorted(self.points.get(self.latest, {}).items()) if self.latest else []
+
+    @property
+    def copy_series(self) -> list[tuple[int, float]]:
+        """(step, copy rate 0..1) measured with the plotted feature net, by step."""
+        return sorted(self.copies.get(self.latest, {}).items()) if self.latest else []
 
     @property
     def verdict(self) -> str:
@@ -60,4 +77,9 @@ class FidPlot(StepPlot):
         plt.title(f"FID ({self.latest}) · {self.verdict}" if self.verdict else f"FID ({self.latest})")
         if pts:
             xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-            plt.plot(xs, ys, marker="braille", color="cyan")
+            plt.plot(xs, ys, marker="braille", color="cyan", label="FID")
+        copies = self.copy_series
+        if pts and copies:  # a rate on its own axis (right, in %): FID's scale stays FID's
+            plt.plot([c[0] for c in copies], [100.0 * c[1] for c in copies], marker="braille",
+                     color="magenta", label="copy %", yside="right")
+            plt.ylim(0, 100, yside="right")
