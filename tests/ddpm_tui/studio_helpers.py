@@ -85,3 +85,30 @@ def one_line_error(capsys, *needles: str) -> None:
     assert err.count("\n") == 1 and err.startswith("ddpm-tui: error:"), err
     for needle in needles:
         assert needle in err, err
+
+
+async def fill_sample_form(app, pilot, **fields: str) -> None:
+    """On the Sample screen: wait until a checkpoint is chosen, set the fields (widget id ->
+    value: steps="2", sampler="ddpm"), then leave them so keys go to the screen."""
+    from textual.widgets import Select
+
+    screen = app.screen
+    await wait_for(pilot, lambda: screen.query_one("#checkpoint", Select).value != Select.BLANK, 20,
+                   "the checkpoint choice")
+    for name, value in fields.items():
+        screen.query_one(f"#{name}").value = value
+    app.set_focus(None)
+
+
+def make_app(workspace: Workspace, **kw):
+    """The studio as the tests drive it: no system monitor, true colour, unless told."""
+    from ddpm_tui.app import StudioApp
+
+    kw.setdefault("sysmon", False)
+    kw.setdefault("color_mode", "truecolor")
+    return StudioApp(workspace, **kw)
+
+
+def text_of(widget) -> str:
+    """What a Static shows, as text."""
+    return str(widget.render())

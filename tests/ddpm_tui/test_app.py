@@ -11,7 +11,7 @@ import socket
 
 import numpy as np
 import pytest
-from textual.widgets import Checkbox, DataTable, Input, Select, Static
+from textual.widgets import DataTable, Input, Select, Static
 
 from ddpm_tui.app import StudioApp
 from ddpm_tui.jobs import pid_alive
@@ -24,17 +24,7 @@ from ddpm_tui.screens.scrape import ScrapeScreen
 from ddpm_tui.screens.train import TrainScreen
 from ddpm_tui.widgets.halfblock import HalfBlockImage
 from ddpm_tui.widgets.lossplot import LossPlot
-from studio_helpers import BREEDS, make_checkpoint_run, make_dataset, run_async, wait_for
-
-
-def make_app(workspace, **kw) -> StudioApp:
-    kw.setdefault("sysmon", False)
-    kw.setdefault("color_mode", "truecolor")
-    return StudioApp(workspace, **kw)
-
-
-def text_of(widget: Static) -> str:
-    return str(widget.render())
+from studio_helpers import BREEDS, fill_sample_form, make_app, make_checkpoint_run, make_dataset, run_async, text_of, wait_for
 
 
 # -- navigation -------------------------------------------------------------------------------
@@ -562,12 +552,7 @@ def test_sample_generates_from_checkpoint_and_saves_pngs(workspace):
         app = make_app(workspace, start_mode="sample")
         async with app.run_test(size=(100, 30)) as pilot:
             screen = app.screen
-            await wait_for(pilot, lambda: screen.query_one("#checkpoint", Select).value != Select.BLANK, 20,
-                           "the checkpoint choice")
-            screen.query_one("#steps", Input).value = "5"
-            screen.query_one("#count", Input).value = "4"
-            screen.query_one("#seed", Input).value = "3"
-            app.set_focus(None)
+            await fill_sample_form(app, pilot, steps="5", count="4", seed="3")
             await pilot.press("w")  # nothing yet: a warning, no files
             assert not (workspace.root / "samples").exists()
             await pilot.press("ctrl+r")

@@ -9,31 +9,16 @@ import signal
 import time
 
 import pytest
-from textual.widgets import Input, Select, Static
+from textual.widgets import Static
 
-from ddpm_tui.app import StudioApp
 from ddpm_tui.jobs import pid_alive
-from studio_helpers import make_checkpoint_run, run_async, wait_for
-
-
-def make_app(workspace, **kw) -> StudioApp:
-    kw.setdefault("sysmon", False)
-    kw.setdefault("color_mode", "truecolor")
-    return StudioApp(workspace, **kw)
-
-
-def text_of(widget: Static) -> str:
-    return str(widget.render())
+from studio_helpers import fill_sample_form, make_app, make_checkpoint_run, run_async, text_of, wait_for
 
 
 async def start_hung_draw(app, pilot) -> int:
     """Start a long draw, wait for its first preview, SIGSTOP the sampling process: its pid."""
     screen = app.screen
-    await wait_for(pilot, lambda: screen.query_one("#checkpoint", Select).value != Select.BLANK, 20,
-                   "the checkpoint choice")
-    screen.query_one("#sampler", Select).value = "ddpm"
-    screen.query_one("#count", Input).value = "4"
-    app.set_focus(None)
+    await fill_sample_form(app, pilot, sampler="ddpm", count="4")
     await pilot.press("ctrl+r")
     status = screen.query_one("#sample-status", Static)
     await wait_for(pilot, lambda: text_of(status).startswith("step "), 120, "the first preview")
@@ -65,7 +50,14 @@ def test_cancelling_a_hung_draw_counts_down_then_ends_it(workspace):
 
 
 @pytest.mark.slow
-def test_quitting_during_a_hung_draw_is_quick(workspace):
+def test_quitting_during_a_hung_draw_is_quick(workspace, monkeypatch):
+    """Quitting ends a hung sampling process at once: not after the cancel's grace, not after
+    the quit's join timeout. Both are made 100 s here, so a quit that waited for either would
+    take that long; the bound below only says how long the test waits."""
+    from ddpm_tui import draw_worker
+
+    monkeypatch.setattr(draw_worker, "CANCEL_GRACE", 100.0)
+    monkeypatch.setattr(draw_worker, "JOIN_TIMEOUT", 100.0)
     make_checkpoint_run(workspace, "long-run", image_size=16, T=1000)
     box = {}
 
@@ -79,8 +71,8 @@ def test_quitting_during_a_hung_draw_is_quick(workspace):
     try:
         run_async(go())  # asyncio.run returns once the worker threads are done (a real quit waits too)
         took = time.monotonic() - box["quit"]
-        assert took < 8, f"quitting took {took:.0f} s"
-        deadline = time.monotonic() + 10
+        assert took < 60, f"quitting took {took:.0f} s: it waited for a grace period"
+        deadline = time.monotonic() + 30
         while pid_alive(box["pid"]) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not pid_alive(box["pid"])
@@ -99,11 +91,7 @@ def test_sample_screen_zooms_the_images(workspace):
         app = make_app(workspace, start_mode="sample")
         async with app.run_test(size=(100, 30)) as pilot:
             screen = app.screen
-            await wait_for(pilot, lambda: screen.query_one("#checkpoint", Select).value != Select.BLANK, 20,
-                           "the checkpoint choice")
-            screen.query_one("#steps", Input).value = "2"
-            screen.query_one("#count", Input).value = "2"
-            app.set_focus(None)
+            await fill_sample_form(app, pilot, steps="2", count="2")
             await pilot.press("ctrl+r")
             await wait_for(pilot, lambda: screen._result is not None, 120, "the samples")
             await pilot.press("z")
@@ -196,8 +184,6 @@ def test_new_run_form_one_breed_stays_unconditional(workspace):
 
 
 def test_new_run_form_explains_every_field_and_labels_fit(workspace):
-    from textual.widgets import Label
-
     from core.training import options
 
     async def go():
