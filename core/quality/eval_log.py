@@ -150,10 +150,15 @@ LIKE_WITH_LIKE = ("features", "feature_key", "n", "guidance")
 
 
 def best_fid(run_dir: Path | str) -> tuple[float, int, str] | None:
-    """(lowest FID, its step, its features) of a run, or None before any evaluation. The
-    best is taken among the evaluations like the latest one (LIKE_WITH_LIKE): an n=50 FID
-    never beats an n=200 one, nor a dataset-feature FID an Inception one."""
-    fids = [r for r in read_eval(run_dir)[0] if r.get("metric") == "fid"
+    """(lowest FID, its step, its features) of a run, or None before any evaluation."""
+    return best_fid_of(read_eval(run_dir)[0])
+
+
+def best_fid_of(records: Iterable[dict]) -> tuple[float, int, str] | None:
+    """best_fid of eval.jsonl records already read. The best is taken among the evaluations
+    like the latest one (LIKE_WITH_LIKE): an n=50 FID never beats an n=200 one, nor a
+    dataset-feature FID an Inception one."""
+    fids = [r for r in records if r.get("metric") == "fid"
             and _number(r.get("value")) is not None and _number(r.get("step")) is not None]
     if not fids:
         return None

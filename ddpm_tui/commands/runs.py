@@ -91,14 +91,14 @@ def run(args: argparse.Namespace, workspace) -> int:
     if args.tensorboard:
         return _print_tensorboard_line(workspace)
     from core.io.safe_text import shown, shown_markup
-    from core.quality.eval_log import best_fid, format_best_fid, read_eval
+    from core.quality.eval_log import best_fid_of, format_best_fid, read_eval
     from core.quality.overfitting import FLAG, overfitting_warning
     from core.quality.trend import trend
     from core.training.runs import list_runs  # no torch needed
 
     infos = list_runs(workspace.runs_dir)
     evals = {r.name: read_eval(r.path)[0] for r in infos}
-    best = {r.name: best_fid(r.path) for r in infos}
+    best = {r.name: best_fid_of(evals[r.name]) for r in infos}
     trends = {r.name: trend(evals[r.name]) for r in infos}  # "too few" for a run never evaluated
     warned = {r.name: overfitting_warning(evals[r.name]) for r in infos}
     if args.json:

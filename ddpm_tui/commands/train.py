@@ -118,7 +118,8 @@ def _source_network(source: Path, given: dict[str, Any]) -> dict[str, Any]:
     from core.diffusion.checkpoint import CheckpointError, load_checkpoint
 
     try:
-        model = load_checkpoint(source).get("model_config") or {}
+        # only the config is wanted: no tensor is read (a classic checkpoint is over a gigabyte)
+        model = load_checkpoint(source, map_location="meta").get("model_config") or {}
     except CheckpointError as exc:
         raise CLIError(f"--init-from: {exc}") from None
     out: dict[str, Any] = {}

@@ -102,3 +102,19 @@ def test_the_cli_resolves_run_names_and_refuses_an_existing_run(source: Path, tm
     assert "--init-from starts a new run, and run 'new' exists" in capsys.readouterr().err
     assert main([*common, "--run", "newer", "--init-from", "nowhere"]) != 0
     assert "--init-from nowhere: no such checkpoint file, run folder or run in" in capsys.readouterr().err
+
+
+def test_the_cli_takes_the_sources_network_when_none_is_given(source: Path, tmp_path: Path):
+    """`--init-from RUN` alone continues the source's network (preset, size, breed labels),
+    not the default one (on a CPU: res-small at 32 px, which the source is not)."""
+    from ddpm_tui.cli import main
+
+    workspace = tmp_path / "ws"
+    shutil.copytree(source, workspace / "runs" / "src")
+    data = make_dataset(tmp_path / "dogs")
+    assert main(["--workspace", str(workspace), "train", "--data", str(data), "--run", "child", "--init-from", "src",
+                 "--T", "50", "--batch_size", "4", "--epochs", "1", "--samples", "0", "--amp", "off",
+                 "--device", "cpu", "--quiet"]) == 0
+    want = runs.read_config(source)
+    got = runs.read_config(workspace / "runs" / "child")
+    assert (got["preset"], got["image_size"], got["conditional"]) == (want["preset"], want["image_size"], True)
