@@ -20,7 +20,7 @@ from torch import nn
 
 from core.diffusion.device import is_oom
 from core.diffusion.process import Diffusion
-from core.diffusion.registry import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, MAX_IMAGES, MAX_SEED, SAMPLER_SPECS,
+from core.diffusion.registry import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, default_steps, MAX_IMAGES, MAX_SEED, SAMPLER_SPECS,
                                      WEIGHT_NAMES, sampler_spec)
 from core.diffusion.samplers import SampleStep, StepCallback
 
@@ -50,7 +50,7 @@ class SampleRequest:
 
     n: int = 16
     sampler: str = DEFAULT_SAMPLER
-    steps: int = 50
+    steps: int | None = None  # None: the sampler's own default (registry.default_steps)
     eta: float = 0.0
     guidance: float = DEFAULT_GUIDANCE
     label: int | None = None
@@ -69,10 +69,12 @@ class SampleRequest:
                 raise ValueError(f"{name} must be an integer {span}, got {value!r}")
 
         whole("n", self.n, 1, MAX_IMAGES)
+        sampler_spec(self.sampler)  # ValueError naming the known ones
+        if self.steps is None:
+            object.__setattr__(self, "steps", default_steps(self.sampler))
         whole("steps", self.steps, 1)
         whole("batch size", self.batch_size, 1)
         whole("seed", self.seed, 0, MAX_SEED)
-        sampler_spec(self.sampler)  # ValueError naming the known ones
         if self.weights not in WEIGHTS:
             raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {self.weights!r}")
         if not 0.0 <= float(self.eta) <= 1.0:

@@ -29,7 +29,8 @@ from core.quality import eval_log, memorisation, metrics
 from core.quality.features import (FEATURES, FeatureError, FeatureNet, dataset_feature_net, inception_available,
                            load_inception)
 
-from core.diffusion.registry import DEFAULT_GUIDANCE, MAX_IMAGES, SAMPLER_NAMES as SAMPLERS, sampler_spec
+from core.diffusion.registry import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, MAX_IMAGES, SAMPLER_NAMES as SAMPLERS,
+                                     default_steps, sampler_spec)
 AUTO_FEATURES = "auto"  # inception when its weights are on disk, else dataset
 KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
@@ -48,12 +49,16 @@ class EvalSettings:
     """Everything that changes the numbers (batch size and device do not, statistically)."""
 
     n: int = 1000
-    sampler: str = "ddim"
-    steps: int = 50  # DDIM steps (ddpm always runs all T)
+    sampler: str = DEFAULT_SAMPLER
+    steps: int | None = None  # None: the sampler's own default (ddpm always runs all T)
     eta: float = 0.0
     guidance: float = DEFAULT_GUIDANCE  # conditional runs (1 = plain conditional); as `sample` draws
     seed: int = 0
     weights: str = "ema"  # "ema" | "raw"
+
+    def __post_init__(self) -> None:
+        if self.steps is None and self.sampler in SAMPLERS:  # an unknown one: validate says so
+            object.__setattr__(self, "steps", default_steps(self.sampler))
 
     def validate(self) -> None:
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 2:

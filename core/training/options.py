@@ -23,7 +23,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, make_dataclas
 from typing import Any, Iterable
 
 from core.data.split import MAX_HOLDOUT, parse_fraction
-from core.diffusion.registry import (AMP_MODES, DEVICE_SUGGESTIONS, LOSS_WEIGHTING_NAMES, MAX_SEED,  # noqa: F401
+from core.diffusion.registry import (AMP_MODES, DEFAULT_SAMPLER, DEVICE_SUGGESTIONS, default_steps, LOSS_WEIGHTING_NAMES, MAX_SEED,  # noqa: F401
                                      PREDICTION_NAMES, PRESET_IMAGE_SIZE, PRESET_NAMES, SAMPLER_NAMES,
                                      SCHEDULE_NAMES, WEIGHT_NAMES, FORMER_NAMES,
                                      current_name)
@@ -224,7 +224,12 @@ OPTIONS: tuple[Option, ...] = (
          low=0, metavar="N"),
     _opt("keep_milestones", int, 0, _SAVE, "Keep milestones",
          "keep N epoch_NNNN.pt checkpoints besides last.pt (-1 all)", low=-1, metavar="N"),
-    _opt("sample_steps", int, 25, _SAVE, "Sample steps", "sampler steps (DDIM) for the sample grids written at each save", low=1, metavar="N"),
+    # Declared as runs before this option drew (DDIM); every recipe draws with the project's
+    # default sampler (RECIPES below), so only config.json files older than the option read "ddim".
+    _opt("sample_sampler", str, "ddim", _SAVE, "Sample sampler",
+         "the sampler of the grids written at each save and of --eval-every's evaluations", choices=SAMPLER_NAMES),
+    _opt("sample_steps", int, 25, _SAVE, "Sample steps",
+         "sampler steps for the grids written at each save and for --eval-every's evaluations", low=1, metavar="N"),
     _opt("sample_guidance", float, 3.0, _SAVE, "Sample guidance", "classifier-free guidance for the grids of conditional runs: how strongly images follow their breed (1 = plain conditional; higher = more typical, less varied)",
          low=0.0, metavar="W"),
     _opt("log_every", int, 10, _SAVE, "Log every N steps", "steps per metrics line", low=1, metavar="N"),
@@ -270,10 +275,13 @@ STOP_RULES = ("stop_when_flat", "stop_at_kid", "stop_at_fid")
 _RENAMABLE = tuple(o for o in OPTIONS if set(o.choices) & set(FORMER_NAMES.values()))
 
 # Named bundles of defaults. "classic" is the declared defaults (the original project's
-# training); others change only what they list.
+# training) but for how grids are drawn; others change only what they list.
+# How every recipe's grids and evaluations draw: the project's default sampler at its own steps
+# (not training; the original drew no grids this way).
+_DRAWS = {"sample_sampler": DEFAULT_SAMPLER, "sample_steps": default_steps(DEFAULT_SAMPLER)}
 RECIPES: dict[str, dict[str, Any]] = {
-    "classic": {},
-    "fast": {
+    "classic": {**_DRAWS},
+    "fast": {**_DRAWS,
         "prediction": "v", "schedule": "cosine", "loss_weighting": "min_snr", "min_snr_gamma": 5.0,
         "optimizer": "adamw", "weight_decay": 0.0, "lr_warmup": 200, "lr_schedule": "constant", "lr": 2e-4,
         "grad_clip": 1.0, "ema_decay": 0.999, "ema_warmup": 10, "batch_size": 32, "amp": "auto",

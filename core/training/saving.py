@@ -134,7 +134,7 @@ class Saver:
         nrow = min(config.samples, num_classes) if num_classes and num_classes <= 10 else None
         written = []
         for prefix, weights in (("", "raw"), ("ema_", "ema")):
-            request = SampleRequest(n=config.samples, steps=config.sample_steps, guidance=config.sample_guidance,
+            request = SampleRequest(n=config.samples, sampler=config.sample_sampler, steps=config.sample_steps, guidance=config.sample_guidance,
                                     seed=derive_seed("samples", config.seed), weights=weights, amp=config.amp)
             with parts.ema.applied(model) if weights == "ema" else contextlib.nullcontext():
                 images, _ = generate_images((model, parts.diffusion), request, device=self.device)
@@ -157,7 +157,7 @@ class Saver:
                                            classes=parts.classes if config.conditional else None,
                                            cache_dir=config.cache_dir or None, device=self.device,
                                            holdout=config.eval_holdout)
-            settings = EvalSettings(n=config.eval_n, steps=config.sample_steps,
+            settings = EvalSettings(n=config.eval_n, sampler=config.sample_sampler, steps=config.sample_steps,
                                     guidance=config.sample_guidance if config.conditional else 1.0)
             with parts.ema.applied(parts.model):
                 result = self.evaluator.evaluate(parts.model, parts.diffusion, settings, step=s.step,

@@ -74,7 +74,7 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     """How images are drawn, the same for `sample` and `eval`: sampler, steps, eta, guidance,
     device and autocast (their defaults from core.diffusion.registry)."""
     parser.add_argument("--sampler", choices=list(SAMPLER_SPECS), default=DEFAULT_SAMPLER, help=sampler_help())
-    parser.add_argument("--steps", type=positive_int, default=50, help=f"{steps_help()} (default: 50)")
+    parser.add_argument("--steps", type=positive_int, default=None, help=steps_help())
     parser.add_argument("--eta", type=bounded(float, low=0.0, high=1.0), default=0.0,
                         help="DDIM eta: 0 deterministic, 1 DDPM-like (default: 0; not the training ETA)")
     parser.add_argument("--guidance", type=bounded(float, low=0.0, high=100.0), default=None,

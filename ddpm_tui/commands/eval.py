@@ -12,7 +12,7 @@ import json
 import sys
 from dataclasses import asdict
 
-from core.diffusion.registry import DEFAULT_GUIDANCE, MAX_IMAGES, MAX_SEED, sampler_spec
+from core.diffusion.registry import DEFAULT_GUIDANCE, MAX_IMAGES, MAX_SEED, default_steps, sampler_spec
 from core.io.safe_text import shown
 from ddpm_tui.commands._common import (CLIError, add_command, add_sampling_args, add_source_arg, bounded,
                                        positive_int)
@@ -205,7 +205,7 @@ def _notice_before(args: argparse.Namespace, device) -> None:
     from core.diffusion.sampling import ignored_settings
 
     _notes(ignored_settings(args.sampler, conditional=True, eta=args.eta))
-    steps = args.steps if sampler_spec(args.sampler).uses_steps else 1000
+    steps = (args.steps or default_steps(args.sampler)) if sampler_spec(args.sampler).uses_steps else 1000
     if str(getattr(device, "type", device)) == "cpu" and args.n * steps > CPU_NOTICE_WORK:
         _notes([f"{args.n} images x {steps} steps on the CPU can take tens of minutes (1000 x 50 took ~20 min "
                 "for a tiny model); the bar shows the time left, and --n 200 gives a quicker, noisier figure"])

@@ -29,7 +29,7 @@ from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Input, Label, ProgressBar, Select, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from core.diffusion.registry import DEFAULT_SAMPLER, SAMPLER_SPECS
+from core.diffusion.registry import DEFAULT_SAMPLER, SAMPLER_SPECS, default_steps
 from core.io.safe_text import shown, shown_markup
 from ddpm_tui.devices import find_choices_for, gpu_of, known_choices, provisional_choices, runs_training_on
 from ddpm_tui.draw_worker import DrawProcess
@@ -125,7 +125,7 @@ class SampleScreen(StudioScreen):
                     yield Select([(spec.label, spec.name) for spec in SAMPLER_SPECS.values()],
                                  value=DEFAULT_SAMPLER, allow_blank=False, compact=True, id="sampler")
                     yield Label("Steps")
-                    yield Input("50", compact=True, id="steps", type="integer")
+                    yield Input(str(default_steps(DEFAULT_SAMPLER)), compact=True, id="steps", type="integer")
                     yield Label("eta")
                     yield Input("0.0", compact=True, id="eta", type="number")
                     yield Label("Count")
@@ -247,7 +247,11 @@ class SampleScreen(StudioScreen):
             self._update_gpu_note()
         elif event.select.id == "sampler":
             spec = SAMPLER_SPECS.get(str(event.value))
-            self.query_one("#steps", Input).disabled = spec is None or not spec.uses_steps
+            steps = self.query_one("#steps", Input)
+            steps.disabled = spec is None or not spec.uses_steps
+            # A step count nobody typed follows the sampler (DPM-Solver++ 20, DDIM 50); a typed one stays.
+            if spec is not None and spec.uses_steps and steps.value in {str(default_steps(n)) for n in SAMPLER_SPECS}:
+                steps.value = str(default_steps(spec.name))
             self.query_one("#eta", Input).disabled = spec is None or not spec.uses_eta
 
     def _run_changed(self) -> None:

@@ -69,6 +69,19 @@ def test_generate_dispatches_through_the_table(fake_sampler) -> None:
         SampleRequest(sampler="nope")
 
 
+def test_steps_default_to_the_samplers_own() -> None:
+    """No --steps (or steps=None) means the chosen sampler's table default, everywhere."""
+    from core.diffusion.sampling import SampleRequest
+    from core.quality.evaluate import EvalSettings
+
+    for name, spec in registry.SAMPLER_SPECS.items():
+        if spec.uses_steps:
+            assert SampleRequest(sampler=name).steps == spec.default_steps
+            assert EvalSettings(sampler=name).steps == spec.default_steps
+    assert SampleRequest().sampler == EvalSettings().sampler == registry.DEFAULT_SAMPLER
+    assert build_parser().parse_args(["sample", "r"]).steps is None  # resolved by the request
+
+
 def test_sampler_tag_follows_the_entry() -> None:
     from core.diffusion.sampling import SampleRequest, sampler_tag
 
@@ -90,9 +103,17 @@ def test_sample_screen_lists_the_table(fake_sampler, workspace) -> None:
             assert offered == [(s.label, s.name) for s in registry.SAMPLER_SPECS.values()]
             assert ("Fake Sampler", "fake") in offered and select.value == registry.DEFAULT_SAMPLER
             steps, eta = app.screen.query_one("#steps", Input), app.screen.query_one("#eta", Input)
+            assert steps.value == str(registry.default_steps(registry.DEFAULT_SAMPLER))
             for name, spec in registry.SAMPLER_SPECS.items():
                 select.value = name
                 await pilot.pause()
                 assert (steps.disabled, eta.disabled) == (not spec.uses_steps, not spec.uses_eta), name
+                if spec.uses_steps:  # an untouched step count follows the sampler's own default
+                    assert steps.value == str(spec.default_steps), name
+            steps.value = "37"  # one a person typed stays whatever the sampler
+            for name in ("ddim", "fake"):
+                select.value = name
+                await pilot.pause()
+                assert steps.value == "37"
 
     run_async(go())

@@ -11,6 +11,7 @@ import torch
 
 from core.quality import eval_log, evaluate
 from core.diffusion.checkpoint import save_checkpoint
+from core.diffusion.registry import DEFAULT_SAMPLER
 from core.data.demo import make_demo_dataset
 from core.diffusion.process import Diffusion, DiffusionConfig
 from core.diffusion.ema import EMA
@@ -58,7 +59,7 @@ def test_evaluate_checkpoint_appends_then_reuses(data, cache, tmp_path, monkeypa
     assert {r["metric"] for r in records} == {"fid", "kid", "precision", "recall", "class_entropy", "copy_rate"}
     for r in records:
         assert all(k in r for k in eval_log.RECORD_KEYS)
-        assert r["step"] == 7 and r["n"] == 12 and r["sampler"] == "ddim" and r["features"] == "dataset"
+        assert r["step"] == 7 and r["n"] == 12 and r["sampler"] == DEFAULT_SAMPLER and r["features"] == "dataset"
 
     def no_sampling(*a, **k):
         raise AssertionError("a reused evaluation must not sample")

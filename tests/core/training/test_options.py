@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from core.diffusion.registry import DEFAULT_SAMPLER, default_steps
 from core.training import options, runs
 from core.training.train import TrainConfig, lr_at, train, weights_digest
 from core.diffusion.checkpoint import load_checkpoint
@@ -109,7 +110,10 @@ def test_every_option_appears_identically_in_help_form_and_config_json(tmp_path:
 
 def test_recipes_resolve_and_explicit_values_win():
     classic = TrainConfig.from_dict(options.resolve({"data": "/d", "recipe": "classic"}))
-    assert classic == TrainConfig(data="/d")  # the declared defaults are the classic recipe's
+    # The declared defaults are the classic recipe's, but for how grids are drawn (every recipe
+    # draws with the project's default sampler; config.json files older than the option, with DDIM).
+    assert classic == TrainConfig(data="/d", sample_sampler=DEFAULT_SAMPLER, sample_steps=default_steps(DEFAULT_SAMPLER))
+    assert TrainConfig.from_dict({"data": "/d"}).sample_sampler == "ddim"
     new = TrainConfig.from_dict(options.resolve({"data": "/d"}))  # a new run without --recipe
     assert new == TrainConfig.from_dict(options.resolve({"data": "/d", "recipe": options.NEW_RUN_RECIPE}))
     assert (new.recipe, new.prediction, new.batch_size) == ("fast", "v", 32)
@@ -136,7 +140,7 @@ def test_former_name_seed_is_read_as_classic_everywhere():
     """Runs and scripts from before the rename say recipe/preset "seed": the same training."""
     for given in ({"recipe": "seed"}, {"recipe": "seed", "preset": "seed"}):
         config = TrainConfig.from_dict(options.resolve({"data": "/d", **given}))
-        assert config == TrainConfig(data="/d") and (config.recipe, config.preset) == ("classic", "classic")
+        assert config == TrainConfig.from_dict(options.resolve({"data": "/d", "recipe": "classic"})) and (config.recipe, config.preset) == ("classic", "classic")
     assert options.recipe_defaults("seed") == options.recipe_defaults("classic")
     assert TrainConfig(data="/d", recipe="seed", preset="seed") == TrainConfig(data="/d")
     assert options.BY_NAME["recipe"].parse("seed") == "classic"
