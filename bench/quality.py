@@ -1,23 +1,38 @@
 """Sample quality per CPU minute: our recipes against lucidrains' denoising-diffusion-pytorch.
 
-    python -m bench.quality [--minutes 10] [--data DIR] [--n 500] [--image-size 32]
-                            [--arms classic,fast,peer] [--sweep] [--out DIR] [--smoke]
+    python -m bench.quality [--minutes 10] [--data SET|DIR | --suite SET,SET,...] [--n 500]
+                            [--image-size 32] [--arms classic,fast,peer] [--peer-lrs LR,LR,...]
+                            [--repeat K] [--ema-lengths L,L,...] [--sampler ddim] [--sample-steps 50]
+                            [--sweep] [--out DIR] [--smoke]
 
 Arms train one after another for the same wall-clock minutes on this machine, then draw
 ``--n`` samples each, scored against the training images with the evaluation's FID, KID and
-precision/recall (core.quality.evaluate; dataset features unless Inception weights are on disk):
-- ``classic``: the product's trainer with ``--recipe classic`` (the original project's training;
-  ``seed`` is its former name) on the ``small`` preset (the issue's measured baseline, batch 16);
-- ``fast``: the product's trainer with ``--recipe fast`` on the ``res-small`` preset;
-  ``RECIPE@PRESET`` picks another network (e.g. ``fast@res-tiny``); ``~LR`` after an arm sets
-  its learning rate (``fast~6e-4``, ``peer~3e-4``: a learning-rate sweep, ours and the peer's alike);
+precision/recall (core.quality.evaluate; dataset features unless Inception weights are on disk).
+An arm is ``RECIPE@PRESET~LR/BATCH``, each part after the recipe optional:
+- ``RECIPE``: any recipe of core.training.options.RECIPES, trained by the product's trainer as
+  ``ddpm-tui train --recipe RECIPE`` does; ``classic`` (the original project's training; ``seed``
+  is its former name) defaults to the ``small`` preset (the issue's measured baseline, batch 16),
+  every other recipe to ``res-small``; ``@PRESET`` picks another network (``fast@res-tiny``);
 - ``peer``: ``Unet(dim=32, dim_mults=(1, 2, 4))`` in its ``GaussianDiffusion`` with the
   README's defaults (v prediction, sigmoid schedule, T=1000), batch 32, the README Trainer's
   Adam (lr 8e-5, betas 0.9/0.99), gradient clipping at 1 and EMA (0.995 every 10 steps) as
-  its Trainer does; same images, no flips (our arms run with --no-flip too).
-Ours sample from the EMA weights with DDIM-50 through the product's sampling; the peer with
-its DDIM (sampling_timesteps=50). ``--sweep`` adds FID against sampling steps (10, 20, 50,
-100) for each sampler on the ``fast`` arm's model. The peer needs the ``bench`` extra
+  its Trainer does; same images, no flips (our arms run with --no-flip too);
+- ``~LR`` sets an arm's learning rate, ``/BATCH`` its batch (``fast~6e-4/64``, ``peer~3e-4/64``).
+``--peer-lrs 8e-5,3e-4,1e-3`` turns each peer arm without ``~LR`` into one arm per rate; the
+``fid/peer`` column divides by the peer arm with the best FID on that set (named above the
+table), ``fid/classic`` by the ``classic`` arm. ``--repeat K`` runs the whole arm list K times,
+interleaved (a, b, a, b), and the table shows each arm's median and its individual FIDs.
+
+Data: ``--data`` takes a folder of class folders or a dev set of bench/devsets.py (``demo``:
+coloured shapes, the default; ``strokes``: thin grayscale glyphs, 10 classes; ``textures``:
+colour textures, 8 classes), drawn into OUT/work/<set>/ (1,500 images); ``--suite demo,strokes``
+runs the same arms on each set in turn and prints a table per set; OUT/results.json holds them all.
+
+Ours sample from the EMA weights with ``--sampler``-``--sample-steps`` (DDIM-50 by default)
+through the product's sampling; ``--ema-lengths 0.05,0.1`` adds a row per length for each of
+our arms (``fast@ema0.05``) drawn with the post-hoc EMA at that sigma_rel. The peer samples with
+its DDIM (sampling_timesteps=--sample-steps). ``--sweep`` adds FID against sampling steps (10,
+20, 50, 100) for each sampler on the ``fast`` arm's model. The peer needs the ``bench`` extra
 (``pip install -e '.[bench]'``); nothing outside bench/ imports it.
 """
 
