@@ -50,7 +50,7 @@ from typing import Any
 import torch
 
 from bench.quality_arms import (CLASSIC_PRESET, FAST_PRESET, Arm, BenchError, parse_arms,  # noqa: F401
-                                parse_lengths, print_table, schedule, summarise, print_summary)
+                                parse_lengths, print_summary, print_table, schedule, slug, summarise)
 
 DEFAULT_ARMS = "classic,fast,peer"
 SWEEP_STEPS = (10, 20, 50, 100)
@@ -285,8 +285,7 @@ def run_arm(arm: Arm, k: int, label: str, data: Path, args, ctx: dict[str, Any])
     result, draws = _draw(arm, k, data, args, ctx)
     rows = []
     for name, samples in draws:
-        slug = name.replace("@", "-").replace("~", "-lr").replace("/", "-b") + (f"-r{k}" if args.repeat > 1 else "")
-        grid = save_grid(samples[:64], ctx["out"] / f"{slug}.png")
+        grid = save_grid(samples[:64], ctx["out"] / f"{slug(name)}{f'-r{k}' if args.repeat > 1 else ''}.png")
         row = {"arm": name, "recipe": arm.recipe, "repeat": k, **result, "grid": str(grid)}
         if ctx["scorer"] is not None:
             row.update(ctx["scorer"](samples))

@@ -30,8 +30,12 @@ class Arm:
 
     @property
     def slug(self) -> str:
-        """The arm's name as a run and file name."""
-        return self.name.replace("@", "-").replace("~", "-lr").replace("/", "-b")
+        return slug(self.name)
+
+
+def slug(name: str) -> str:
+    """An arm's name (or a row's label, ``fast@ema0.1``) as a run and file name."""
+    return name.replace("@", "-").replace("~", "-lr").replace("/", "-b")
 
 
 def recipes() -> tuple[str, ...]:
