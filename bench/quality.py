@@ -1,32 +1,45 @@
 """Sample quality per CPU minute: our recipes against lucidrains' denoising-diffusion-pytorch.
 
-    python -m bench.quality [--minutes 10] [--data DIR] [--n 500] [--image-size 32]
-                            [--arms classic,fast,peer] [--sweep] [--out DIR] [--smoke]
+    python -m bench.quality [--minutes 10] [--data SET|DIR | --suite SET,SET,...] [--n 500]
+                            [--image-size 32] [--arms classic,fast,peer] [--peer-lrs LR,LR,...]
+                            [--repeat K] [--ema-lengths L,L,...] [--sampler ddim] [--sample-steps 50]
+                            [--sweep] [--out DIR] [--smoke]
 
 Arms train one after another for the same wall-clock minutes on this machine, then draw
 ``--n`` samples each, scored against the training images with the evaluation's FID, KID and
-precision/recall (core.quality.evaluate; dataset features unless Inception weights are on disk):
-- ``classic``: the product's trainer with ``--recipe classic`` (the original project's training;
-  ``seed`` is its former name) on the ``small`` preset (the issue's measured baseline, batch 16);
-- ``fast``: the product's trainer with ``--recipe fast`` on the ``res-small`` preset;
-  ``RECIPE@PRESET`` picks another network (e.g. ``fast@res-tiny``); ``~LR`` after an arm sets
-  its learning rate (``fast~6e-4``, ``peer~3e-4``: a learning-rate sweep, ours and the peer's alike);
+precision/recall (core.quality.evaluate; dataset features unless Inception weights are on disk).
+An arm is ``RECIPE@PRESET~LR/BATCH``, each part after the recipe optional:
+- ``RECIPE``: any recipe of core.training.options.RECIPES, trained by the product's trainer as
+  ``ddpm-tui train --recipe RECIPE`` does; ``classic`` (the original project's training; ``seed``
+  is its former name) defaults to the ``small`` preset (the issue's measured baseline, batch 16),
+  every other recipe to ``res-small``; ``@PRESET`` picks another network (``fast@res-tiny``);
 - ``peer``: ``Unet(dim=32, dim_mults=(1, 2, 4))`` in its ``GaussianDiffusion`` with the
   README's defaults (v prediction, sigmoid schedule, T=1000), batch 32, the README Trainer's
   Adam (lr 8e-5, betas 0.9/0.99), gradient clipping at 1 and EMA (0.995 every 10 steps) as
-  its Trainer does; same images, no flips (our arms run with --no-flip too).
-Ours sample from the EMA weights with DDIM-50 through the product's sampling; the peer with
-its DDIM (sampling_timesteps=50). ``--sweep`` adds FID against sampling steps (10, 20, 50,
-100) for each sampler on the ``fast`` arm's model. The peer needs the ``bench`` extra
+  its Trainer does; same images, no flips (our arms run with --no-flip too);
+- ``~LR`` sets an arm's learning rate, ``/BATCH`` its batch (``fast~6e-4/64``, ``peer~3e-4/64``).
+``--peer-lrs 8e-5,3e-4,1e-3`` turns each peer arm without ``~LR`` into one arm per rate; the
+``fid/peer`` column divides by the peer arm with the best FID on that set (named above the
+table), ``fid/classic`` by the ``classic`` arm. ``--repeat K`` runs the whole arm list K times,
+interleaved (a, b, a, b), and the table shows each arm's median and its individual FIDs.
+
+Data: ``--data`` takes a folder of class folders or a dev set of bench/devsets.py (``demo``:
+coloured shapes, the default; ``strokes``: thin grayscale glyphs, 10 classes; ``textures``:
+colour textures, 8 classes), drawn into OUT/work/<set>/ (1,500 images); ``--suite demo,strokes``
+runs the same arms on each set in turn and prints a table per set; OUT/results.json holds them all.
+
+Ours sample from the EMA weights with ``--sampler``-``--sample-steps`` (DDIM-50 by default)
+through the product's sampling; ``--ema-lengths 0.05,0.1`` adds a row per length for each of
+our arms (``fast@ema0.05``) drawn with the post-hoc EMA at that sigma_rel. The peer samples with
+its DDIM (sampling_timesteps=--sample-steps). ``--sweep`` adds FID against sampling steps (10,
+20, 50, 100) for each sampler on the ``fast`` arm's model. The peer needs the ``bench`` extra
 (``pip install -e '.[bench]'``); nothing outside bench/ imports it.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import math
 import shutil
 import sys
 import tempfile
@@ -36,71 +49,14 @@ from typing import Any
 
 import torch
 
-from core.diffusion.registry import current_name
+from bench.quality_arms import (CLASSIC_PRESET, FAST_PRESET, Arm, BenchError, parse_arms,  # noqa: F401
+                                parse_lengths, print_summary, print_table, schedule, slug, summarise)
 
-CLASSIC_PRESET = "small"
-FAST_PRESET = "res-small"
 DEFAULT_ARMS = "classic,fast,peer"
 SWEEP_STEPS = (10, 20, 50, 100)
+SET_IMAGES = 1500  # images per generated dev set (the demo set's 5 classes x 300, as measured before)
 PEER = {"dim": 32, "dim_mults": (1, 2, 4), "batch": 32, "lr": 8e-5, "betas": (0.9, 0.99),
         "grad_clip": 1.0, "ema_decay": 0.995, "ema_every": 10}
-
-
-class BenchError(Exception):
-    """Something the user can fix; one line."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Arm:
-    name: str  # as given on the command line
-    recipe: str  # "classic" | "fast" | "peer"
-    preset: str | None  # our network (None for the peer)
-    lr: float | None = None  # "~LR" on the command line: the arm's learning rate instead of its recipe's
-
-    @property
-    def slug(self) -> str:
-        """The arm's name as a run and file name."""
-        return self.name.replace("@", "-").replace("~", "-lr")
-
-
-def parse_arms(text: str, *, smoke: bool = False) -> list[Arm]:
-    """``smoke``: the tiny presets by default (plumbing checks, not figures)."""
-    defaults = {"classic": "tiny", "fast": "res-tiny"} if smoke else {"classic": CLASSIC_PRESET, "fast": FAST_PRESET}
-    arms = []
-    for spec in (s.strip() for s in text.split(",")):
-        if not spec:
-            continue
-        head, tilde, lr_text = spec.partition("~")
-        lr = None
-        if tilde:
-            try:
-                lr = float(lr_text)
-            except ValueError:
-                lr = -1.0
-            if not (lr > 0 and lr < 1):
-                raise BenchError(f"arm {spec!r}: the learning rate after '~' must be a number in (0, 1)")
-        recipe, _, preset = head.partition("@")
-        if current_name(recipe) != recipe:  # a former name ("seed"): the arm is named as today
-            recipe = current_name(recipe)
-            spec = recipe + spec[len(head.partition("@")[0]):]
-        if recipe == "peer":
-            if preset:
-                raise BenchError(f"arm {spec!r}: the peer's network is fixed (Unet(dim=32, dim_mults=(1, 2, 4)))")
-            arms.append(Arm(spec, "peer", None, lr))
-        elif recipe in ("classic", "fast"):
-            from core.diffusion.unet import PRESETS
-
-            preset = preset or defaults[recipe]
-            if preset not in PRESETS:
-                raise BenchError(f"arm {spec!r}: unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-            arms.append(Arm(spec, recipe, preset, lr))
-        else:
-            raise BenchError(f"unknown arm {spec!r}; use classic, fast, peer, RECIPE@PRESET, each optionally ~LR")
-    if not arms:
-        raise BenchError("no arms given")
-    if len({a.name for a in arms}) != len(arms):
-        raise BenchError(f"an arm is listed twice in {text!r}")
-    return arms
 
 
 def peer_available() -> bool:
@@ -146,6 +102,8 @@ def _train_config(arm: Arm, data: Path, args) -> dict[str, Any]:
     # As `ddpm-tui train --recipe R` does: the recipe's values, then the explicit ones.
     if arm.lr is not None:
         cfg["lr"] = arm.lr
+    if arm.batch is not None:
+        cfg["batch_size"] = arm.batch
     return resolve({**cfg, "recipe": arm.recipe})
 
 
@@ -172,13 +130,32 @@ def train_ours(arm: Arm, data: Path, run_dir: Path, args) -> dict[str, Any]:
             "parameters": sum(v.numel() for v in ckpt["model"].values())}
 
 
-def sample_ours(checkpoint: Path, n: int, sampler: str, steps: int, seed: int) -> torch.Tensor:
-    """n images (N, C, H, W) in [-1, 1] from the EMA weights, through the product's sampling."""
+def sample_ours(checkpoint: Path, n: int, sampler: str, steps: int, seed: int,
+                ema_length: float | None = None) -> torch.Tensor:
+    """n images (N, C, H, W) in [-1, 1] from the EMA weights, through the product's sampling;
+    ``ema_length``: the post-hoc EMA at that sigma_rel (passed only when given, so this runs
+    where SampleRequest has no ema_length too)."""
     from core.diffusion.sampling import SampleRequest, generate_images
 
-    request = SampleRequest(n=n, sampler=sampler, steps=steps, seed=seed, weights="ema", unconditional=True)
-    images, _weights = generate_images(str(checkpoint), request)
+    extra = {} if ema_length is None else {"ema_length": ema_length}
+    try:
+        request = SampleRequest(n=n, sampler=sampler, steps=steps, seed=seed, weights="ema", unconditional=True,
+                                **extra)
+    except TypeError:
+        raise BenchError("--ema-lengths: this checkout's SampleRequest has no ema_length (post-hoc EMA)") from None
+    try:
+        images, _weights = generate_images(str(checkpoint), request)
+    except ValueError as exc:
+        raise BenchError(f"sampling {checkpoint}: {exc}") from None
     return images.permute(0, 3, 1, 2).float() / 127.5 - 1.0  # uint8 (N, H, W, C) -> [-1, 1]
+
+
+def has_ema_length() -> bool:
+    import dataclasses
+
+    from core.diffusion.sampling import SampleRequest
+
+    return "ema_length" in {f.name for f in dataclasses.fields(SampleRequest)}
 
 
 def our_samplers() -> tuple[str, ...]:
@@ -197,7 +174,8 @@ def load_images(data: Path, image_size: int) -> torch.Tensor:
     return ImageFolderDataset(data, DataOptions(image_size=image_size, flip=False)).images
 
 
-def train_peer(images: torch.Tensor, seconds: float, args, lr: float | None = None) -> dict[str, Any]:
+def train_peer(images: torch.Tensor, seconds: float, args, lr: float | None = None,
+               batch: int | None = None) -> dict[str, Any]:
     """The peer's Trainer loop (Adam, clipping, EMA), bounded by wall-clock time."""
     from denoising_diffusion_pytorch import GaussianDiffusion, Unet
     from ema_pytorch import EMA
@@ -211,7 +189,7 @@ def train_peer(images: torch.Tensor, seconds: float, args, lr: float | None = No
     opt = torch.optim.Adam(diffusion.parameters(), lr=lr or PEER["lr"], betas=PEER["betas"])
     ema = EMA(diffusion, beta=PEER["ema_decay"], update_every=PEER["ema_every"])
     dtype = autocast_dtype("cpu", args.peer_amp)
-    batch = 4 if args.smoke else PEER["batch"]
+    batch = batch or (4 if args.smoke else PEER["batch"])
     gen = torch.Generator().manual_seed(args.seed)
     steps = 0
     start = time.monotonic()
@@ -241,133 +219,176 @@ def sample_peer(diffusion, n: int, seed: int, batch: int = 100) -> torch.Tensor:
 # ---------------------------------------------------------------------------- the run
 
 
-def ensure_data(args, work: Path) -> Path:
-    if args.data:
-        data = Path(args.data).expanduser()
-        if not data.is_dir():
-            raise BenchError(f"--data {data}: not a folder")
-        return data
-    from core.data.demo import make_demo_dataset
+def resolve_data(spec: str, args, work: Path) -> tuple[str, Path]:
+    """A dev-set name (drawn into OUT/work/<name>/) or a folder of class folders: (label, folder)."""
+    from bench.devsets import DEVSETS, classes_of, make_devset
 
-    data = work / "demo"
-    per_class = 6 if args.smoke else 300
-    print(f"demo dataset: {per_class} images per class into {data}", flush=True)
-    make_demo_dataset(data, per_class=per_class, size=max(args.image_size, 32), seed=args.seed)
-    return data
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "-" if math.isnan(value) else f"{value:.4g}"
-    return str(value)
+    if spec in DEVSETS:
+        data = work / spec
+        per_class = 6 if args.smoke else max(1, SET_IMAGES // len(classes_of(spec)))
+        print(f"dev set {spec}: {per_class} images per class into {data}", flush=True)
+        try:
+            make_devset(spec, data, per_class, max(args.image_size, 32), args.seed)
+        except ValueError as exc:
+            raise BenchError(str(exc)) from None
+        return spec, data
+    data = Path(spec).expanduser()
+    if not data.is_dir():
+        raise BenchError(f"--data {spec}: neither a dev set ({', '.join(DEVSETS)}) nor a folder")
+    return data.name, data
 
 
-def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    widths = [max(len(c), *(len(_fmt(r.get(c, ""))) for r in rows)) for c in columns]
-    print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
-    for r in rows:
-        print("  ".join(_fmt(r.get(c, "")).rjust(w) for c, w in zip(columns, widths)))
+def _sets(args, work: Path) -> list[tuple[str, Path]]:
+    specs = [s.strip() for s in (args.suite or args.data or "demo").split(",") if s.strip()]
+    if not specs:
+        raise BenchError("--suite: no sets given")
+    sets: list[tuple[str, Path]] = []
+    for spec in specs:
+        label, data = resolve_data(spec, args, work)
+        while label in {name for name, _ in sets}:  # two folders of one name
+            label += "+"
+        sets.append((label, data))
+    return sets
+
+
+def _draw(arm: Arm, k: int, data: Path, args, ctx: dict[str, Any]) -> tuple[dict[str, Any], list]:
+    """Train ``arm`` (repeat ``k``) and draw its samples: (result, [(label, samples)])."""
+    if arm.recipe == "peer":
+        if ctx.get("images") is None:
+            ctx["images"] = load_images(data, args.image_size)
+        result = train_peer(ctx["images"], args.minutes * 60, args, arm.lr, arm.batch)
+        print(f"   {result['steps']} steps; sampling {args.n}", flush=True)
+        result["network"] = f"Unet(dim={PEER['dim']}, dim_mults={PEER['dim_mults']})"
+        return result, [(arm.name, sample_peer(result.pop("ema"), args.n, args.seed))]
+    run_dir = ctx["runs"] / (f"{arm.slug}-r{k}" if args.repeat > 1 else arm.slug)
+    if run_dir.exists():  # a fresh run each time: no resuming an earlier benchmark
+        shutil.rmtree(run_dir)
+    result = train_ours(arm, data, run_dir, args)
+    print(f"   {result['steps']} steps; sampling {args.n}", flush=True)
+    ckpt = result.pop("checkpoint")
+    if arm.recipe == "fast" and ctx.get("fast") is None:
+        ctx["fast"] = ckpt
+    result["network"] = arm.preset
+    draws = [(arm.name, sample_ours(ckpt, args.n, args.sampler, args.sample_steps, args.seed))]
+    for length in args.ema_lengths:
+        draws.append((f"{arm.name}@ema{length:g}",
+                      sample_ours(ckpt, args.n, args.sampler, args.sample_steps, args.seed, ema_length=length)))
+    return result, draws
+
+
+def run_arm(arm: Arm, k: int, label: str, data: Path, args, ctx: dict[str, Any]) -> list[dict[str, Any]]:
+    """One training of ``arm`` on set ``label``: a scored row per draw (the run's EMA, each --ema-lengths)."""
+    from core.io.grid import save_grid
+
+    print(f"== {label}: {arm.name}" + (f" (repeat {k + 1}/{args.repeat})" if args.repeat > 1 else "") + ": training",
+          flush=True)
+    result, draws = _draw(arm, k, data, args, ctx)
+    rows = []
+    for name, samples in draws:
+        grid = save_grid(samples[:64], ctx["out"] / f"{slug(name)}{f'-r{k}' if args.repeat > 1 else ''}.png")
+        row = {"arm": name, "recipe": arm.recipe, "repeat": k, **result, "grid": str(grid)}
+        if ctx["scorer"] is not None:
+            row.update(ctx["scorer"](samples))
+        rows.append(row)
+        print(f"   {json.dumps({k: v for k, v in row.items() if k != 'grid'}, default=str)}", flush=True)
+    return rows
+
+
+def run_sweep(checkpoint: Path, args, scorer) -> list[dict[str, Any]]:
+    """FID against sampling steps for every sampler on one model."""
+    from core.diffusion.registry import sampler_spec
+
+    rows: list[dict[str, Any]] = []
+    # samplers that run all T steps (ddpm) only with --sweep-ddpm
+    for sampler in [s for s in our_samplers() if sampler_spec(s).uses_steps or args.sweep_ddpm]:
+        for steps in args.sweep_steps:
+            t0 = time.perf_counter()
+            samples = sample_ours(checkpoint, args.sweep_n or args.n, sampler, steps, args.seed)
+            row = {"sampler": sampler, "steps": steps, "seconds": time.perf_counter() - t0}
+            if scorer is not None:
+                row.update(scorer(samples))
+            rows.append(row)
+            print(f"   sweep {json.dumps(row)}", flush=True)
+            if not sampler_spec(sampler).uses_steps:
+                break  # it runs all T steps whatever is asked
+    return rows
+
+
+def run_set(label: str, data: Path, arms: list[Arm], args, out: Path, scorer) -> dict[str, Any]:
+    """Every arm (--repeat times, interleaved) on one set; prints its table."""
+    ctx: dict[str, Any] = {"scorer": scorer, "out": out / label, "runs": out / "work" / "runs" / label}
+    ctx["out"].mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    for k, arm in schedule(arms, args.repeat):
+        rows += run_arm(arm, k, label, data, args, ctx)
+    sweep = run_sweep(ctx["fast"], args, scorer) if args.sweep and ctx.get("fast") else []
+    summary = summarise(rows)
+    print_summary(label, summary, scored=scorer is not None, repeat=args.repeat)
+    if sweep:
+        print(f"\nFID against sampling steps, {label}, fast arm's EMA model:")
+        print_table(sweep, ["sampler", "steps", "seconds"] + (["fid", "kid"] if scorer is not None else []))
+    print(f"grids: {ctx['out']}", flush=True)
+    return {"data": str(data), "features": scorer.features if scorer else None, "arms": rows, "summary": summary,
+            "sweep": sweep}
 
 
 def run(args) -> dict[str, Any]:
-    from core.io.grid import save_grid
+    from core.io.atomic import atomic_write_text
 
-    arms = parse_arms(args.arms, smoke=args.smoke)
+    arms = parse_arms(args.arms, smoke=args.smoke, peer_lrs=args.peer_lrs)
     if any(a.recipe == "peer" for a in arms) and not peer_available():
         raise BenchError("the peer arm needs denoising-diffusion-pytorch: pip install -e '.[bench]'")
     if args.sweep and not any(a.recipe == "fast" for a in arms):
         raise BenchError("--sweep needs a fast arm (its model is the one swept)")
+    if args.ema_lengths and not has_ema_length():
+        raise BenchError("--ema-lengths: this checkout's sampling has no post-hoc EMA (SampleRequest.ema_length)")
+    if args.sampler not in our_samplers():
+        raise BenchError(f"--sampler {args.sampler!r}: known: {', '.join(our_samplers())}")
     out = Path(args.out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
     work = out / "work"
-    work.mkdir(exist_ok=True)
-    data = ensure_data(args, work)
-    scorer = None
-    if not args.no_score:  # before any training: a missing metric must not cost 30 minutes
-        scorer = Scorer(data, args.image_size, work / "cache", features=args.features,
-                        feature_seconds=2.0 if args.smoke else None)
-        print(f"scoring: {scorer.features} features against the images in {data}", flush=True)
-    print(f"arms: {', '.join(a.name for a in arms)}; {args.minutes:g} min each on {torch.get_num_threads()} "
-          f"threads; {args.n} samples each (DDIM-{args.sample_steps})", flush=True)
-
-    rows: list[dict[str, Any]] = []
-    fast_ckpt = None
-    peer_images = None
-    for arm in arms:
-        print(f"== {arm.name}: training", flush=True)
-        if arm.recipe == "peer":
-            if peer_images is None:
-                peer_images = load_images(data, args.image_size)
-            result = train_peer(peer_images, args.minutes * 60, args, arm.lr)
-            print(f"   {result['steps']} steps; sampling {args.n}", flush=True)
-            samples = sample_peer(result.pop("ema"), args.n, args.seed)
-            network = f"Unet(dim={PEER['dim']}, dim_mults={PEER['dim_mults']})"
-        else:
-            run_dir = work / "runs" / arm.slug
-            if run_dir.exists():  # a fresh run each time: no resuming an earlier benchmark
-                shutil.rmtree(run_dir)
-            result = train_ours(arm, data, run_dir, args)
-            print(f"   {result['steps']} steps; sampling {args.n}", flush=True)
-            samples = sample_ours(result.pop("checkpoint"), args.n, "ddim", args.sample_steps, args.seed)
-            if arm.recipe == "fast" and fast_ckpt is None:
-                fast_ckpt = run_dir / "checkpoints" / "last.pt"
-            network = arm.preset
-        grid = save_grid(samples[:64], out / f"{arm.slug}.png")
-        row = {"arm": arm.name, "network": network, **result, "grid": str(grid)}
-        if scorer is not None:
-            row.update(scorer(samples))
-        rows.append(row)
-        print(f"   {json.dumps({k: v for k, v in row.items() if k != 'grid'}, default=str)}", flush=True)
-
-    sweep_rows: list[dict[str, Any]] = []
-    if args.sweep and fast_ckpt is not None:
-        from core.diffusion.registry import sampler_spec
-
-        # samplers that run all T steps (ddpm) only with --sweep-ddpm
-        samplers = [s for s in our_samplers() if sampler_spec(s).uses_steps or args.sweep_ddpm]
-        for sampler in samplers:
-            for steps in args.sweep_steps:
-                t0 = time.perf_counter()
-                samples = sample_ours(fast_ckpt, args.sweep_n or args.n, sampler, steps, args.seed)
-                row = {"sampler": sampler, "steps": steps, "seconds": time.perf_counter() - t0}
-                if scorer is not None:
-                    row.update(scorer(samples))
-                sweep_rows.append(row)
-                print(f"   sweep {json.dumps(row)}", flush=True)
-                if not sampler_spec(sampler).uses_steps:
-                    break  # it runs all T steps whatever is asked
-
-    print()
-    columns = ["arm", "network", "parameters", "steps", "batch", "images_per_s"]
-    if scorer is not None:
-        columns += ["fid", "kid", "precision", "recall"]
-        by_name = {r["arm"]: r for r in rows}
-        for ref in ("peer", "classic"):
-            if ref in by_name:
-                for r in rows:
-                    r[f"fid/{ref}"] = r["fid"] / by_name[ref]["fid"] if by_name[ref]["fid"] > 0 else float("nan")
-                columns.append(f"fid/{ref}")
-    print_table(rows, columns)
-    if sweep_rows:
-        print("\nFID against sampling steps, fast arm's EMA model:")
-        print_table(sweep_rows, ["sampler", "steps", "seconds"] + (["fid", "kid"] if scorer is not None else []))
-    print(f"\ngrids: {', '.join(r['grid'] for r in rows)}")
-    results = {"arms": rows, "sweep": sweep_rows, "minutes": args.minutes, "n": args.n, "sweep_n": args.sweep_n or args.n,
-               "image_size": args.image_size, "data": str(data), "torch": torch.__version__,
-               "threads": torch.get_num_threads(), "features": scorer.features if scorer else None}
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    work.mkdir(parents=True, exist_ok=True)
+    sets = _sets(args, work)
+    scorers: dict[str, Any] = {}
+    for label, data in sets:  # before any training: a missing metric must not cost 30 minutes
+        scorers[label] = None if args.no_score else Scorer(data, args.image_size, work / "cache", features=args.features,
+                                                           feature_seconds=2.0 if args.smoke else None)
+        if scorers[label] is not None:
+            print(f"scoring {label}: {scorers[label].features} features against the images in {data}", flush=True)
+    print(f"arms: {', '.join(a.name for a in arms)}" + (f" x {args.repeat}, interleaved" if args.repeat > 1 else "")
+          + f"; {args.minutes:g} min each on {torch.get_num_threads()} threads; {args.n} samples each (ours "
+          f"{args.sampler}-{args.sample_steps}, the peer DDIM-{args.sample_steps})", flush=True)
+    results = {"sets": {}, "arms": [a.name for a in arms], "repeat": args.repeat, "ema_lengths": list(args.ema_lengths),
+               "sampler": args.sampler, "sample_steps": args.sample_steps, "minutes": args.minutes, "n": args.n,
+               "sweep_n": args.sweep_n or args.n, "image_size": args.image_size, "torch": torch.__version__,
+               "threads": torch.get_num_threads()}
+    for label, data in sets:
+        results["sets"][label] = run_set(label, data, arms, args, out, scorers[label])
+        atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=str))  # after each set
+    print(f"\nresults: {out / 'results.json'}")
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.splitlines()[0])
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.split("\n\n")[0],
+                                epilog="See the module docstring (bench/quality.py) and bench/RESULTS.md.")
     p.add_argument("--minutes", type=float, default=10.0, help="training wall-clock minutes per arm (default 10)")
-    p.add_argument("--data", default="", help="folder of class folders (default: the demo set, generated)")
+    p.add_argument("--data", default="", help="a dev set (demo, strokes, textures: drawn into OUT/work/<set>/) "
+                   "or a folder of class folders (default: demo)")
+    p.add_argument("--suite", default="", help="comma-separated dev sets or folders: the same arms on each in turn, "
+                   "a table per set, e.g. demo,strokes,textures (instead of --data)")
     p.add_argument("--n", type=int, default=500, help="samples per arm (default 500)")
     p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--arms", default=DEFAULT_ARMS, help=f"comma-separated: classic, fast, peer, RECIPE@PRESET; ~LR after an arm sets its "
-                   f"learning rate, e.g. fast~6e-4,peer~3e-4 (default {DEFAULT_ARMS})")
-    p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps for each arm's samples (default 50)")
+    p.add_argument("--arms", default=DEFAULT_ARMS, help="comma-separated RECIPE@PRESET~LR/BATCH, each part after the "
+                   "recipe optional: a recipe of core.training.options.RECIPES or peer (fixed network), e.g. "
+                   f"classic,fast@res-tiny,fast~6e-4/64,peer~3e-4/64 (default {DEFAULT_ARMS})")
+    p.add_argument("--peer-lrs", default="", help="the peer's learning-rate sweep, e.g. 8e-5,3e-4,1e-3: each peer arm "
+                   "without ~LR becomes one arm per rate; fid/peer divides by the best of them")
+    p.add_argument("--repeat", type=int, default=1, help="run the whole arm list K times, interleaved (a,b,a,b); "
+                   "tables show each arm's median FID and the individual values (default 1)")
+    p.add_argument("--ema-lengths", default="", help="also score each of our arms with the post-hoc EMA at these "
+                   "sigma_rel values, e.g. 0.05,0.1,0.2 (rows ARM@emaL)")
+    p.add_argument("--sampler", default="ddim", help="our arms' sampler (default ddim; the peer uses its DDIM)")
+    p.add_argument("--sample-steps", type=int, default=50, help="sampling steps for each arm's samples (default 50)")
     p.add_argument("--sweep", action="store_true", help="also FID against sampling steps for every sampler (fast arm)")
     p.add_argument("--sweep-steps", default=",".join(map(str, SWEEP_STEPS)))
     p.add_argument("--sweep-ddpm", action="store_true", help="include ddpm (all T steps: slow) in --sweep")
@@ -380,11 +401,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="", help="output folder (default: a new temporary folder)")
     p.add_argument("--smoke", action="store_true", help="seconds, not minutes: a few steps, a few samples")
     p.add_argument("--smoke-steps", type=int, default=2, help=argparse.SUPPRESS)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = parser()
     args = p.parse_args(argv)
     try:
         args.sweep_steps = tuple(int(s) for s in args.sweep_steps.split(",") if s.strip())
     except ValueError:
         p.error(f"--sweep-steps: {args.sweep_steps!r} is not a list of integers")
+    try:
+        args.ema_lengths = parse_lengths(args.ema_lengths)
+    except BenchError as exc:
+        p.error(str(exc))
+    if args.suite and args.data:
+        p.error("--suite and --data: give one (--suite lists every set)")
     if args.smoke:
         args.minutes = min(args.minutes, 0.5)
         args.n = min(args.n, 12)
@@ -393,6 +425,13 @@ def main(argv: list[str] | None = None) -> int:
         args.image_size = 16
     if args.minutes <= 0 or args.n < 2 or args.sample_steps < 1 or any(s < 1 for s in args.sweep_steps):
         p.error("--minutes must be > 0, --n >= 2, --sample-steps and --sweep-steps >= 1")
+    if args.repeat < 1:
+        p.error("--repeat must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if not args.out:
         args.out = tempfile.mkdtemp(prefix="ddpm-tui-quality-")
     try:
