@@ -17,7 +17,8 @@ An arm is ``RECIPE@PRESET~LR/BATCH``, each part after the recipe optional:
   README's defaults (v prediction, sigmoid schedule, T=1000), batch 32, the README Trainer's
   Adam (lr 8e-5, betas 0.9/0.99), gradient clipping at 1 and EMA (0.995 every 10 steps) as
   its Trainer does; same images, no flips (our arms run with --no-flip too);
-- ``~LR`` sets an arm's learning rate, ``/BATCH`` its batch (``fast~6e-4/64``, ``peer~3e-4/64``).
+- ``~LR`` sets an arm's learning rate, ``/BATCH`` its batch (``fast~6e-4/64``, ``peer~3e-4/64``);
+  ``+OPTION=VALUE`` (repeatable) any other training option of ours (``fast+ema_kind=exp``).
 ``--peer-lrs 8e-5,3e-4,1e-3`` turns each peer arm without ``~LR`` into one arm per rate; the
 ``fid/peer`` column divides by the peer arm with the best FID on that set (named above the
 table), ``fid/classic`` by the ``classic`` arm. ``--repeat K`` runs the whole arm list K times,
@@ -104,6 +105,7 @@ def _train_config(arm: Arm, data: Path, args) -> dict[str, Any]:
         cfg["lr"] = arm.lr
     if arm.batch is not None:
         cfg["batch_size"] = arm.batch
+    cfg.update(arm.options)
     return resolve({**cfg, "recipe": arm.recipe})
 
 
@@ -380,7 +382,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--arms", default=DEFAULT_ARMS, help="comma-separated RECIPE@PRESET~LR/BATCH, each part after the "
                    "recipe optional: a recipe of core.training.options.RECIPES or peer (fixed network), e.g. "
-                   f"classic,fast@res-tiny,fast~6e-4/64,peer~3e-4/64 (default {DEFAULT_ARMS})")
+                   f"classic,fast@res-tiny,fast~6e-4/64,peer~3e-4/64; +OPTION=VALUE sets any training option of ours, "
+                   f"e.g. fast+ema_kind=exp (default {DEFAULT_ARMS})")
     p.add_argument("--peer-lrs", default="", help="the peer's learning-rate sweep, e.g. 8e-5,3e-4,1e-3: each peer arm "
                    "without ~LR becomes one arm per rate; fid/peer divides by the best of them")
     p.add_argument("--repeat", type=int, default=1, help="run the whole arm list K times, interleaved (a,b,a,b); "
@@ -398,6 +401,8 @@ def parser() -> argparse.ArgumentParser:
                    help="the peer's autocast (default auto: bf16 where the CPU has it, as our arms)")
     p.add_argument("--no-score", action="store_true", help="train, sample and save grids only")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads (default: torch's own); 1 lets two benchmarks share 2 cores without contention")
     p.add_argument("--out", default="", help="output folder (default: a new temporary folder)")
     p.add_argument("--smoke", action="store_true", help="seconds, not minutes: a few steps, a few samples")
     p.add_argument("--smoke-steps", type=int, default=2, help=argparse.SUPPRESS)
@@ -432,6 +437,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     if not args.out:
         args.out = tempfile.mkdtemp(prefix="ddpm-tui-quality-")
     try:

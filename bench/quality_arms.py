@@ -27,6 +27,7 @@ class Arm:
     preset: str | None  # our network (None for the peer)
     lr: float | None = None  # "~LR": the arm's learning rate instead of its recipe's
     batch: int | None = None  # "/BATCH": the arm's batch size instead of its recipe's
+    options: tuple[tuple[str, Any], ...] = ()  # "+OPTION=VALUE" after the arm: any training option
 
     @property
     def slug(self) -> str:
@@ -35,7 +36,7 @@ class Arm:
 
 def slug(name: str) -> str:
     """An arm's name (or a row's label, ``fast@ema0.1``) as a run and file name."""
-    return name.replace("@", "-").replace("~", "-lr").replace("/", "-b")
+    return name.replace("@", "-").replace("~", "-lr").replace("/", "-b").replace("+", "_").replace("=", "")
 
 
 def recipes() -> tuple[str, ...]:
@@ -60,9 +61,29 @@ def _batch(spec: str, text: str) -> int:
     return int(text)
 
 
+def _options(spec: str, parts: list[str]) -> tuple[tuple[str, Any], ...]:
+    """``+OPTION=VALUE`` pieces as (name, value), parsed as `ddpm-tui train` parses them
+    (e.g. ``fast+ema_kind=exp+ema_decay=0.999``: the fast recipe as it was before power EMA)."""
+    from core.training.options import BY_NAME
+
+    pairs = []
+    for part in parts:
+        name, eq, text = part.partition("=")
+        name = name.strip().replace("-", "_")
+        if not eq or name not in BY_NAME or BY_NAME[name].internal:
+            raise BenchError(f"arm {spec!r}: {part!r} is not OPTION=VALUE with a training option (e.g. +ema_kind=exp)")
+        try:
+            pairs.append((name, BY_NAME[name].parse(text)))
+        except ValueError as exc:
+            raise BenchError(f"arm {spec!r}: {exc}") from None
+    return tuple(pairs)
+
+
 def parse_arm(spec: str, defaults: dict[str, str]) -> Arm:
-    """One ``RECIPE@PRESET~LR/BATCH`` (each of @, ~, / optional)."""
-    rest, slash, batch_text = spec.partition("/")
+    """One ``RECIPE@PRESET~LR/BATCH+OPTION=VALUE...`` (each of @, ~, / and + optional)."""
+    head_text, *option_parts = spec.split("+")
+    options = _options(spec, option_parts)
+    rest, slash, batch_text = head_text.partition("/")
     head, tilde, lr_text = rest.partition("~")
     lr = _lr(spec, lr_text) if tilde else None
     batch = _batch(spec, batch_text) if slash else None
@@ -73,6 +94,8 @@ def parse_arm(spec: str, defaults: dict[str, str]) -> Arm:
     if recipe == "peer":
         if preset:
             raise BenchError(f"arm {spec!r}: the peer's network is fixed (Unet(dim=32, dim_mults=(1, 2, 4)))")
+        if options:
+            raise BenchError(f"arm {spec!r}: +OPTION=VALUE is for our recipes; the peer's settings are fixed")
         return Arm(spec, "peer", None, lr, batch)
     if recipe not in recipes():
         raise BenchError(f"unknown arm {spec!r}; use peer or a recipe ({', '.join(recipes())}), "
@@ -82,7 +105,7 @@ def parse_arm(spec: str, defaults: dict[str, str]) -> Arm:
     preset = preset or defaults.get(recipe, defaults["*"])
     if preset not in PRESET_NAMES:
         raise BenchError(f"arm {spec!r}: unknown preset {preset!r}; known: {', '.join(PRESET_NAMES)}")
-    return Arm(spec, recipe, preset, lr, batch)
+    return Arm(spec, recipe, preset, lr, batch, options)
 
 
 def parse_arms(text: str, *, smoke: bool = False, peer_lrs: str = "") -> list[Arm]:

@@ -164,3 +164,16 @@ def test_smoke_suite_runs_the_arms_on_each_dev_set(tmp_path):
             assert r["fid/peer"] == pytest.approx(r["fid"] / best["fid"]) and r["fid/classic"] > 0
         assert f"== {name}; fid/peer: against {best['arm']}" in proc.stdout
         assert (tmp_path / name / "fast.png").is_file()
+
+
+def test_arm_options_set_any_training_option():
+    """+OPTION=VALUE reaches the trainer's config, parsed as `train` parses it; bad ones are one line."""
+    quality = _load_bench()
+    (arm,) = quality.parse_arms("fast~6e-4+ema_warmup=3+grad-clip=0.5")
+    assert arm.options == (("ema_warmup", 3), ("grad_clip", 0.5)) and arm.slug == "fast-lr6e-4_ema_warmup3_grad-clip0.5"
+    cfg = quality._train_config(arm, Path("/d"), argparse.Namespace(image_size=32, minutes=1, seed=0, smoke=False))
+    assert (cfg["ema_warmup"], cfg["grad_clip"], cfg["lr"]) == (3, 0.5, 6e-4)
+    for bad, says in (("fast+nope=1", "not OPTION=VALUE"), ("fast+ema_warmup=x", "not an integer"),
+                      ("fast+lr", "not OPTION=VALUE"), ("peer+lr=1e-3", "peer's settings are fixed")):
+        with pytest.raises(quality.BenchError, match=says):
+            quality.parse_arms(bad)
