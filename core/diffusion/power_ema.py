@@ -27,9 +27,7 @@ import torch
 import torch.nn as nn
 
 from core.diffusion.ema import unwrap_model
-
-DEFAULT_PROFILES = (0.05, 0.10)  # EDM2's two tracked sigma_rel
-MAX_SIGMA_REL = 0.28  # sigma_rel has a maximum near 0.29 (gamma just below 0); above it no profile exists
+from core.diffusion.registry import EMA_PROFILES as DEFAULT_PROFILES, MAX_SIGMA_REL  # EDM2's two; the largest
 _CHUNK = 1 << 15  # updates per block when the Gram matrix is summed (bounded memory for long runs)
 
 

@@ -20,8 +20,8 @@ from torch import nn
 
 from core.diffusion.device import is_oom
 from core.diffusion.process import Diffusion
-from core.diffusion.registry import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, MAX_IMAGES, MAX_SEED, SAMPLER_SPECS,
-                                     WEIGHT_NAMES, sampler_spec)
+from core.diffusion.registry import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, MAX_IMAGES, MAX_SEED, MAX_SIGMA_REL,
+                                     SAMPLER_SPECS, WEIGHT_NAMES, sampler_spec)
 from core.diffusion.samplers import SampleStep, StepCallback
 
 
@@ -86,8 +86,6 @@ class SampleRequest:
 
 def check_ema_length(value: Any) -> float:
     """A power-EMA sigma_rel as a float, or ValueError naming it."""
-    from core.diffusion.power_ema import MAX_SIGMA_REL
-
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= MAX_SIGMA_REL:
         raise ValueError(f"ema_length must be a number in (0, {MAX_SIGMA_REL:g}], got {value!r}")
     return float(value)

@@ -23,7 +23,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, make_dataclas
 from typing import Any, Iterable
 
 from core.data.split import MAX_HOLDOUT, parse_fraction
-from core.diffusion.registry import (AMP_MODES, DEVICE_SUGGESTIONS, LOSS_WEIGHTING_NAMES, MAX_SEED,  # noqa: F401
+from core.diffusion.registry import (AMP_MODES, DEVICE_SUGGESTIONS, EMA_KINDS, LOSS_WEIGHTING_NAMES,  # noqa: F401
+                                     MAX_SEED, MAX_SIGMA_REL,
                                      PREDICTION_NAMES, PRESET_IMAGE_SIZE, PRESET_NAMES, SAMPLER_NAMES,
                                      SCHEDULE_NAMES, WEIGHT_NAMES, FORMER_NAMES,
                                      current_name)
@@ -211,11 +212,11 @@ OPTIONS: tuple[Option, ...] = (
          "which average of the weights sampling uses: exp (exponential, --ema-decay and --ema-warmup; the original) "
          "or power (EDM2's power-function EMA: tracks two averages, sigma_rel 0.05 and 0.10, saves them at every "
          "checkpoint, and can rebuild any --ema-length after training; see docs/training.md). Fixed when a run starts",
-         choices=("exp", "power"), resumable=False),
+         choices=EMA_KINDS, resumable=False),
     _opt("ema_length", float, 0.10, _OPT, "EMA length",
          "with --ema-kind power: the width of the average that grids, evaluations, sample and export use, as "
          "a share of the run so far (EDM2's sigma_rel; 0.05 and 0.10 are kept exactly, others rebuilt); "
-         "sample/eval/export take --ema-length to try others", low=0.0, low_open=True, high=0.28, metavar="SIGMA_REL"),
+         "sample/eval/export take --ema-length to try others", low=0.0, low_open=True, high=MAX_SIGMA_REL, metavar="SIGMA_REL"),
     _opt("epochs", int, 500, _OPT, "Epochs", "epochs to run", low=1, basic=True),
     _opt("seed", int, 0, _OPT, "Seed", "random seed", low=0, high=MAX_SEED),
     _opt("max_steps", int, 0, _OPT, "Max steps", "finish at this global step (0 = no limit)", low=0,
