@@ -122,13 +122,15 @@ def assert_bitwise_equal(a, b, where: str = "") -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("ema_kind", ["exp", "power"])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA GPU"))])
-def test_resume_is_exact(tmp_path: Path, data: Path, device: str):
+def test_resume_is_exact(tmp_path: Path, data: Path, device: str, ema_kind: str):
     """N steps, a stop, N more steps == 2N steps in one go (weights, EMA, optimizer). On
-    CUDA that takes --deterministic (the README says when resume is bit-exact)."""
-    cfg = tiny(data, epochs=3, conditional=True, grad_clip=1.0, device=device,
-               deterministic=device != "cpu")  # 4 steps an epoch, 12 in all
+    CUDA that takes --deterministic (the README says when resume is bit-exact). With the
+    power EMA both profiles are exact too, and each save left its EMA snapshot."""
+    cfg = tiny(data, epochs=3, conditional=True, grad_clip=1.0, device=device, ema_kind=ema_kind,
+               ema_length=0.07, deterministic=device != "cpu")  # 4 steps an epoch, 12 in all
     straight = train(cfg, tmp_path / "straight")
     assert straight["step"] == 12
 
@@ -150,6 +152,17 @@ def test_resume_is_exact(tmp_path: Path, data: Path, device: str):
     assert_bitwise_equal(a["model"], b["model"])
     assert_bitwise_equal(a["ema"], b["ema"])
     assert_bitwise_equal(a["optimizer"], b["optimizer"])  # every state tensor, step counts, hyper-parameters
+    if ema_kind == "power":
+        assert a["ema"]["kind"] == "power" and a["ema"]["num_updates"] == 12
+        snaps = sorted(p.name for p in (tmp_path / "resumed" / "checkpoints" / "ema").iterdir())
+        assert snaps == ["ema_0000004.safetensors", "ema_0000006.safetensors", "ema_0000008.safetensors",
+                         "ema_0000012.safetensors"]  # each epoch's save, and the stop's
+        from core.diffusion.safetensors_file import read_tensors
+
+        straight_snap, _ = read_tensors(tmp_path / "straight" / "checkpoints" / "ema" / snaps[2])
+        resumed_snap, meta = read_tensors(tmp_path / "resumed" / "checkpoints" / "ema" / snaps[2])
+        assert_bitwise_equal(straight_snap, resumed_snap)
+        assert (meta["step"], meta["num_updates"]) == ("8", "8")
     # The resumed run's log says where it continued from; its metrics cover every step.
     assert "continuing from step 6" in (tmp_path / "resumed" / "train.log").read_text()
     steps = [r["step"] for r in runs.read_metrics(tmp_path / "resumed")[0]]
