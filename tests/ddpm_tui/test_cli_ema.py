@@ -87,3 +87,19 @@ def test_eval_sweep_prints_one_row_per_length(workspace, power_run, capsys, one_
     records = [json.loads(line) for line in (power_run / "eval.jsonl").read_text().splitlines()]
     assert sorted({r["ema_length"] for r in records}) == [0.05, 0.07]
     assert len({r["eval_id"] for r in records}) == 2  # two evaluations, not one reused
+
+
+def test_sample_request_ema_length_picks_the_weights(workspace, power_run, exp_run):
+    """SampleRequest(ema_length=...) from a checkpoint path: the benchmark's way in."""
+    from core.diffusion.checkpoint import CheckpointError
+    from core.diffusion.sampling import SampleRequest, generate_images
+
+    path = power_run / "checkpoints" / "last.pt"
+    images = {length: generate_images(path, SampleRequest(n=1, steps=1, seed=0, ema_length=length),
+                                      device="cpu")[0] for length in (0.05, 0.1, None)}
+    assert not (images[0.05] == images[0.1]).all()
+    assert (images[None] == images[0.1]).all()  # the run's own length
+    with pytest.raises(CheckpointError, match="exponential"):
+        generate_images(exp_run / "checkpoints" / "last.pt", SampleRequest(n=1, steps=1, ema_length=0.07))
+    with pytest.raises(ValueError, match="ema_length"):
+        SampleRequest(ema_length=0.5)
