@@ -183,6 +183,18 @@ def test_changed_model_config_is_refused(tmp_path: Path, data: Path):
     assert "already finished" in train(tiny(data, epochs=2), run)["message"]
 
 
+def test_changing_the_ema_kind_on_resume_is_refused(tmp_path: Path, data: Path):
+    run = tmp_path / "run"
+    train(tiny(data, epochs=1, samples=0), run)  # exp, the classic default
+    with pytest.raises(TrainError, match="ema_kind: run has 'exp', asked for 'power'"):
+        train(tiny(data, epochs=2, samples=0, ema_kind="power"), run)
+    # --ema-length may change: it only picks among the averages.
+    power = tmp_path / "power"
+    train(tiny(data, epochs=1, samples=0, ema_kind="power"), power)
+    assert train(tiny(data, epochs=2, samples=0, ema_kind="power", ema_length=0.05), power)["step"] == 8
+    assert load_checkpoint(power / "checkpoints" / "last.pt")["ema"]["length"] == 0.05
+
+
 def test_conditional_resume_keeps_its_breeds(tmp_path: Path, data: Path):
     run = tmp_path / "run"
     train(tiny(data, epochs=1, conditional=True, samples=0), run)
