@@ -222,6 +222,8 @@ class Trainer:
         dataset = self._dataset(ckpt)
         parts, compile_note = build_parts(self.config, self.world, dataset, self.classes, ckpt, self.state, self.log,
                                           self._init)
+        if getattr(parts.ema, "kind", "exp") == "power":  # grids and evaluations rebuild from the snapshots too
+            parts.ema.checkpoints_dir = str(runs.checkpoints_dir(self.run_dir))
         resumed = ckpt is not None
         if resumed:
             self.saver.last_saved_step = self.state.step

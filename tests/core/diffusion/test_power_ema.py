@@ -140,3 +140,22 @@ def test_state_round_trip_and_applied():
     assert torch.equal(model.weight.detach(), before)
     with pytest.raises(ValueError, match="exponential"):
         other.load_state_dict({"shadow": state["shadow"], "decay": 0.9, "num_updates": 1})
+
+
+def test_training_time_weights_use_the_runs_snapshots(tmp_path):
+    """With checkpoints_dir set (the trainer does), an untracked length is rebuilt from the
+    snapshots too: the grids and evaluations see what `sample --ema-length` will."""
+    gen = torch.Generator().manual_seed(2)
+    model = nn.Linear(8, 8)
+    ema = PowerEMA(model, length=0.07)
+    for step in range(1, 121):
+        _walk(model, gen)
+        ema.update(model)
+        if step % 40 == 0 and step < 120:
+            write_snapshot(tmp_path, ema, step)
+    alone = ema.weights_at()
+    ema.checkpoints_dir = str(tmp_path)
+    with_snapshots = ema.weights_at()
+    ckpt = {"path": str(tmp_path / "last.pt"), "step": 120, "ema": ema.state_dict()}
+    assert _max_diff(with_snapshots, power_ema_weights(ckpt)) == 0.0
+    assert _max_diff(with_snapshots, alone) > 1e-3
