@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -126,3 +127,13 @@ def power_ema_weights(ckpt: Mapping[str, Any], length: float | None = None) -> d
         total = accumulate(total, list(zip(x[n * i:n * (i + 1)], loaded)))
     total = accumulate(total, list(zip(x[n * len(found):], profiles)))
     return {k: v.float() for k, v in total.items()}
+
+
+def live_weights(ema: Any, checkpoints_dir: str | os.PathLike, length: float) -> dict[str, torch.Tensor]:
+    """A training PowerEMA's average of width ``length``, rebuilt from its two current profiles
+    and the snapshots in ``checkpoints_dir``/ema (set as ``ema.rebuild`` by the trainer), on
+    the profiles' device."""
+    state = {"sigma_rels": list(ema.sigma_rels), "num_updates": ema.num_updates, "profiles": ema.profiles}
+    ckpt = {"path": str(Path(checkpoints_dir) / "last.pt"), "step": sys.maxsize, "ema": state}
+    device = ema.count.device
+    return {k: v.to(device) for k, v in power_ema_weights(ckpt, length).items()}

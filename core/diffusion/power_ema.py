@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import sys
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -131,9 +129,9 @@ class PowerEMA:
         # Updates so far, counted on the device (a skipped step adds 0), so t never needs the host.
         device = params[0][1].device if params else torch.device("cpu")
         self.count = torch.zeros((), dtype=torch.int64, device=device)
-        # A run's checkpoints/ folder: a length that is not tracked is then rebuilt from the
-        # snapshots in its ema/ too (as sample/eval/export do later), not from the two current ones only.
-        self.checkpoints_dir: str | None = None
+        # length -> weights for a length that is not tracked; the trainer sets it to rebuild from
+        # the run's snapshots too (core.diffusion.ema_snapshots.live_weights), as sample does later.
+        self.rebuild: Callable[[float], dict[str, torch.Tensor]] | None = None
 
     @property
     def num_updates(self) -> int:
@@ -176,13 +174,8 @@ class PowerEMA:
         for sigma_rel, prof in zip(self.sigma_rels, self.profiles):
             if same_length(sigma_rel, length):
                 return prof
-        if self.checkpoints_dir is not None:
-            from core.diffusion.ema_snapshots import power_ema_weights
-
-            state = {"sigma_rels": list(self.sigma_rels), "num_updates": self.num_updates, "profiles": self.profiles}
-            ckpt = {"path": os.path.join(self.checkpoints_dir, "last.pt"), "step": sys.maxsize, "ema": state}
-            device = self.count.device
-            return {k: v.to(device) for k, v in power_ema_weights(ckpt, length).items()}
+        if self.rebuild is not None:
+            return self.rebuild(length)
         t = max(1, self.num_updates)
         x = solve_coefficients([(t, g) for g in self.gammas], (t, sigma_rel_to_gamma(length)))
         return combine(list(zip(x, self.profiles)))

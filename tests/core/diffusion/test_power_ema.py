@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import pytest
 import torch
 import torch.nn as nn
 
-from core.diffusion.ema_snapshots import power_ema_weights, write_snapshot
+from core.diffusion.ema_snapshots import live_weights, power_ema_weights, write_snapshot
 from core.diffusion.power_ema import (PowerEMA, combine, gamma_to_sigma_rel, sigma_rel_to_gamma,
                                       solve_coefficients)
 
@@ -143,7 +144,7 @@ def test_state_round_trip_and_applied():
 
 
 def test_training_time_weights_use_the_runs_snapshots(tmp_path):
-    """With checkpoints_dir set (the trainer does), an untracked length is rebuilt from the
+    """With ``rebuild`` set to live_weights (the trainer does), an untracked length is rebuilt from the
     snapshots too: the grids and evaluations see what `sample --ema-length` will."""
     gen = torch.Generator().manual_seed(2)
     model = nn.Linear(8, 8)
@@ -154,7 +155,7 @@ def test_training_time_weights_use_the_runs_snapshots(tmp_path):
         if step % 40 == 0 and step < 120:
             write_snapshot(tmp_path, ema, step)
     alone = ema.weights_at()
-    ema.checkpoints_dir = str(tmp_path)
+    ema.rebuild = functools.partial(live_weights, ema, tmp_path)
     with_snapshots = ema.weights_at()
     ckpt = {"path": str(tmp_path / "last.pt"), "step": 120, "ema": ema.state_dict()}
     assert _max_diff(with_snapshots, power_ema_weights(ckpt)) == 0.0
