@@ -332,10 +332,12 @@ def check_compatible(
         )
 
 
-def build_model_from_checkpoint(ckpt: Mapping[str, Any], use_ema: bool = True):
+def build_model_from_checkpoint(ckpt: Mapping[str, Any], use_ema: bool = True, ema_length: float | None = None):
     """Rebuild ``(UNet, Diffusion)`` from a loaded checkpoint, in eval mode on the CPU.
 
     ``use_ema``: take the EMA weights when the checkpoint has them (the raw ones otherwise).
+    ``ema_length``: with a power EMA, the sigma_rel to take (default: the run's ema_length);
+    a CheckpointError for a checkpoint without a power EMA.
     """
     from core.diffusion.process import Diffusion, DiffusionConfig
     from core.diffusion.unet import UNet, UNetConfig
@@ -359,8 +361,11 @@ def build_model_from_checkpoint(ckpt: Mapping[str, Any], use_ema: bool = True):
     model = UNet(config)
     _load_state(model, state, where)
     ema = ckpt.get("ema") if use_ema else None
+    if ema_length is not None and use_ema:
+        check_power_ema(ckpt)
     if ema:
-        shadow = ema.get("shadow") if isinstance(ema, Mapping) else None
+        shadow = _power_shadow(ckpt, ema_length) if ema_kind(ckpt) == "power" else (
+            ema.get("shadow") if isinstance(ema, Mapping) else None)
         if not isinstance(shadow, Mapping):
             raise CheckpointError(f"{where}: corrupt EMA state (no shadow weights)")
         params = dict(model.named_parameters())
@@ -374,6 +379,31 @@ def build_model_from_checkpoint(ckpt: Mapping[str, Any], use_ema: bool = True):
                 p.copy_(shadow[name])
     model.eval()
     return model, Diffusion(dconfig)
+
+
+def ema_kind(ckpt: Mapping[str, Any]) -> str | None:
+    """"power", "exp" (also every checkpoint older than the power EMA), or None without an EMA."""
+    ema = ckpt.get("ema")
+    if not ema:
+        return None
+    return "power" if isinstance(ema, Mapping) and ema.get("kind") == "power" else "exp"
+
+
+def check_power_ema(ckpt: Mapping[str, Any]) -> None:
+    """CheckpointError (one line) unless the checkpoint has power-EMA profiles to pick a length from."""
+    kind = ema_kind(ckpt)
+    if kind != "power":
+        what = "an exponential EMA (ema_kind exp)" if kind == "exp" else "no EMA weights"
+        raise CheckpointError(f"{_where(ckpt)} has {what}: --ema-length needs a run trained with --ema-kind power")
+
+
+def _power_shadow(ckpt: Mapping[str, Any], length: float | None) -> dict[str, torch.Tensor]:
+    from core.diffusion.ema_snapshots import power_ema_weights
+
+    try:
+        return power_ema_weights(ckpt, length)
+    except ValueError as exc:
+        raise CheckpointError(f"{_where(ckpt)}: {exc}") from None
 
 
 def _check_shapes(ours: Mapping[str, torch.Tensor], state: Mapping[str, Any], where: str) -> None:

@@ -54,6 +54,12 @@ MAX_IMAGES = 50_000
 # model's draws record); evaluations at other guidances are compared only among themselves.
 DEFAULT_GUIDANCE = 3.0
 WEIGHT_NAMES = ("ema", "raw")
+# Power EMA (core.diffusion.power_ema): the sigma_rel it tracks, and the largest one that exists
+# (sigma_rel peaks near 0.29, at an exponent just below 0).
+EMA_KINDS = ("exp", "power")
+EMA_PROFILES = (0.05, 0.10)
+MAX_SIGMA_REL = 0.28
+EMA_SWEEP = (0.03, 0.05, 0.075, 0.10, 0.15, 0.20)  # eval --sweep-ema's default lengths
 
 
 @dataclass(frozen=True)

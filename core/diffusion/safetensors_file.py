@@ -46,8 +46,6 @@ def write_weights(path: str | os.PathLike, tensors: Mapping[str, Any], *, model_
                   classes: list[str] | tuple[str, ...] = (), overwrite: bool = False) -> None:
     """Write ``tensors`` and the metadata atomically (temp file + rename). An existing file is
     replaced only with ``overwrite``; WeightsFileError otherwise, or when it cannot be written."""
-    from safetensors.torch import save
-
     path = Path(path)
     if weights not in WEIGHT_KINDS:
         raise ValueError(f"weights must be one of {WEIGHT_KINDS}, got {weights!r}")
@@ -64,12 +62,36 @@ def write_weights(path: str | os.PathLike, tensors: Mapping[str, Any], *, model_
         "diffusion_config": json.dumps(dict(diffusion_config), sort_keys=True),
         "classes": json.dumps([str(c) for c in classes]),
     }
+    write_tensors(path, tensors, metadata)
+
+
+def write_tensors(path: str | os.PathLike, tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> None:
+    """Any named tensors and str -> str metadata, atomically (temp file + rename);
+    WeightsFileError when it cannot be written."""
+    from safetensors.torch import save
+
     # contiguous CPU copies: safetensors stores raw bytes in C order, one buffer per tensor
-    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=dict(metadata))
     try:
         atomic_write(path, lambda fh: fh.write(data))
     except OSError as exc:
         raise WeightsFileError(f"cannot be written ({exc.strerror or exc})") from None
+
+
+def read_tensors(path: str | os.PathLike, *, load: bool = True) -> tuple[dict[str, Any], dict[str, str]]:
+    """(tensors, metadata) of a .safetensors file (tensors empty when not ``load``: the header
+    only); WeightsFileError, one line, for a file that does not read."""
+    import safetensors
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {name: f.get_tensor(name) for name in f.keys()} if load else {}
+    except (safetensors.SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise WeightsFileError(f"truncated or corrupt .safetensors file ({first})") from None
+    return tensors, metadata
 
 
 def _json_field(metadata: Mapping[str, str], key: str, kind: type) -> Any:
@@ -112,18 +134,8 @@ def read_weights(path: str | os.PathLike) -> dict[str, Any]:
     weights; for EMA weights ``ema`` is ``{"shadow": the same tensors}`` (so "EMA by default"
     takes them) and ``extra["exported_weights"]`` says which they are. No optimizer, RNG or
     epoch. Nothing is unpickled: safetensors reads raw tensor bytes."""
-    import safetensors
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = _check_metadata(f.metadata())
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
-    except WeightsFileError:
-        raise
-    except (safetensors.SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
-        raise WeightsFileError(f"truncated or corrupt .safetensors file ({first})") from None
+    tensors, metadata = read_tensors(path)
+    meta = _check_metadata(metadata)
     if not tensors:
         raise WeightsFileError("holds no tensors")
     return {

@@ -20,8 +20,8 @@ from torch import nn
 
 from core.diffusion.device import is_oom
 from core.diffusion.process import Diffusion
-from core.diffusion.registry import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, default_steps, MAX_IMAGES, MAX_SEED, SAMPLER_SPECS,
-                                     WEIGHT_NAMES, sampler_spec)
+from core.diffusion.registry import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, MAX_IMAGES, MAX_SEED, MAX_SIGMA_REL,
+                                     SAMPLER_SPECS, WEIGHT_NAMES, default_steps, sampler_spec)
 from core.diffusion.samplers import SampleStep, StepCallback
 
 
@@ -61,6 +61,7 @@ class SampleRequest:
     amp: str = "auto"
     batch_size: int = DEFAULT_BATCH_SIZE
     clip_x0: bool = True
+    ema_length: float | None = None  # power-EMA sigma_rel of a checkpoint's weights (None: the run's own)
 
     def __post_init__(self) -> None:
         def whole(name: str, value: Any, low: int, high: int | None = None) -> None:
@@ -81,6 +82,15 @@ class SampleRequest:
             raise ValueError(f"eta must be in [0, 1], got {self.eta!r}")
         if not (math.isfinite(float(self.guidance)) and float(self.guidance) >= 0):
             raise ValueError(f"guidance must be a finite number >= 0, got {self.guidance!r}")
+        if self.ema_length is not None:
+            check_ema_length(self.ema_length)
+
+
+def check_ema_length(value: Any) -> float:
+    """A power-EMA sigma_rel as a float, or ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= MAX_SIGMA_REL:
+        raise ValueError(f"ema_length must be a number in (0, {MAX_SIGMA_REL:g}], got {value!r}")
+    return float(value)
 
 
 @dataclass
@@ -97,20 +107,25 @@ class Sampleable:
     path: Path | None = None
 
 
-def load_for_sampling(path: str | os.PathLike, weights: str = "ema") -> Sampleable:
+def load_for_sampling(path: str | os.PathLike, weights: str = "ema", ema_length: float | None = None) -> Sampleable:
     """Read a checkpoint and build its model with the EMA or the raw weights.
 
     Asking for EMA weights from a checkpoint without them gives the raw ones, and says so.
-    Raises CheckpointError (one line) for anything wrong with the file.
+    ``ema_length``: the power-EMA sigma_rel (reconstructed from the run's snapshots when it
+    is not a tracked one); None takes the run's own. Raises CheckpointError (one line) for
+    anything wrong with the file, and for an ``ema_length`` with a checkpoint without a power EMA.
     """
-    from core.diffusion.checkpoint import build_model_from_checkpoint, load_checkpoint
+    from core.diffusion.checkpoint import build_model_from_checkpoint, ema_kind, load_checkpoint
 
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
     ckpt = load_checkpoint(path)
-    use_ema = weights == "ema" and bool(ckpt.get("ema"))
-    model, diffusion = build_model_from_checkpoint(ckpt, use_ema=use_ema)
+    use_ema = weights == "ema" and (bool(ckpt.get("ema")) or ema_length is not None)
+    model, diffusion = build_model_from_checkpoint(ckpt, use_ema=use_ema, ema_length=ema_length)
     note = "EMA" if use_ema else ("raw (this checkpoint has no EMA weights)" if weights == "ema" else "raw")
+    if use_ema and ema_kind(ckpt) == "power":
+        length = ema_length if ema_length is not None else (ckpt["ema"] or {}).get("length")
+        note = f"power EMA sigma_rel {float(length):g}"
     extra = ckpt.get("extra") or {}
     classes = [str(c) for c in (extra.get("classes") or [])]
     return Sampleable(model, diffusion, "ema" if use_ema else "raw", note, int(ckpt.get("step") or 0), classes, Path(path))
@@ -183,7 +198,7 @@ def _as_sampleable(source: "str | os.PathLike | Sampleable | tuple[nn.Module, Di
     if isinstance(source, tuple):
         model, diffusion = source
         return Sampleable(model, diffusion, request.weights, "EMA" if request.weights == "ema" else "raw")
-    return load_for_sampling(source, request.weights)
+    return load_for_sampling(source, request.weights, request.ema_length)
 
 
 def _model_config(model: nn.Module) -> Any:

@@ -55,6 +55,7 @@ class EvalSettings:
     guidance: float = DEFAULT_GUIDANCE  # conditional runs (1 = plain conditional); as `sample` draws
     seed: int = 0
     weights: str = "ema"  # "ema" | "raw"
+    ema_length: float | None = None  # power EMA's sigma_rel (None: the run's own, or an exponential EMA)
 
     def __post_init__(self) -> None:
         if self.steps is None and self.sampler in SAMPLERS:  # an unknown one: validate says so
@@ -71,6 +72,13 @@ class EvalSettings:
             raise EvalError(f"steps must be a positive integer, got {self.steps!r}")
         if self.weights not in ("ema", "raw"):
             raise EvalError(f"weights must be 'ema' or 'raw', got {self.weights!r}")
+        if self.ema_length is not None:
+            from core.diffusion.sampling import check_ema_length
+
+            try:
+                check_ema_length(self.ema_length)
+            except ValueError as exc:
+                raise EvalError(str(exc)) from None
 
     def as_used(self, conditional: bool) -> "EvalSettings":
         """These settings as the draw uses them: eta 0 for a sampler that takes none, guidance
@@ -238,7 +246,9 @@ class Evaluator:
 
     def settings_record(self, settings: EvalSettings) -> dict:
         held = {"real": "holdout", "holdout": self.holdout} if getattr(self, "holdout", 0.0) else {}
-        return {**asdict(settings), "features": self.features, "feature_key": self.net.key, **held}
+        # ema_length only when given: the ids of evaluations recorded before it existed stay the same.
+        chosen = {k: v for k, v in asdict(settings).items() if k != "ema_length" or v is not None}
+        return {**chosen, "features": self.features, "feature_key": self.net.key, **held}
 
     def copy_check(self, fake: np.ndarray, pixels: np.ndarray | None,
                    labels: Sequence[int] | None = None) -> memorisation.CopyCheck | None:
@@ -378,6 +388,8 @@ def _records(values: dict[str, float], *, step: int, settings: EvalSettings, fea
             r["std"] = float(values["kid_std"])
         r.update(eta=settings.eta, guidance=settings.guidance, seed=settings.seed, weights=settings.weights,
                  eval_id=eid, checkpoint=identity, metrics=sorted(m for m in values if m != "kid_std"), **extra)
+        if settings.ema_length is not None:
+            r["ema_length"] = settings.ema_length
         out.append(r)
     return out
 
@@ -425,9 +437,9 @@ def evaluate_checkpoint(ckpt_path: str | os.PathLike, *, run_dir: str | os.PathL
     data = data_dir or config.get("data") or extra.get("data")
     if not data and evaluator is None:
         raise EvalError(f"{ckpt_path}: no dataset recorded for this checkpoint; pass --data DIR")
-    use_ema = settings.weights == "ema" and bool(ckpt.get("ema"))
+    use_ema = settings.weights == "ema" and (bool(ckpt.get("ema")) or settings.ema_length is not None)
     try:
-        model, diffusion = build_model_from_checkpoint(ckpt, use_ema=use_ema)
+        model, diffusion = build_model_from_checkpoint(ckpt, use_ema=use_ema, ema_length=settings.ema_length)
     except CheckpointError as exc:
         raise EvalError(str(exc)) from None
     step = int(ckpt.get("step") or 0)

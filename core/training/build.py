@@ -20,9 +20,10 @@ from core.data.dataset import batches_on
 from core.diffusion.checkpoint import restore_rng_state
 from core.diffusion.device import autocast_dtype
 from core.diffusion.ema import EMA
+from core.diffusion.power_ema import PowerEMA
 from core.diffusion.process import Diffusion
 from core.diffusion.unet import UNet
-from core.training.config import TrainConfig
+from core.training.config import TrainConfig, TrainError
 from core.training.distributed import Dist
 from core.training.init_from import InitWeights, apply_init
 
@@ -80,7 +81,7 @@ class Parts:
     classes: list[str]
     model: nn.Module  # the plain UNet: saved, sampled, averaged
     train_model: nn.Module  # what a step calls: ``model`` under DDP and/or torch.compile
-    ema: EMA
+    ema: EMA | PowerEMA
     optimizer: torch.optim.Optimizer
     diffusion: Diffusion
     amp_dtype: torch.dtype | None
@@ -105,7 +106,7 @@ def build_parts(config: TrainConfig, world: Dist, dataset: Any, classes: list[st
         apply_init(init, model, classes)
     # Made after the weights are restored: a checkpoint without an EMA (one imported from
     # the original project) starts its average at those weights.
-    ema = EMA(model, decay=config.ema_decay, warmup_steps=config.ema_warmup)
+    ema = make_ema(config, model)
     optimizer = make_optimizer(config, model, device)
     if ckpt is not None:
         restore(ckpt, ema, optimizer, state, config, world, log)
@@ -124,11 +125,34 @@ def build_parts(config: TrainConfig, world: Dist, dataset: Any, classes: list[st
     return parts, compile_note
 
 
-def restore(ckpt: dict, ema: EMA, optimizer: torch.optim.Optimizer, s: TrainState, config: TrainConfig,
+def make_ema(config: TrainConfig, model: nn.Module) -> EMA | PowerEMA:
+    """The average --ema-kind names: exponential (--ema-decay, --ema-warmup) or power (two
+    profiles; --ema-length is what grids and evaluations use)."""
+    if config.ema_kind == "power":
+        return PowerEMA(model, length=config.ema_length)
+    return EMA(model, decay=config.ema_decay, warmup_steps=config.ema_warmup)
+
+
+def restore_ema(ckpt: dict, ema: EMA | PowerEMA, config: TrainConfig) -> None:
+    """The checkpoint's average into ``ema``; a changed --ema-decay / --ema-warmup /
+    --ema-length applies from now on. A checkpoint whose EMA is of the other kind is refused
+    (ema_kind is fixed when a run starts), in one line."""
+    state = ckpt["ema"]
+    saved = "power" if state.get("kind") == "power" else "exp"
+    if saved != config.ema_kind:
+        raise TrainError(f"checkpoint {ckpt.get('path', '')} holds an {saved} EMA but the run asks for "
+                         f"ema_kind {config.ema_kind}: the EMA kind cannot change on resume; start a new --run")
+    if isinstance(ema, PowerEMA):
+        ema.load_state_dict({**state, "length": config.ema_length})
+    else:
+        ema.load_state_dict({**state, "decay": config.ema_decay, "warmup_steps": config.ema_warmup})
+
+
+def restore(ckpt: dict, ema: EMA | PowerEMA, optimizer: torch.optim.Optimizer, s: TrainState, config: TrainConfig,
             world: Dist, log: logging.Logger) -> None:
     """EMA, optimizer, RNG states and the training state from a checkpoint."""
-    if ckpt.get("ema"):  # a changed --ema-decay / --ema-warmup applies from now on
-        ema.load_state_dict({**ckpt["ema"], "decay": config.ema_decay, "warmup_steps": config.ema_warmup})
+    if ckpt.get("ema"):
+        restore_ema(ckpt, ema, config)
     if ckpt.get("optimizer"):
         optimizer.load_state_dict(ckpt["optimizer"])
     if ckpt.get("rng"):

@@ -23,7 +23,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, make_dataclas
 from typing import Any, Iterable
 
 from core.data.split import MAX_HOLDOUT, parse_fraction
-from core.diffusion.registry import (AMP_MODES, DEFAULT_SAMPLER, DEVICE_SUGGESTIONS, default_steps, LOSS_WEIGHTING_NAMES, MAX_SEED,  # noqa: F401
+from core.diffusion.registry import (AMP_MODES, DEFAULT_SAMPLER, DEVICE_SUGGESTIONS, EMA_KINDS,  # noqa: F401
+                                     LOSS_WEIGHTING_NAMES, MAX_SEED, MAX_SIGMA_REL, default_steps,
                                      PREDICTION_NAMES, PRESET_IMAGE_SIZE, PRESET_NAMES, SAMPLER_NAMES,
                                      SCHEDULE_NAMES, WEIGHT_NAMES, FORMER_NAMES,
                                      current_name)
@@ -166,7 +167,7 @@ OPTIONS: tuple[Option, ...] = (
     _opt("recipe", str, "classic", _MODEL, "Recipe",
          "a named set of values for the options below: classic (formerly seed: the training of "
          "dogs-image-generator-DDPM, the original project, exactly) or fast (v prediction, cosine schedule, min-SNR, AdamW with warm-up, "
-         "grad clip, EMA 0.999, batch 32); explicit options override it",
+         "grad clip, power EMA, batch 32); explicit options override it",
          choices=("classic", "fast"), basic=True),
     _opt("preset", str, "classic", _MODEL, "Preset",
          "the network's size and design: classic (formerly seed: the original project's 93M UNet, "
@@ -207,6 +208,15 @@ OPTIONS: tuple[Option, ...] = (
     _opt("ema_decay", float, 0.995, _OPT, "EMA decay", "EMA: an exponential moving average of the weights, what sampling uses by default (smoother than the raw weights); decay closer to 1 = smoother, slower to follow", low=0.0, high=1.0, metavar="D"),
     _opt("ema_warmup", int, 0, _OPT, "EMA warm-up", "EMA warm-up W: the decay starts low and grows, min(D, (1+n)/(W+n)) at step n, so early weights are not averaged in for long; 0 = off",
          low=0, metavar="W"),
+    _opt("ema_kind", str, "exp", _OPT, "EMA kind",
+         "which average of the weights sampling uses: exp (exponential, --ema-decay and --ema-warmup; the original) "
+         "or power (EDM2's power-function EMA: tracks two averages, sigma_rel 0.05 and 0.10, saves them at every "
+         "checkpoint, and can rebuild any --ema-length after training; see docs/training.md). Fixed when a run starts",
+         choices=EMA_KINDS, resumable=False),
+    _opt("ema_length", float, 0.10, _OPT, "EMA length",
+         "with --ema-kind power: the width of the average that grids, evaluations, sample and export use, as "
+         "a share of the run so far (EDM2's sigma_rel; 0.05 and 0.10 are kept exactly, others rebuilt); "
+         "sample/eval/export take --ema-length to try others", low=0.0, low_open=True, high=MAX_SIGMA_REL, metavar="SIGMA_REL"),
     _opt("epochs", int, 500, _OPT, "Epochs", "epochs to run", low=1, basic=True),
     _opt("seed", int, 0, _OPT, "Seed", "random seed", low=0, high=MAX_SEED),
     _opt("max_steps", int, 0, _OPT, "Max steps", "finish at this global step (0 = no limit)", low=0,
@@ -284,7 +294,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "fast": {**_DRAWS,
         "prediction": "v", "schedule": "cosine", "loss_weighting": "min_snr", "min_snr_gamma": 5.0,
         "optimizer": "adamw", "weight_decay": 0.0, "lr_warmup": 200, "lr_schedule": "constant", "lr": 2e-4,
-        "grad_clip": 1.0, "ema_decay": 0.999, "ema_warmup": 10, "batch_size": 32, "amp": "auto",
+        "grad_clip": 1.0, "ema_decay": 0.999, "ema_warmup": 10, "ema_kind": "power", "batch_size": 32, "amp": "auto",
     },
 }
 # Keys config.json carries besides the options (written by the trainer).

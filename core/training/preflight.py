@@ -94,9 +94,13 @@ def rank_checkpoint(run_dir: Path, world: Dist) -> dict | None:
 
 def remove_stale_temp_files(run_dir: Path, log: logging.Logger) -> None:
     """A trainer killed mid-write leaves its temp file (".last.pt.XXXX.tmp", up to a few GB)
-    beside the intact checkpoint. Only hidden *.tmp files in checkpoints/ are removed:
-    no other trainer can be writing there (this one holds the run's lock)."""
-    for tmp in runs.checkpoints_dir(run_dir).glob(".*.tmp"):
+    beside the intact checkpoint. Only hidden *.tmp files in checkpoints/ and its ema/ (the
+    power EMA's snapshots) are removed: no other trainer can be writing there (this one holds
+    the run's lock)."""
+    from core.diffusion.ema_snapshots import SNAPSHOT_DIR
+
+    folder = runs.checkpoints_dir(run_dir)
+    for tmp in [*folder.glob(".*.tmp"), *(folder / SNAPSHOT_DIR).glob(".*.tmp")]:
         try:
             tmp.unlink()
             log.info("removed %s, left by an interrupted write", tmp)

@@ -86,6 +86,19 @@ class Saver:
         self._checkpoint_to(path, parts)
         self.last_saved_step = self.state.step
         self.log.info("saved checkpoint at step %d (epoch %d)", self.state.step, self.state.epoch)
+        if getattr(parts.ema, "kind", "exp") == "power":
+            self._ema_snapshot(path.parent, parts)
+
+    def _ema_snapshot(self, checkpoints: Path, parts: Parts) -> None:
+        """The two power-EMA profiles at this step into checkpoints/ema/ (core.diffusion.ema_snapshots):
+        what --ema-length rebuilds other averages from. A failure is logged; training goes on."""
+        from core.diffusion.ema_snapshots import write_snapshot
+        from core.diffusion.safetensors_file import WeightsFileError
+
+        try:
+            write_snapshot(checkpoints, parts.ema, self.state.step)
+        except (WeightsFileError, OSError) as exc:
+            self.log.error("could not write the EMA snapshot of step %d: %s", self.state.step, exc)
 
     def _checkpoint_to(self, path: Path, parts: Parts) -> None:
         """The whole training state at this step into ``path`` (atomic: a new file replaces the old)."""
@@ -158,7 +171,8 @@ class Saver:
                                            cache_dir=config.cache_dir or None, device=self.device,
                                            holdout=config.eval_holdout)
             settings = EvalSettings(n=config.eval_n, sampler=config.sample_sampler, steps=config.sample_steps,
-                                    guidance=config.sample_guidance if config.conditional else 1.0)
+                                    guidance=config.sample_guidance if config.conditional else 1.0,
+                                    ema_length=config.ema_length if config.ema_kind == "power" else None)
             with parts.ema.applied(parts.model):
                 result = self.evaluator.evaluate(parts.model, parts.diffusion, settings, step=s.step,
                                                  run_dir=self.run_dir, amp=config.amp)

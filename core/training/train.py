@@ -23,6 +23,7 @@ records.py (status.json, metrics, progress events; their shapes in events.py) an
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -34,6 +35,7 @@ import torch
 
 from core.data.split import HOLDOUT_RULE
 from core.diffusion.device import autocast_dtype, kernel_choices, set_cublas_deterministic
+from core.diffusion.ema_snapshots import live_weights
 from core.training import runs
 from core.training.build import (
     Parts, TrainState, build_parts, compile_network, epoch_order, lr_at, params_finite, synchronize, weights_digest,
@@ -222,6 +224,8 @@ class Trainer:
         dataset = self._dataset(ckpt)
         parts, compile_note = build_parts(self.config, self.world, dataset, self.classes, ckpt, self.state, self.log,
                                           self._init)
+        if getattr(parts.ema, "kind", "exp") == "power":  # grids and evaluations rebuild from the snapshots too
+            parts.ema.rebuild = functools.partial(live_weights, parts.ema, runs.checkpoints_dir(self.run_dir))
         resumed = ckpt is not None
         if resumed:
             self.saver.last_saved_step = self.state.step

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from core.diffusion.registry import AMP_MODES, DEFAULT_GUIDANCE, DEFAULT_SAMPLER, SAMPLER_SPECS, sampler_help, steps_help
+from core.diffusion.registry import (AMP_MODES, DEFAULT_GUIDANCE, DEFAULT_SAMPLER, MAX_SIGMA_REL, SAMPLER_SPECS,
+                                     sampler_help, steps_help)
 from core.training.options import RUN_NAME_RE  # noqa: F401  (the commands' one spelling of it)
 
 
@@ -83,3 +84,15 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
     parser.add_argument("--amp", choices=AMP_MODES, default="auto",
                         help="autocast: bf16 where the device does it fast (default: auto)")
+    add_ema_length_arg(parser)
+
+
+ema_length_type = bounded(float, low=0.0, low_open=True, high=MAX_SIGMA_REL)
+
+
+def add_ema_length_arg(parser: argparse.ArgumentParser) -> None:
+    """--ema-length, for `sample`, `eval` and `export`: which power-EMA average to use."""
+    parser.add_argument("--ema-length", type=ema_length_type, default=None, metavar="SIGMA_REL",
+                        help="for a run trained with --ema-kind power: the width of the weights' average "
+                        "(EDM2's sigma_rel, e.g. 0.05 smooths less, 0.15 more), rebuilt from the run's EMA "
+                        "snapshots (default: the run's --ema-length)")

@@ -12,10 +12,10 @@ import json
 import sys
 from dataclasses import asdict
 
-from core.diffusion.registry import DEFAULT_GUIDANCE, MAX_IMAGES, MAX_SEED, default_steps, sampler_spec
+from core.diffusion.registry import DEFAULT_GUIDANCE, EMA_SWEEP, MAX_IMAGES, MAX_SEED, default_steps, sampler_spec
 from core.io.safe_text import shown
 from ddpm_tui.commands._common import (CLIError, add_command, add_sampling_args, add_source_arg, bounded,
-                                       positive_int)
+                                       ema_length_type, positive_int)
 
 CPU_NOTICE_WORK = 10_000  # images x steps above which a CPU evaluation takes minutes: say so first
 
@@ -45,10 +45,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", metavar="DIR", help="real images to compare with (default: the run's dataset)")
     p.add_argument("--batch-size", type=positive_int, default=100, help="images per sampling batch (default: 100)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--sweep-ema", nargs="?", const=",".join(f"{x:g}" for x in EMA_SWEEP), default=None,
+                   type=_lengths, metavar="LIST",
+                   help="for a run trained with --ema-kind power: evaluate the EMA weights at each of these "
+                   "comma-separated lengths (sigma_rel), same seed, and print a table (default LIST: "
+                   f"{','.join(f'{x:g}' for x in EMA_SWEEP)})")
     p.add_argument("--trend", action="store_true",
                    help="print the run's quality trend from its eval.jsonl (KID slope per hour and per 1,000 "
                    "steps, and whether it is improving, flat or getting worse) without sampling")
     _add_stats_args(p)
+
+
+def _lengths(text: str) -> list[float]:
+    """--sweep-ema's LIST: comma-separated sigma_rel, each checked as --ema-length is."""
+    values = [ema_length_type(part.strip()) for part in str(text).split(",") if part.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r} names no length")
+    return list(dict.fromkeys(values))
 
 
 def _add_stats_args(p: argparse.ArgumentParser) -> None:
@@ -108,12 +121,17 @@ def run(args: argparse.Namespace, workspace) -> int:
     from core.diffusion.device import resolve_device
     from core.diffusion.sampling import ignored_settings
     from core.training import runs
-    from core.quality.evaluate import EvalError, EvalSettings, evaluate_checkpoint
+    from core.quality.evaluate import EvalError, EvalSettings
     from ddpm_tui.commands.sample import resolve_source
 
     guidance = args.guidance if args.guidance is not None else DEFAULT_GUIDANCE
+    if (args.raw or args.ema_length is not None) and args.sweep_ema:
+        raise CLIError(f"--sweep-ema evaluates the EMA averages itself; leave out {'--raw' if args.raw else '--ema-length'}")
+    if args.raw and args.ema_length is not None:
+        raise CLIError("--ema-length picks one of the EMA averages; leave out --raw")
     settings = EvalSettings(n=args.n, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                            guidance=guidance, seed=args.seed, weights="raw" if args.raw else "ema")
+                            guidance=guidance, seed=args.seed, weights="raw" if args.raw else "ema",
+                            ema_length=args.ema_length)
     try:
         settings.validate()
     except EvalError as exc:
@@ -130,23 +148,57 @@ def run(args: argparse.Namespace, workspace) -> int:
     if args.ref_stats:  # the real side is the file; its FIDs do not belong among the run's
         kwargs.update(run_dir=None, evaluator=_reference_side(args, device))
     _notice_before(args, device)  # after every check of the arguments, before the work
-    try:
-        if args.json:
-            result = evaluate_checkpoint(ckpt_path, **kwargs)
-        else:
-            with _progress_bar() as bar:
-                task = bar.add_task("starting", total=None)
-
-                def progress(done: int, total: int, what: str) -> None:
-                    bar.update(task, description=what, completed=done, total=total)
-
-                result = evaluate_checkpoint(ckpt_path, progress=progress, **kwargs)
-    except EvalError as exc:
-        raise CLIError(str(exc)) from None
+    if args.sweep_ema:
+        return _sweep(args, ckpt_path, run_dir, kwargs)
+    result = _evaluate(args, ckpt_path, kwargs)
 
     if args.guidance is not None and result.settings.guidance != settings.guidance:
         _notes(ignored_settings(settings.sampler, conditional=False, guidance=args.guidance))
     _print_result(args, result, settings, ckpt_path, run_dir)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, ckpt_path, kwargs: dict):
+    """evaluate_checkpoint with a progress bar (none under --json); EvalError as CLIError."""
+    from core.quality.evaluate import EvalError, evaluate_checkpoint
+
+    try:
+        if args.json:
+            return evaluate_checkpoint(ckpt_path, **kwargs)
+        with _progress_bar() as bar:
+            task = bar.add_task("starting", total=None)
+
+            def progress(done: int, total: int, what: str) -> None:
+                bar.update(task, description=what, completed=done, total=total)
+
+            return evaluate_checkpoint(ckpt_path, progress=progress, **kwargs)
+    except EvalError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _sweep(args: argparse.Namespace, ckpt_path, run_dir, kwargs: dict) -> int:
+    """--sweep-ema: one evaluation per length (each recorded in eval.jsonl with its ema_length),
+    then a table of FID and KID by length."""
+    base = kwargs["settings"]
+    rows = []
+    for length in args.sweep_ema:
+        settings = type(base)(**{**asdict(base), "ema_length": length})
+        result = _evaluate(args, ckpt_path, {**kwargs, "settings": settings})
+        rows.append((length, result))
+    if args.json:
+        print(json.dumps({"checkpoint": str(ckpt_path), "step": rows[0][1].step, "features": rows[0][1].features,
+                          "rows": [{"ema_length": length, "reused": r.reused, **r.values} for length, r in rows]},
+                         indent=2))
+        return 0
+    where = f"run {shown(run_dir.name)}" if run_dir is not None else shown(str(ckpt_path))
+    print(f"{where}, step {rows[0][1].step}, {base.n} images, seed {base.seed}, {rows[0][1].features} features")
+    print(f"  {'ema_length':<12}{'FID':>10}{'KID':>12}{'KID std':>10}")
+    for length, r in rows:
+        v = r.values
+        print(f"  {length:<12g}{v.get('fid', float('nan')):>10.4g}{v.get('kid', float('nan')):>12.4g}"
+              f"{v.get('kid_std', float('nan')):>10.2g}" + ("  (reused)" if r.reused else ""))
+    if run_dir is not None and not args.ref_stats:
+        print(f"recorded in {run_dir / 'eval.jsonl'} (each with its ema_length)")
     return 0
 
 
@@ -161,7 +213,8 @@ def _print_result(args: argparse.Namespace, result, settings, ckpt_path, run_dir
         return
     where = f"run {shown(run_dir.name)}" if run_dir is not None else shown(str(ckpt_path))
     head = (f"{where}, step {result.step}, {settings.n} images, {settings.sampler}"
-            f"{settings.steps if sampler_spec(settings.sampler).uses_steps else ''}, {result.settings.weights} weights, "
+            f"{settings.steps if sampler_spec(settings.sampler).uses_steps else ''}, {result.settings.weights}"
+            f"{f' (sigma_rel {settings.ema_length:g})' if settings.ema_length is not None else ''} weights, "
             f"{result.features} features" + (f" against {shown(args.ref_stats)}" if args.ref_stats else ""))
     print(head + (" (reused from eval.jsonl)" if result.reused else f" ({result.seconds:.0f} s)"))
     for metric, label in LABELS.items():

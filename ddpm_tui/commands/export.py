@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ddpm_tui.commands._common import CLIError, add_command, add_source_arg
+from ddpm_tui.commands._common import CLIError, add_command, add_ema_length_arg, add_source_arg
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_source_arg(p)
     p.add_argument("--raw", action="store_true", help="export the trained weights instead of the EMA weights")
+    add_ema_length_arg(p)
     p.add_argument("--out", metavar="FILE",
                    help="file to write, ending in .safetensors (default: the run's exports/ folder, "
                         "or beside the checkpoint)")
@@ -49,10 +50,12 @@ def run(args: argparse.Namespace, workspace) -> int:
     out = Path(args.out).expanduser() if args.out else None
     if out is not None and out.suffix.lower() != SUFFIX:
         raise CLIError(f"--out {out}: give a file name ending in {SUFFIX} (nothing written)")
+    if args.raw and args.ema_length is not None:
+        raise CLIError("--ema-length picks one of the EMA averages; leave out --raw")
     try:
         ckpt = load_checkpoint(ckpt_path)
-        use_ema = not args.raw and bool(ckpt.get("ema"))
-        model, diffusion = build_model_from_checkpoint(ckpt, use_ema=use_ema)
+        use_ema = not args.raw and (bool(ckpt.get("ema")) or args.ema_length is not None)
+        model, diffusion = build_model_from_checkpoint(ckpt, use_ema=use_ema, ema_length=args.ema_length)
     except CheckpointError as exc:
         raise CLIError(str(exc)) from None
     weights = "ema" if use_ema else "raw"
@@ -60,7 +63,7 @@ def run(args: argparse.Namespace, workspace) -> int:
     classes = [str(c) for c in ((ckpt.get("extra") or {}).get("classes") or [])]
     if not classes and run_dir is not None:
         classes = [str(c) for c in (runs.read_config(run_dir) or {}).get("classes") or []]
-    out = out or default_out(ckpt_path, run_dir, step, weights)
+    out = out or default_out(ckpt_path, run_dir, step, weights + (f"{args.ema_length:g}" if args.ema_length else ""))
     if out.exists() and out.resolve() == ckpt_path.resolve():
         raise CLIError(f"--out {out} is the checkpoint being exported; never writing over it")
     try:

@@ -130,8 +130,10 @@ def _load(args: argparse.Namespace, workspace):
         device = resolve_device(args.device)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    if args.raw and args.ema_length is not None:
+        raise CLIError("--ema-length picks one of the EMA averages; leave out --raw")
     try:
-        loaded = load_for_sampling(ckpt_path, "raw" if args.raw else "ema")
+        loaded = load_for_sampling(ckpt_path, "raw" if args.raw else "ema", args.ema_length)
     except CheckpointError as exc:
         raise CLIError(str(exc)) from None
     if not loaded.classes and run_dir is not None:
@@ -148,7 +150,8 @@ def _request(args: argparse.Namespace, loaded, ckpt_path: Path):
         guidance = args.guidance if args.guidance is not None else DEFAULT_GUIDANCE
         request = SampleRequest(n=args.n, sampler=args.sampler, steps=args.steps, eta=args.eta,
                                 guidance=guidance, breed=args.breed, seed=seed,
-                                weights="raw" if args.raw else "ema", amp=args.amp, batch_size=args.batch_size)
+                                weights="raw" if args.raw else "ema", amp=args.amp, batch_size=args.batch_size,
+                                ema_length=args.ema_length)
         return request, resolve_labels(request, loaded.model.config.num_classes, loaded.classes)
     except ValueError as exc:
         raise CLIError(f"{ckpt_path}: {exc}") from None
@@ -170,7 +173,8 @@ def _grid_path(args: argparse.Namespace, request, labels, loaded, ckpt_path: Pat
     folder = runs.samples_dir(run_dir) if run_dir is not None else ckpt_path.parent
     g = f"_g{request.guidance:g}" if labels is not None and request.guidance != 1.0 else ""
     tag = sampler_tag(request, loaded.diffusion.T)
-    return folder / f"sample_step{loaded.step:07d}_{loaded.weights}_{tag}{breed_tag}{g}_seed{request.seed}.png"
+    weights = loaded.weights + (f"{args.ema_length:g}" if args.ema_length is not None else "")
+    return folder / f"sample_step{loaded.step:07d}_{weights}_{tag}{breed_tag}{g}_seed{request.seed}.png"
 
 
 def _draw(args: argparse.Namespace, loaded, request, device, out: Path, individual: list[Path]) -> list[Path]:

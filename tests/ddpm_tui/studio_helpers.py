@@ -30,8 +30,9 @@ def make_dataset(data_dir: Path, counts: dict[str, int] = BREEDS, size: int = 16
 
 
 def make_checkpoint_run(ws: Workspace, name: str = "tiny-run", *, image_size: int = 16, T: int = 10,
-                        conditional: bool = False, state: str = "finished") -> Path:
-    """A run directory with a real (untrained) tiny checkpoint, config and status."""
+                        conditional: bool = False, state: str = "finished", ema_kind: str = "exp") -> Path:
+    """A run directory with a real (untrained) tiny checkpoint, config and status. ``ema_kind``
+    "power": a power EMA over 12 made-up updates, with snapshots at steps 4 and 8."""
     import torch
 
     from core.diffusion.checkpoint import save_checkpoint
@@ -47,14 +48,33 @@ def make_checkpoint_run(ws: Workspace, name: str = "tiny-run", *, image_size: in
     dconf = DiffusionConfig(T=T, schedule="linear")
     Diffusion(dconf)
     run_dir = ws.run_dir(name)
+    ema = EMA(model) if ema_kind == "exp" else _power_ema(model, checkpoints_dir(run_dir))
     save_checkpoint(checkpoints_dir(run_dir) / "last.pt", model_config=config, diffusion_config=dconf,
-                    model_state=model.state_dict(), ema_state=EMA(model).state_dict(), step=12, epoch=3,
+                    model_state=model.state_dict(), ema_state=ema.state_dict(), step=12, epoch=3,
                     extra={"classes": classes})
     write_config(run_dir, {"preset": "tiny", "image_size": image_size, "T": T, "epochs": 3, "batch_size": 4,
-                           "conditional": conditional, "classes": classes})
+                           "conditional": conditional, "classes": classes, "ema_kind": ema_kind})
     write_status(run_dir, state=state, pid=0, host="test", step=12, epoch=3, last_loss=0.5,
                  message="finished 3 epochs")
     return run_dir
+
+
+def _power_ema(model, checkpoints: Path):
+    import torch
+
+    from core.diffusion.ema_snapshots import write_snapshot
+    from core.diffusion.power_ema import PowerEMA
+
+    ema = PowerEMA(model)
+    gen = torch.Generator().manual_seed(0)
+    for step in range(1, 13):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=gen) * 0.01)
+        ema.update(model)
+        if step in (4, 8):
+            write_snapshot(checkpoints, ema, step)
+    return ema
 
 
 async def wait_for(pilot, condition, timeout: float = 60.0, what: str = "condition") -> None:

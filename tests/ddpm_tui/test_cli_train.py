@@ -236,7 +236,10 @@ def test_kill_9_while_writing_then_restart_continues(ws: Path):
     assert runs.run_info(run).state == "died"  # status still says running, the process is gone
     ckpt = load_checkpoint(last)  # never half written
     assert ckpt["step"] >= 1
-    leftovers = [p.name for p in last.parent.iterdir() if p.name != "last.pt"]
+    # The new run's recipe (fast) has the power EMA: its snapshots are written beside last.pt.
+    snapshots = last.parent / "ema"
+    leftovers = [p.name for p in [*last.parent.iterdir(), *snapshots.iterdir()] if p.name not in ("last.pt", "ema")
+                 and not p.name.startswith("ema_")]
     target = ckpt["step"] + 2
     done = subprocess.run([sys.executable, "-m", "ddpm_tui", "--workspace", str(ws), "train", "--run", "k",
                            "--max-steps", str(target), "--quiet"], cwd=REPO, env=env(), capture_output=True,
@@ -246,8 +249,9 @@ def test_kill_9_while_writing_then_restart_continues(ws: Path):
     assert load_checkpoint(last)["step"] == target
     assert f"continuing from step {ckpt['step']}" in (run / "train.log").read_text()
     # At most the temp file of the interrupted write was left; the restart removed it.
-    assert all(name.startswith(".last.pt.") for name in leftovers), leftovers
-    assert sorted(p.name for p in last.parent.iterdir()) == ["last.pt"]
+    assert all(name.startswith((".last.pt.", ".ema_")) for name in leftovers), leftovers
+    assert sorted(p.name for p in last.parent.iterdir()) == ["ema", "last.pt"]
+    assert not [p.name for p in snapshots.iterdir() if not p.name.startswith("ema_")]
 
 
 @pytest.mark.slow

@@ -122,13 +122,15 @@ def assert_bitwise_equal(a, b, where: str = "") -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("ema_kind", ["exp", "power"])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA GPU"))])
-def test_resume_is_exact(tmp_path: Path, data: Path, device: str):
+def test_resume_is_exact(tmp_path: Path, data: Path, device: str, ema_kind: str):
     """N steps, a stop, N more steps == 2N steps in one go (weights, EMA, optimizer). On
-    CUDA that takes --deterministic (the README says when resume is bit-exact)."""
-    cfg = tiny(data, epochs=3, conditional=True, grad_clip=1.0, device=device,
-               deterministic=device != "cpu")  # 4 steps an epoch, 12 in all
+    CUDA that takes --deterministic (the README says when resume is bit-exact). With the
+    power EMA both profiles are exact too, and each save left its EMA snapshot."""
+    cfg = tiny(data, epochs=3, conditional=True, grad_clip=1.0, device=device, ema_kind=ema_kind,
+               ema_length=0.07, deterministic=device != "cpu")  # 4 steps an epoch, 12 in all
     straight = train(cfg, tmp_path / "straight")
     assert straight["step"] == 12
 
@@ -148,8 +150,27 @@ def test_resume_is_exact(tmp_path: Path, data: Path, device: str):
     a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
     b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
     assert_bitwise_equal(a["model"], b["model"])
-    assert_bitwise_equal(a["ema"], b["ema"])
+    # The power EMA's "shadow" (the 0.07 average, for readers of the exponential EMA's field) is
+    # rebuilt from the snapshots, and the interrupted run has one more (step 6): the state is exact.
+    assert_bitwise_equal({k: v for k, v in a["ema"].items() if k != "shadow" or ema_kind == "exp"},
+                         {k: v for k, v in b["ema"].items() if k != "shadow" or ema_kind == "exp"})
     assert_bitwise_equal(a["optimizer"], b["optimizer"])  # every state tensor, step counts, hyper-parameters
+    if ema_kind == "power":
+        assert a["ema"]["kind"] == "power" and a["ema"]["num_updates"] == 12
+        snaps = sorted(p.name for p in (tmp_path / "resumed" / "checkpoints" / "ema").iterdir())
+        assert snaps == ["ema_0000004.safetensors", "ema_0000006.safetensors", "ema_0000008.safetensors",
+                         "ema_0000012.safetensors"]  # each epoch's save, and the stop's
+        from core.diffusion.safetensors_file import read_tensors
+
+        straight_snap, _ = read_tensors(tmp_path / "straight" / "checkpoints" / "ema" / snaps[2])
+        resumed_snap, meta = read_tensors(tmp_path / "resumed" / "checkpoints" / "ema" / snaps[2])
+        assert_bitwise_equal(straight_snap, resumed_snap)
+        assert (meta["step"], meta["num_updates"]) == ("8", "8")
+        # The trainer's own 0.07 (grids, evaluations, the checkpoint's shadow) is rebuilt from
+        # the snapshots too, as sample --ema-length 0.07 rebuilds it later.
+        from core.diffusion.ema_snapshots import power_ema_weights
+
+        assert_bitwise_equal(b["ema"]["shadow"], power_ema_weights(b, 0.07))
     # The resumed run's log says where it continued from; its metrics cover every step.
     assert "continuing from step 6" in (tmp_path / "resumed" / "train.log").read_text()
     steps = [r["step"] for r in runs.read_metrics(tmp_path / "resumed")[0]]
@@ -168,6 +189,18 @@ def test_changed_model_config_is_refused(tmp_path: Path, data: Path):
     assert train(tiny(data, epochs=2, lr=1e-4), run)["step"] == 8
     # A finished run asked for nothing more says so.
     assert "already finished" in train(tiny(data, epochs=2), run)["message"]
+
+
+def test_changing_the_ema_kind_on_resume_is_refused(tmp_path: Path, data: Path):
+    run = tmp_path / "run"
+    train(tiny(data, epochs=1, samples=0), run)  # exp, the classic default
+    with pytest.raises(TrainError, match="ema_kind: run has 'exp', asked for 'power'"):
+        train(tiny(data, epochs=2, samples=0, ema_kind="power"), run)
+    # --ema-length may change: it only picks among the averages.
+    power = tmp_path / "power"
+    train(tiny(data, epochs=1, samples=0, ema_kind="power"), power)
+    assert train(tiny(data, epochs=2, samples=0, ema_kind="power", ema_length=0.05), power)["step"] == 8
+    assert load_checkpoint(power / "checkpoints" / "last.pt")["ema"]["length"] == 0.05
 
 
 def test_conditional_resume_keeps_its_breeds(tmp_path: Path, data: Path):
