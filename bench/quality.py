@@ -2,7 +2,7 @@
 
     python -m bench.quality [--minutes 10] [--data SET|DIR | --suite SET,SET,...] [--n 500]
                             [--image-size 32] [--arms classic,fast,peer] [--peer-lrs LR,LR,...]
-                            [--repeat K] [--ema-lengths L,L,...] [--sampler ddim] [--sample-steps 50]
+                            [--repeat K] [--ema-lengths L,L,...] [--sampler dpmpp2m] [--sample-steps 20]
                             [--sweep] [--out DIR] [--smoke]
 
 Arms train one after another for the same wall-clock minutes on this machine, then draw
@@ -29,10 +29,10 @@ coloured shapes, the default; ``strokes``: thin grayscale glyphs, 10 classes; ``
 colour textures, 8 classes), drawn into OUT/work/<set>/ (1,500 images); ``--suite demo,strokes``
 runs the same arms on each set in turn and prints a table per set; OUT/results.json holds them all.
 
-Ours sample from the EMA weights with ``--sampler``-``--sample-steps`` (DDIM-50 by default)
-through the product's sampling; ``--ema-lengths 0.05,0.1`` adds a row per length for each of
+Ours sample from the EMA weights with ``--sampler``-``--sample-steps`` (by default the
+product's: DPM-Solver++(2M) at 20 steps) through the product's sampling; ``--ema-lengths 0.05,0.1`` adds a row per length for each of
 our arms (``fast@ema0.05``) drawn with the post-hoc EMA at that sigma_rel. The peer samples with
-its DDIM (sampling_timesteps=--sample-steps). ``--sweep`` adds FID against sampling steps (10,
+its DDIM (sampling_timesteps=--peer-sample-steps, 50). ``--sweep`` adds FID against sampling steps (10,
 20, 50, 100) for each sampler on the ``fast`` arm's model. The peer needs the ``bench`` extra
 (``pip install -e '.[bench]'``); nothing outside bench/ imports it.
 """
@@ -50,6 +50,7 @@ from typing import Any
 
 import torch
 
+from core.diffusion.registry import DEFAULT_SAMPLER, SAMPLER_SPECS, default_steps
 from bench.quality_arms import (CLASSIC_PRESET, FAST_PRESET, Arm, BenchError, parse_arms,  # noqa: F401
                                 parse_lengths, print_summary, print_table, schedule, slug, summarise)
 
@@ -187,7 +188,7 @@ def train_peer(images: torch.Tensor, seconds: float, args, lr: float | None = No
     torch.manual_seed(args.seed)
     model = Unet(dim=PEER["dim"], dim_mults=PEER["dim_mults"])
     diffusion = GaussianDiffusion(model, image_size=args.image_size, timesteps=1000,
-                                  sampling_timesteps=args.sample_steps)
+                                  sampling_timesteps=args.peer_sample_steps)
     opt = torch.optim.Adam(diffusion.parameters(), lr=lr or PEER["lr"], betas=PEER["betas"])
     ema = EMA(diffusion, beta=PEER["ema_decay"], update_every=PEER["ema_every"])
     dtype = autocast_dtype("cpu", args.peer_amp)
@@ -358,9 +359,9 @@ def run(args) -> dict[str, Any]:
             print(f"scoring {label}: {scorers[label].features} features against the images in {data}", flush=True)
     print(f"arms: {', '.join(a.name for a in arms)}" + (f" x {args.repeat}, interleaved" if args.repeat > 1 else "")
           + f"; {args.minutes:g} min each on {torch.get_num_threads()} threads; {args.n} samples each (ours "
-          f"{args.sampler}-{args.sample_steps}, the peer DDIM-{args.sample_steps})", flush=True)
+          f"{args.sampler}-{args.sample_steps}, the peer DDIM-{args.peer_sample_steps})", flush=True)
     results = {"sets": {}, "arms": [a.name for a in arms], "repeat": args.repeat, "ema_lengths": list(args.ema_lengths),
-               "sampler": args.sampler, "sample_steps": args.sample_steps, "minutes": args.minutes, "n": args.n,
+               "sampler": args.sampler, "sample_steps": args.sample_steps, "peer_sample_steps": args.peer_sample_steps, "minutes": args.minutes, "n": args.n,
                "sweep_n": args.sweep_n or args.n, "image_size": args.image_size, "torch": torch.__version__,
                "threads": torch.get_num_threads()}
     for label, data in sets:
@@ -390,8 +391,12 @@ def parser() -> argparse.ArgumentParser:
                    "tables show each arm's median FID and the individual values (default 1)")
     p.add_argument("--ema-lengths", default="", help="also score each of our arms with the post-hoc EMA at these "
                    "sigma_rel values, e.g. 0.05,0.1,0.2 (rows ARM@emaL)")
-    p.add_argument("--sampler", default="ddim", help="our arms' sampler (default ddim; the peer uses its DDIM)")
-    p.add_argument("--sample-steps", type=int, default=50, help="sampling steps for each arm's samples (default 50)")
+    p.add_argument("--sampler", default=DEFAULT_SAMPLER,
+                   help=f"our arms' sampler (default {DEFAULT_SAMPLER}, the product's; the peer uses its DDIM)")
+    p.add_argument("--sample-steps", type=int, default=None,
+                   help="our arms' sampling steps (default: the sampler's own, as `ddpm-tui sample`)")
+    p.add_argument("--peer-sample-steps", type=int, default=50,
+                   help="the peer's DDIM steps (default 50, whatever our arms use)")
     p.add_argument("--sweep", action="store_true", help="also FID against sampling steps for every sampler (fast arm)")
     p.add_argument("--sweep-steps", default=",".join(map(str, SWEEP_STEPS)))
     p.add_argument("--sweep-ddpm", action="store_true", help="include ddpm (all T steps: slow) in --sweep")
@@ -422,14 +427,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(str(exc))
     if args.suite and args.data:
         p.error("--suite and --data: give one (--suite lists every set)")
+    if args.sample_steps is None:
+        args.sample_steps = default_steps(args.sampler) if args.sampler in SAMPLER_SPECS else 1
     if args.smoke:
         args.minutes = min(args.minutes, 0.5)
         args.n = min(args.n, 12)
         args.sample_steps = min(args.sample_steps, 3)
+        args.peer_sample_steps = min(args.peer_sample_steps, 3)
         args.sweep_steps = (2,)
         args.image_size = 16
-    if args.minutes <= 0 or args.n < 2 or args.sample_steps < 1 or any(s < 1 for s in args.sweep_steps):
-        p.error("--minutes must be > 0, --n >= 2, --sample-steps and --sweep-steps >= 1")
+    if args.minutes <= 0 or args.n < 2 or args.sample_steps < 1 or args.peer_sample_steps < 1 or any(s < 1 for s in args.sweep_steps):
+        p.error("--minutes must be > 0, --n >= 2, --sample-steps, --peer-sample-steps and --sweep-steps >= 1")
     if args.repeat < 1:
         p.error("--repeat must be >= 1")
     return args

@@ -126,7 +126,13 @@ def test_command_line_parses_suite_repeat_ema_lengths_and_sampler(capsys):
                          "--sample-steps", "20"])
     assert (args.suite, args.repeat, args.ema_lengths, args.sampler, args.sample_steps) == (
         "demo,strokes", 3, (0.05, 0.2), "heun", 20)
-    assert q.parse_args([]).sampler == "ddim" and q.parse_args([]).sample_steps == 50
+    # Defaults are the product's drawing defaults; the peer keeps its DDIM-50 whatever ours use.
+    from core.diffusion.registry import DEFAULT_SAMPLER, default_steps
+
+    plain = q.parse_args([])
+    assert (plain.sampler, plain.sample_steps, plain.peer_sample_steps) == (
+        DEFAULT_SAMPLER, default_steps(DEFAULT_SAMPLER), 50)
+    assert q.parse_args(["--sampler", "ddim"]).sample_steps == default_steps("ddim")
     for argv, msg in [(["--repeat", "0"], "--repeat"), (["--ema-lengths", "0.05,x"], "ema-lengths"),
                       (["--ema-lengths", "1.5"], "ema-lengths"), (["--suite", "demo", "--data", "x"], "give one")]:
         with pytest.raises(SystemExit):
