@@ -7,7 +7,8 @@ the average of any sigma_rel for a checkpoint: a tracked profile itself, or a le
 reconstruction (core.diffusion.power_ema.solve_coefficients) from the checkpoint's own two
 profiles plus every snapshot beside it (``checkpoints/ema/``) taken at or before its step.
 A checkpoint file with no ``ema/`` folder beside it uses its own two profiles only. A snapshot
-that does not read is skipped with a one-line warning naming it.
+that does not read is skipped with a one-line warning naming it. :func:`snapshots_to_remove`
+picks the snapshots a run with a bound on their number (``--ema-snapshots``) deletes.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Mapping
@@ -26,6 +28,7 @@ from core.diffusion.power_ema import accumulate, same_length, sigma_rel_to_gamma
 SNAPSHOT_DIR = "ema"  # inside a run's checkpoints/
 FORMAT_NAME = "ddpm-tui-ema-snapshot"
 _log = logging.getLogger(__name__)
+_NAME = re.compile(r"ema_(\d+)\.safetensors")
 
 
 def snapshot_path(checkpoints_dir: str | os.PathLike, step: int) -> Path:
@@ -43,6 +46,33 @@ def write_snapshot(checkpoints_dir: str | os.PathLike, ema: Any, step: int) -> P
     write_tensors(path, tensors, {"format": FORMAT_NAME, "step": str(int(step)),
                                   "num_updates": str(ema.num_updates), "sigma_rels": json.dumps(list(ema.sigma_rels))})
     return path
+
+
+def steps_to_drop(steps: list[int], keep: int) -> list[int]:
+    """The steps to drop so that at most ``keep`` (>= 2) of ``steps`` remain, spread as evenly
+    as they can be over the run: one at a time, the interior step whose removal leaves the
+    smallest largest gap (ties: the largest smallest gap, then the oldest). The oldest and the
+    newest are never dropped. Deterministic: the same steps give the same answer."""
+    kept, dropped = sorted(set(steps)), []
+    while len(kept) > max(2, keep):
+        def cost(i: int) -> tuple[int, int, int]:
+            gaps = [b - a for a, b in zip(kept, kept[1:])]
+            gaps[i - 1:i + 1] = [kept[i + 1] - kept[i - 1]]
+            return max(gaps), -min(gaps), kept[i]
+        dropped.append(kept.pop(min(range(1, len(kept) - 1), key=cost)))
+    return sorted(dropped)
+
+
+def snapshots_to_remove(checkpoints_dir: str | os.PathLike, keep: int) -> list[Path]:
+    """The snapshot files in ``checkpoints_dir``/ema to delete to keep at most ``keep``
+    (:func:`steps_to_drop`). Only names this module writes (``ema_<step>.safetensors`` with the
+    step as :func:`snapshot_path` spells it) count; any other file there is left alone."""
+    folder = Path(checkpoints_dir) / SNAPSHOT_DIR
+    if not folder.is_dir():
+        return []
+    steps = [int(m[1]) for p in folder.iterdir()
+             if (m := _NAME.fullmatch(p.name)) and p.is_file() and p.name == snapshot_path(folder.parent, int(m[1])).name]
+    return [snapshot_path(folder.parent, s) for s in steps_to_drop(steps, keep)]
 
 
 def _header(path: Path) -> tuple[int, int, list[float]]:

@@ -217,6 +217,11 @@ OPTIONS: tuple[Option, ...] = (
          "with --ema-kind power: the width of the average that grids, evaluations, sample and export use, as "
          "a share of the run so far (EDM2's sigma_rel; 0.05 and 0.10 are kept exactly, others rebuilt); "
          "sample/eval/export take --ema-length to try others", low=0.0, low_open=True, high=MAX_SIGMA_REL, metavar="SIGMA_REL"),
+    _opt("ema_snapshots", int, 16, _OPT, "EMA snapshots",
+         "with --ema-kind power: keep at most N of the snapshot files each save writes to checkpoints/ema/ "
+         "(0.75 GB each on the classic network); past N the trainer deletes the ones that leave the rest most "
+         "evenly spread over the run (never the first or the newest). More = rebuilt --ema-length widths closer "
+         "to exact, more disk; 0.05 and 0.10 stay exact", low=2, metavar="N"),
     _opt("epochs", int, 500, _OPT, "Epochs", "epochs to run", low=1, basic=True),
     _opt("seed", int, 0, _OPT, "Seed", "random seed", low=0, high=MAX_SEED),
     _opt("max_steps", int, 0, _OPT, "Max steps", "finish at this global step (0 = no limit)", low=0,

@@ -91,14 +91,22 @@ class Saver:
 
     def _ema_snapshot(self, checkpoints: Path, parts: Parts) -> None:
         """The two power-EMA profiles at this step into checkpoints/ema/ (core.diffusion.ema_snapshots):
-        what --ema-length rebuilds other averages from. A failure is logged; training goes on."""
-        from core.diffusion.ema_snapshots import write_snapshot
+        what --ema-length rebuilds other averages from. Past --ema-snapshots files, those whose
+        removal keeps the rest most evenly spread over the run go. A failure is logged; training goes on."""
+        from core.diffusion.ema_snapshots import snapshots_to_remove, write_snapshot
         from core.diffusion.safetensors_file import WeightsFileError
 
         try:
             write_snapshot(checkpoints, parts.ema, self.state.step)
         except (WeightsFileError, OSError) as exc:
             self.log.error("could not write the EMA snapshot of step %d: %s", self.state.step, exc)
+        for old in snapshots_to_remove(checkpoints, self.config.ema_snapshots):
+            try:
+                old.unlink()  # a snapshot this trainer wrote, beyond the number asked to keep
+                self.log.info("removed EMA snapshot %s (--ema-snapshots %d keeps the rest spread over the run)",
+                              old.name, self.config.ema_snapshots)
+            except OSError as exc:
+                self.log.error("could not remove EMA snapshot %s: %s", old.name, exc)
 
     def _checkpoint_to(self, path: Path, parts: Parts) -> None:
         """The whole training state at this step into ``path`` (atomic: a new file replaces the old)."""
