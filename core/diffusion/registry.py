@@ -38,7 +38,15 @@ LOSS_WEIGHTING_HELP: dict[str, str] = {
     "uniform": "every timestep alike (Ho et al.'s simple loss)",
     "min_snr": "min-SNR-gamma (Hang et al. 2023): min(snr, gamma) times the x0 error",
 }
+# Which diffusion process a run trains (core.diffusion.process / core.diffusion.edm).
+FORMULATION_HELP: dict[str, str] = {
+    "vp": "the discrete variance-preserving process of Ho et al. 2020 (T, schedule, prediction, loss weighting)",
+    "edm": "Karras et al. 2022 (EDM): continuous sigma, preconditioned network, log-normal noise levels",
+}
+# The samplers an EDM model takes (the rest run a VP model's discrete steps).
+EDM_SAMPLERS = ("ddim", "dpmpp2m", "heun")
 SCHEDULE_NAMES = tuple(SCHEDULE_HELP)
+FORMULATION_NAMES = tuple(FORMULATION_HELP)
 PREDICTION_NAMES = tuple(PREDICTION_HELP)
 LOSS_WEIGHTING_NAMES = tuple(LOSS_WEIGHTING_HELP)
 
