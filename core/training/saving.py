@@ -222,7 +222,7 @@ def write_examples(dataset: Any, diffusion: Diffusion, out_dir: Path, *, seed: i
         x0 = x[:1].expand(len(ts), -1, -1, -1)
         noise = torch.randn(x0.shape, generator=gen)
         strip = diffusion.q_sample(x0, torch.tensor(ts, dtype=torch.long), noise)
-    paths.append(save_grid(strip, out_dir / "forward_diffusion.png", nrow=len(ts)))
+    paths.append(save_grid(strip, out_dir / "forward_diffusion.png", nrow=len(strip)))
     return paths
 
 
