@@ -141,6 +141,12 @@ class EDM(nn.Module):
         low, high = math.log(NET_SIGMA_LOW) / 4.0, math.log(NET_SIGMA_HIGH) / 4.0
         return (cls.c_noise(sigma) - low) * (NET_T_MAX / (high - low))
 
+    @staticmethod
+    def sigma_from_net_time(t: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`net_time` (for oracles and tests)."""
+        low, high = math.log(NET_SIGMA_LOW), math.log(NET_SIGMA_HIGH)
+        return torch.exp(low + t.double() * ((high - low) / NET_T_MAX))
+
     def loss_weight(self, sigma):
         """lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 = 1 / c_out^2."""
         return (sigma ** 2 + self.sigma_data ** 2) / (sigma * self.sigma_data) ** 2
