@@ -1,6 +1,9 @@
-"""The ODE samplers of an EDM model (core.diffusion.edm), reached through the names users
-already type: core.diffusion.samplers' ``iter_ddim``, ``iter_dpmpp2m`` and ``iter_heun``
-hand an EDM process to :func:`iter_euler`, :func:`iter_dpmpp2m` and :func:`iter_heun` here.
+"""The ODE samplers of an EDM model (core.diffusion.edm), under the names users already
+type: the registry's ``SamplerSpec.edm_function`` maps ``ddim``, ``dpmpp2m`` and ``heun`` to
+:func:`iter_euler`, :func:`iter_dpmpp2m` and :func:`iter_heun` here, and
+core.diffusion.sampling.generate picks them for an EDM model (``ddpm``, which walks a VP
+model's T discrete steps, is refused in one line). They share core.diffusion.samplers'
+driver: arguments, the generator, guidance batching, SampleSteps.
 
 All three integrate EDM's probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma
 (Karras et al. 2022, eq. 4 with s = 1, sigma(t) = t) deterministically over

@@ -26,9 +26,9 @@ unconditional ("null label") halves batched into one forward pass of 2B. Every t
 affine function of eps with the same coefficients for both halves, so guiding the raw
 output is guiding eps.
 
-An EDM model (core.diffusion.edm) is sampled under the same names: ``iter_ddim``,
-``iter_dpmpp2m`` and ``iter_heun`` hand it to core.diffusion.edm_samplers (Euler, DPM-Solver++(2M)
-and Heun in sigma, on EDM's rho = 7 grid); ``iter_ddpm`` refuses it in one line.
+These samplers are the VP process's; an EDM model (core.diffusion.edm) is sampled under the
+same names by core.diffusion.edm_samplers (the registry's ``SamplerSpec.edm_function``; generate
+picks by the model's process), and the functions here refuse it in one line.
 
 The one path from a checkpoint to images (batches, weights, labels) is
 core.diffusion.sampling.generate.
@@ -247,6 +247,13 @@ def _drive(model: nn.Module, diffusion: Diffusion, shape: Sequence[int], timeste
             yield step
 
 
+def _vp_only(diffusion: Any, name: str) -> None:
+    """The samplers here walk a VP model's timesteps; an EDM model has none."""
+    if getattr(diffusion, "kind", "vp") != "vp":
+        raise ValueError(f"{name} samples a VP model, not an EDM one: use core.diffusion.edm_samplers "
+                         "(core.diffusion.sampling.generate picks by the model)")
+
+
 # -- DDPM ----------------------------------------------------------------------------------
 
 
@@ -259,9 +266,7 @@ def iter_ddpm(model: nn.Module, diffusion: Diffusion, shape: Sequence[int], *, v
     that is not in [-1, 1]). No noise is added at t = 0. ``common``: generator, seed,
     labels, guidance, callback, device, autocast (see the module docstring).
     """
-    if diffusion.kind == "edm":
-        raise ValueError("ddpm runs a VP model's T discrete steps; this is an EDM model (--recipe edm): "
-                         "sample it with heun, ddim or dpmpp2m")
+    _vp_only(diffusion, "iter_ddpm")
     if variance not in VARIANCES:
         raise ValueError(f"unknown DDPM variance {variance!r}; use one of {', '.join(VARIANCES)}")
 
@@ -308,10 +313,7 @@ def iter_ddim(model: nn.Module, diffusion: Diffusion, shape: Sequence[int], *, s
     """
     if not 0.0 <= float(eta) <= 1.0:
         raise ValueError(f"DDIM eta must be in [0, 1], got {eta!r}")
-    if diffusion.kind == "edm":
-        from core.diffusion import edm_samplers
-
-        return edm_samplers.iter_euler(model, diffusion, shape, steps=steps, eta=eta, clip_x0=clip_x0, **common)
+    _vp_only(diffusion, "iter_ddim")
     ab = diffusion.schedule_table("alpha_bars")
 
     def rule(x, t, nxt, net, noise):
@@ -398,10 +400,7 @@ def iter_dpmpp2m(model: nn.Module, diffusion: Diffusion, shape: Sequence[int], *
     step lands on sigma = 0: its output is the predicted x0. One model call per step;
     deterministic given the starting noise.
     """
-    if diffusion.kind == "edm":
-        from core.diffusion import edm_samplers
-
-        return edm_samplers.iter_dpmpp2m(model, diffusion, shape, steps=steps, clip_x0=clip_x0, **common)
+    _vp_only(diffusion, "iter_dpmpp2m")
     alpha, sigma = diffusion.schedule_table("sqrt_alpha_bars"), diffusion.schedule_table("sqrt_one_minus_alpha_bars")
     memory: dict[str, Any] = {"x0": None, "h": math.inf}  # the previous step's x0 and h
 
@@ -450,10 +449,7 @@ def iter_heun(model: nn.Module, diffusion: Diffusion, shape: Sequence[int], *,
     the last step (to sigma = 0, the predicted x0) are Euler steps, as in EDM. At most
     2 * steps - 1 model calls; deterministic given the starting noise.
     """
-    if diffusion.kind == "edm":
-        from core.diffusion import edm_samplers
-
-        return edm_samplers.iter_heun(model, diffusion, shape, steps=steps, clip_x0=clip_x0, **common)
+    _vp_only(diffusion, "iter_heun")
     alpha, sigma = diffusion.schedule_table("sqrt_alpha_bars"), diffusion.schedule_table("sqrt_one_minus_alpha_bars")
 
     def rule(x, t, nxt, net, noise):

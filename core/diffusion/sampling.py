@@ -148,7 +148,7 @@ def _iterate(model, diffusion, shape, request: SampleRequest, **kw: Any) -> Iter
         options["steps"] = min(request.steps, diffusion.max_sampler_steps)
     if spec.uses_eta:
         options["eta"] = request.eta
-    return spec.resolve()(model, diffusion, shape, **options, **kw)
+    return spec.resolve(diffusion.kind)(model, diffusion, shape, **options, **kw)
 
 
 def ignored_settings(sampler: str, conditional: bool, *, eta: float | None = None,

@@ -25,7 +25,9 @@ from torch import nn
 
 from core.diffusion.edm import EDM, EDMConfig
 from core.diffusion.process import Diffusion, DiffusionConfig, build_process, config_from_dict
-from core.diffusion.samplers import ddim_sample, dpmpp2m_sample, heun_sample, iter_ddpm
+from core.diffusion.edm_samplers import iter_dpmpp2m, iter_euler, iter_heun
+from core.diffusion.registry import sampler_spec
+from core.diffusion.samplers import iter_ddim, iter_ddpm, run_to_end
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -153,14 +155,19 @@ def _gain(sampler: str, steps: int) -> float:
     raise AssertionError("the grid ends at 0")
 
 
-SAMPLERS = {"heun": heun_sample, "ddim": ddim_sample, "dpmpp2m": dpmpp2m_sample}
+SAMPLERS = {"heun": iter_heun, "ddim": iter_euler, "dpmpp2m": iter_dpmpp2m}
+
+
+def test_the_registry_names_these_for_edm() -> None:
+    for name, fn in SAMPLERS.items():
+        assert sampler_spec(name).resolve("edm") is fn
 
 
 @pytest.mark.parametrize("sampler,steps,std_allow,calls", [("heun", 18, 0.055, 35), ("dpmpp2m", 18, 0.065, 18),
                                                            ("ddim", 40, 0.07, 40)])
 def test_oracle_gaussian_edm(sampler: str, steps: int, std_allow: float, calls: int) -> None:
     model = GaussianOracleF()
-    x = SAMPLERS[sampler](model, EDM(), SHAPE, steps=steps, seed=1234, clip_x0=False).double()
+    x = run_to_end(SAMPLERS[sampler](model, EDM(), SHAPE, steps=steps, seed=1234, clip_x0=False)).double()
     assert model.calls == calls  # Heun: 2 a step but the last
     gain = _gain(sampler, steps)
     exp_mean, exp_std = MU * (1 - gain), 80.0 * gain
@@ -188,7 +195,7 @@ def test_guidance_guides_the_denoiser() -> None:
 
     edm, shape = EDM(), (2, 1, 2, 2)
     lab = torch.tensor([0, 1])
-    guided = ddim_sample(Labelled(), edm, shape, steps=1, seed=5, labels=lab, guidance=3.0, clip_x0=False)
+    guided = run_to_end(iter_euler(Labelled(), edm, shape, steps=1, seed=5, labels=lab, guidance=3.0, clip_x0=False))
     x = torch.randn(shape, generator=torch.Generator().manual_seed(5)) * 80.0
     c_skip, c_out, c_in = _c(80.0)
     d_u = c_skip * x + c_out * (c_in * x * 0.5)
@@ -197,10 +204,13 @@ def test_guidance_guides_the_denoiser() -> None:
 
 
 def test_ddpm_and_eta_are_refused_for_edm() -> None:
-    with pytest.raises(ValueError, match="EDM model.*heun, ddim or dpmpp2m"):
-        iter_ddpm(GaussianOracleF(), EDM(), SHAPE)
+    with pytest.raises(ValueError, match="EDM model.*ddim or dpmpp2m or heun"):
+        sampler_spec("ddpm").resolve("edm")
+    for fn in (iter_ddpm, iter_ddim):  # the VP samplers refuse an EDM process
+        with pytest.raises(ValueError, match="samples a VP model"):
+            fn(GaussianOracleF(), EDM(), SHAPE)
     with pytest.raises(ValueError, match="eta must be 0"):
-        ddim_sample(GaussianOracleF(), EDM(), SHAPE, steps=2, eta=0.5)
+        iter_euler(GaussianOracleF(), EDM(), SHAPE, steps=2, eta=0.5)
 
 
 # -- the config's kind -------------------------------------------------------------------------
