@@ -30,12 +30,13 @@ def make_dataset(data_dir: Path, counts: dict[str, int] = BREEDS, size: int = 16
 
 
 def make_checkpoint_run(ws: Workspace, name: str = "tiny-run", *, image_size: int = 16, T: int = 10,
-                        conditional: bool = False, state: str = "finished") -> Path:
-    """A run directory with a real (untrained) tiny checkpoint, config and status."""
+                        conditional: bool = False, state: str = "finished", edm: bool = False) -> Path:
+    """A run directory with a real (untrained) tiny checkpoint, config and status (an EDM
+    one with ``edm``)."""
     import torch
 
     from core.diffusion.checkpoint import save_checkpoint
-    from core.diffusion.process import Diffusion, DiffusionConfig
+    from core.diffusion.process import DiffusionConfig, build_process
     from core.diffusion.ema import EMA
     from core.training.runs import checkpoints_dir, write_config, write_status
     from core.diffusion.unet import UNet, get_preset
@@ -44,8 +45,10 @@ def make_checkpoint_run(ws: Workspace, name: str = "tiny-run", *, image_size: in
     classes = sorted(BREEDS) if conditional else []
     config = get_preset("tiny", image_size=image_size, num_classes=len(classes))
     model = UNet(config)
-    dconf = DiffusionConfig(T=T, schedule="linear")
-    Diffusion(dconf)
+    from core.diffusion.edm import EDMConfig
+
+    dconf = EDMConfig() if edm else DiffusionConfig(T=T, schedule="linear")
+    build_process(dconf)
     run_dir = ws.run_dir(name)
     save_checkpoint(checkpoints_dir(run_dir) / "last.pt", model_config=config, diffusion_config=dconf,
                     model_state=model.state_dict(), ema_state=EMA(model).state_dict(), step=12, epoch=3,

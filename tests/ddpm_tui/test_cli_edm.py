@@ -1,6 +1,7 @@
 """`--recipe edm` end to end as a user runs it: train (grids, an evaluation while training,
-examples), sample with each EDM sampler, eval, export, runs, resume; and the one-line
-refusals (VP-only options given with edm, ddpm and eta > 0 on an EDM model)."""
+examples), sample with each EDM sampler, eval, export, runs, resume; the one-line
+refusals (VP-only options given with edm, ddpm and eta > 0 on an EDM model); and the
+studio's Sample screen drawing from an EDM checkpoint."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from PIL import Image
 from core.diffusion.checkpoint import load_checkpoint
 from core.training import runs
 from ddpm_tui.cli import main
+from studio_helpers import fill_sample_form, make_app, make_checkpoint_run, run_async, text_of, wait_for
 
 TINY = ["--preset", "tiny", "--image-size", "16", "--batch-size", "4", "--samples", "2",
         "--sample-steps", "2", "--log-every", "1", "--amp", "off", "--workers", "1"]
@@ -87,3 +89,25 @@ def test_vp_only_options_with_edm_are_refused_in_one_line(ws: Path, capsys, extr
     err = one_line(capsys)
     assert named in err and "formulation edm" in err
     assert not (ws / "runs" / "x" / "checkpoints").exists()
+
+
+def test_studio_sample_screen_draws_an_edm_run(workspace):
+    from textual.widgets import Static
+
+    make_checkpoint_run(workspace, "edm-run", image_size=16, edm=True)
+
+    async def go():
+        app = make_app(workspace, start_mode="sample")
+        async with app.run_test(size=(100, 30)) as pilot:
+            screen = app.screen
+            await fill_sample_form(app, pilot, sampler="heun", steps="3", count="2", seed="3")
+            await pilot.press("ctrl+r")
+            await wait_for(pilot, lambda: screen._result is not None, 120, "the samples")
+            assert screen._result.images.shape == (2, 16, 16, 3)
+            await fill_sample_form(app, pilot, sampler="ddpm", count="1")
+            screen._result = None
+            await pilot.press("ctrl+r")
+            status = screen.query_one("#sample-status", Static)
+            await wait_for(pilot, lambda: "EDM model" in text_of(status), 60, "the refusal")
+
+    run_async(go())
