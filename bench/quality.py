@@ -64,7 +64,11 @@ class Arm:
 
 
 def parse_arms(text: str, *, smoke: bool = False) -> list[Arm]:
-    """``smoke``: the tiny presets by default (plumbing checks, not figures)."""
+    """``smoke``: the tiny presets by default (plumbing checks, not figures). A recipe arm
+    is any recipe of core.training.options.RECIPES (a recipe without its own default preset
+    takes the fast arm's)."""
+    from core.training.options import RECIPES
+
     defaults = {"classic": "tiny", "fast": "res-tiny"} if smoke else {"classic": CLASSIC_PRESET, "fast": FAST_PRESET}
     arms = []
     for spec in (s.strip() for s in text.split(",")):
@@ -87,15 +91,15 @@ def parse_arms(text: str, *, smoke: bool = False) -> list[Arm]:
             if preset:
                 raise BenchError(f"arm {spec!r}: the peer's network is fixed (Unet(dim=32, dim_mults=(1, 2, 4)))")
             arms.append(Arm(spec, "peer", None, lr))
-        elif recipe in ("classic", "fast"):
+        elif recipe in RECIPES:  # any recipe of core.training.options (classic, fast, edm, ...)
             from core.diffusion.unet import PRESETS
 
-            preset = preset or defaults[recipe]
+            preset = preset or defaults.get(recipe, defaults["fast"])
             if preset not in PRESETS:
                 raise BenchError(f"arm {spec!r}: unknown preset {preset!r}; known: {', '.join(PRESETS)}")
             arms.append(Arm(spec, recipe, preset, lr))
         else:
-            raise BenchError(f"unknown arm {spec!r}; use classic, fast, peer, RECIPE@PRESET, each optionally ~LR")
+            raise BenchError(f"unknown arm {spec!r}; use {', '.join(RECIPES)}, peer, RECIPE@PRESET, each optionally ~LR")
     if not arms:
         raise BenchError("no arms given")
     if len({a.name for a in arms}) != len(arms):
