@@ -254,6 +254,8 @@ def write_opening(config: Any, parts: Any, run_dir: Path, world_size: int, devic
     if resumed:
         log.info("continuing from step %d, epoch %d", *at)
     log.info("%s", parts.data_line)
+    if parts.diffusion.kind == "edm":
+        log.info("diffusion: EDM (Karras et al. 2022), %s", parts.diffusion.extra_repr())
     for note in notes:
         log.info("%s", note)
     if device.type == "cpu" and config.preset == "classic":

@@ -60,6 +60,14 @@ def test_preconditioning_closed_forms(sigma: float) -> None:
     assert _c(0.5)[0] == 0.5 and _c(0.5)[1] == pytest.approx(0.5 / math.sqrt(2))
 
 
+def test_denoise_is_the_preconditioned_network() -> None:
+    """D(x; sigma) = c_skip x + c_out F(c_in x; net_time(sigma)): with F* it is D*."""
+    x = torch.linspace(-3, 3, 8, dtype=torch.float64).view(8, 1, 1, 1)
+    for sigma in (0.05, 0.5, 7.0):
+        d = EDM().denoise(GaussianOracleF(), x, torch.full((8,), sigma, dtype=torch.float64))
+        assert torch.allclose(d.double(), MU + S**2 / (S**2 + sigma**2) * (x - MU), atol=1e-5)
+
+
 def test_sigma_grid_is_edm_rho7() -> None:
     sig = EDM().sigmas(18)
     assert len(sig) == 19 and sig[-1] == 0.0
