@@ -283,10 +283,10 @@ def _config_dict(config: Any) -> dict[str, Any]:
 
 
 def _with_diffusion_defaults(config: dict[str, Any]) -> dict[str, Any]:
-    from core.diffusion.process import DiffusionConfig
+    from core.diffusion.process import config_from_dict
 
-    try:
-        return DiffusionConfig.from_dict(config).to_dict()
+    try:  # no "kind" (every config before EDM) reads as the VP process
+        return config_from_dict(config).to_dict()
     except (ValueError, TypeError):
         return config  # compared as stored: the mismatch names the bad field
 
@@ -333,13 +333,14 @@ def check_compatible(
 
 
 def build_model_from_checkpoint(ckpt: Mapping[str, Any], use_ema: bool = True, ema_length: float | None = None):
-    """Rebuild ``(UNet, Diffusion)`` from a loaded checkpoint, in eval mode on the CPU.
+    """Rebuild ``(UNet, process)`` from a loaded checkpoint, in eval mode on the CPU: the
+    process is a Diffusion (VP) or an EDM, as its diffusion_config's kind says.
 
     ``use_ema``: take the EMA weights when the checkpoint has them (the raw ones otherwise).
     ``ema_length``: with a power EMA, the sigma_rel to take (default: the run's ema_length);
     a CheckpointError for a checkpoint without a power EMA.
     """
-    from core.diffusion.process import Diffusion, DiffusionConfig
+    from core.diffusion.process import build_process, config_from_dict
     from core.diffusion.unet import UNet, UNetConfig
 
     where = _where(ckpt)
@@ -347,7 +348,7 @@ def build_model_from_checkpoint(ckpt: Mapping[str, Any], use_ema: bool = True, e
         raise CheckpointError(f"{where}: holds only the EMA weights (exported without --raw); leave out --raw")
     try:
         config = UNetConfig.from_dict(ckpt["model_config"])
-        dconfig = DiffusionConfig.from_dict(ckpt["diffusion_config"])
+        dconfig = config_from_dict(ckpt["diffusion_config"])
     except (ValueError, TypeError, KeyError) as exc:
         raise CheckpointError(f"{where}: bad config ({exc})") from None
     state = dict(ckpt["model"])
@@ -378,7 +379,7 @@ def build_model_from_checkpoint(ckpt: Mapping[str, Any], use_ema: bool = True, e
                     raise CheckpointError(f"{where}: EMA weight {name!r} has shape {tuple(shadow[name].shape)}, expected {tuple(p.shape)}")
                 p.copy_(shadow[name])
     model.eval()
-    return model, Diffusion(dconfig)
+    return model, build_process(dconfig)
 
 
 def ema_kind(ckpt: Mapping[str, Any]) -> str | None:

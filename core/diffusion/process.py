@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.diffusion.edm import EDM, EDMConfig
 from core.diffusion.registry import LOSS_WEIGHTING_NAMES, PREDICTION_NAMES, check_implemented
 from core.diffusion.schedules import SCHEDULES, make_betas
 
@@ -53,8 +54,12 @@ class DiffusionConfig:
     loss_weighting: str = "uniform"
     min_snr_gamma: float = 5.0
     zero_terminal_snr: bool = False
+    # Which process: always "vp" here (EDM's config says "edm"); a dict without it is "vp".
+    kind: str = "vp"
 
     def __post_init__(self) -> None:
+        if self.kind != "vp":
+            raise ValueError(f"unknown diffusion kind {self.kind!r}; known kinds: vp, edm")
         if isinstance(self.T, bool) or not isinstance(self.T, int) or self.T < 1:
             raise ValueError(f"diffusion T must be a positive integer, got {self.T!r}")
         if self.T > MAX_T:
@@ -103,6 +108,7 @@ class Diffusion(nn.Module):
     costs no extra kernel launch).
     """
 
+    kind = "vp"
     # Declared for type checkers; registered as buffers in __init__.
     betas: torch.Tensor
     alphas: torch.Tensor
@@ -162,6 +168,11 @@ class Diffusion(nn.Module):
             "posterior_mean_coef2": (1.0 - alpha_bars_prev) * alphas.sqrt() / one_minus,
             "loss_weights": loss_weights,
         }
+
+    @property
+    def max_sampler_steps(self) -> int:
+        """The most steps a sampler can take: one per timestep."""
+        return self.T
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -316,3 +327,23 @@ class Diffusion(nn.Module):
         return (f"T={self.T}, schedule={c.schedule!r}, prediction={c.prediction!r}, "
                 f"loss_weighting={c.loss_weighting!r}, zero_terminal_snr={c.zero_terminal_snr}")
 
+
+
+# -- both processes ----------------------------------------------------------------------------
+
+ProcessConfig = DiffusionConfig | EDMConfig
+Process = Diffusion | EDM
+
+
+def config_from_dict(data: dict[str, Any]) -> ProcessConfig:
+    """A stored diffusion config (config.json's "diffusion", a checkpoint's diffusion_config)
+    as the config of its process: ``"kind": "edm"`` is EDM's, anything else (no kind, as
+    every dict written before EDM) the VP one's, which checks its keys."""
+    if isinstance(data, dict) and data.get("kind") == "edm":
+        return EDMConfig.from_dict(data)
+    return DiffusionConfig.from_dict(data)
+
+
+def build_process(config: ProcessConfig) -> Process:
+    """The process a config describes: :class:`EDM` or :class:`Diffusion`."""
+    return EDM(config) if isinstance(config, EDMConfig) else Diffusion(config)

@@ -38,7 +38,13 @@ LOSS_WEIGHTING_HELP: dict[str, str] = {
     "uniform": "every timestep alike (Ho et al.'s simple loss)",
     "min_snr": "min-SNR-gamma (Hang et al. 2023): min(snr, gamma) times the x0 error",
 }
+# Which diffusion process a run trains (core.diffusion.process / core.diffusion.edm).
+FORMULATION_HELP: dict[str, str] = {
+    "vp": "the discrete variance-preserving process of Ho et al. 2020 (T, schedule, prediction, loss weighting)",
+    "edm": "Karras et al. 2022 (EDM): continuous sigma, preconditioned network, log-normal noise levels",
+}
 SCHEDULE_NAMES = tuple(SCHEDULE_HELP)
+FORMULATION_NAMES = tuple(FORMULATION_HELP)
 PREDICTION_NAMES = tuple(PREDICTION_HELP)
 LOSS_WEIGHTING_NAMES = tuple(LOSS_WEIGHTING_HELP)
 
@@ -66,7 +72,9 @@ EMA_SWEEP = (0.03, 0.05, 0.075, 0.10, 0.15, 0.20)  # eval --sweep-ema's default 
 class SamplerSpec:
     """One sampler. ``function`` names its iterator as "module:attribute" (a generator
     function ``(model, diffusion, shape, *, clip_x0, [steps], [eta], **common)`` yielding
-    SampleSteps), imported only when sampling, so this table stays torch-free."""
+    SampleSteps), imported only when sampling, so this table stays torch-free.
+    ``edm_function`` names the one for an EDM model (core.diffusion.edm); None: the sampler
+    does not apply to EDM (it walks a VP model's discrete timesteps)."""
 
     name: str  # on the command line, in config and file names ("ddim50")
     function: str
@@ -75,9 +83,16 @@ class SamplerSpec:
     uses_steps: bool  # False: runs all T steps
     uses_eta: bool
     default_steps: int | None  # the function's own default; None when it runs all T steps
+    edm_function: str | None = None
 
-    def resolve(self) -> Callable[..., Any]:
-        module, _, attr = self.function.partition(":")
+    def resolve(self, kind: str = "vp") -> Callable[..., Any]:
+        """The iterator for a model of process ``kind`` ("vp" or "edm"); ValueError when
+        this sampler does not apply to it."""
+        name = self.function if kind == "vp" else self.edm_function
+        if name is None:
+            raise ValueError(f"{self.name} runs a VP model's T discrete steps; this is an EDM model "
+                             f"(--recipe edm): sample it with {' or '.join(edm_sampler_names())}")
+        module, _, attr = name.partition(":")
         return getattr(importlib.import_module(module), attr)
 
 
@@ -85,11 +100,13 @@ SAMPLER_SPECS: dict[str, SamplerSpec] = {s.name: s for s in (
     SamplerSpec("ddpm", "core.diffusion.samplers:iter_ddpm", "DDPM",
                 "ancestral sampling through all T steps, as the original", False, False, None),
     SamplerSpec("ddim", "core.diffusion.samplers:iter_ddim", "DDIM",
-                "Song et al. 2021; deterministic at eta 0, DDPM-like at eta 1", True, True, 50),
+                "Song et al. 2021; deterministic at eta 0, DDPM-like at eta 1 (EDM models: Euler, eta 0)",
+                True, True, 50, "core.diffusion.edm_samplers:iter_euler"),
     SamplerSpec("dpmpp2m", "core.diffusion.samplers:iter_dpmpp2m", "DPM-Solver++ 2M",
-                "DPM-Solver++(2M), good in 10-20 steps", True, False, 20),
+                "DPM-Solver++(2M), good in 10-20 steps", True, False, 20, "core.diffusion.edm_samplers:iter_dpmpp2m"),
     SamplerSpec("heun", "core.diffusion.samplers:iter_heun", "Heun",
-                "Heun's 2nd order ODE step (2 model calls a step)", True, False, 20),
+                "Heun's 2nd order ODE step (2 model calls a step)", True, False, 20,
+                "core.diffusion.edm_samplers:iter_heun"),
 )}
 SAMPLER_NAMES = tuple(SAMPLER_SPECS)  # the built-in ones; read SAMPLER_SPECS where a new entry must show
 # The sampler every draw uses unless told otherwise (`sample`, `eval`, the Sample screen, the
@@ -97,6 +114,11 @@ SAMPLER_NAMES = tuple(SAMPLER_SPECS)  # the built-in ones; read SAMPLER_SPECS wh
 # at 20 steps came within a few percent of DDIM-100's FID with 5x fewer model calls
 # (bench/RESULTS.md, "Samplers: FID against steps").
 DEFAULT_SAMPLER = "dpmpp2m"
+
+
+def edm_sampler_names() -> list[str]:
+    """The samplers that take an EDM model."""
+    return [s.name for s in SAMPLER_SPECS.values() if s.edm_function is not None]
 
 
 def sampler_spec(name: str) -> SamplerSpec:

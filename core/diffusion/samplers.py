@@ -26,6 +26,10 @@ unconditional ("null label") halves batched into one forward pass of 2B. Every t
 affine function of eps with the same coefficients for both halves, so guiding the raw
 output is guiding eps.
 
+These samplers are the VP process's; an EDM model (core.diffusion.edm) is sampled under the
+same names by core.diffusion.edm_samplers (the registry's ``SamplerSpec.edm_function``; generate
+picks by the model's process), and the functions here refuse it in one line.
+
 The one path from a checkpoint to images (batches, weights, labels) is
 core.diffusion.sampling.generate.
 """
@@ -182,15 +186,17 @@ class _Denoiser:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
-    def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: int | float) -> torch.Tensor:
+        """The model at timestep ``t``: an int (VP) or a float (EDM's continuous net time)."""
         batch = x.shape[0]
+        dtype = torch.long if isinstance(t, int) else torch.float32
         if self.guided:
-            tt = torch.full((2 * batch,), t, device=self.device, dtype=torch.long)
+            tt = torch.full((2 * batch,), t, device=self.device, dtype=dtype)
             with self._autocast():
                 out = self.model(torch.cat([x, x]), tt, self.labels2)
             cond, uncond = out.float().chunk(2)
             return uncond + self.guidance * (cond - uncond)
-        tt = torch.full((batch,), t, device=self.device, dtype=torch.long)
+        tt = torch.full((batch,), t, device=self.device, dtype=dtype)
         with self._autocast():
             out = self.model(x, tt, self.labels)
         return out.float()
@@ -220,9 +226,10 @@ StepRule = Callable[[torch.Tensor, int, "int | None", Callable, Callable[[], tor
 def _drive(model: nn.Module, diffusion: Diffusion, shape: Sequence[int], timesteps: list[int], rule: StepRule, *,
            generator: torch.Generator | None = None, seed: int | None = None, labels: LabelsLike = None,
            guidance: float = 1.0, callback: StepCallback | None = None,
-           device: torch.device | str | None = None, autocast: Any = None) -> Iterator[SampleStep]:
-    """What every sampler shares: arguments, x_T ~ N(0, I) from the generator, eval mode,
-    one :class:`SampleStep` per timestep."""
+           device: torch.device | str | None = None, autocast: Any = None,
+           start_scale: float = 1.0) -> Iterator[SampleStep]:
+    """What every sampler shares: arguments, x_T ~ N(0, start_scale^2 I) from the generator,
+    eval mode, one :class:`SampleStep` per timestep."""
     shape = _check_shape(shape)
     device = torch.device(device) if device is not None else _model_device(model)
     generator = _prepare_generator(generator, seed, device)
@@ -230,7 +237,7 @@ def _drive(model: nn.Module, diffusion: Diffusion, shape: Sequence[int], timeste
     net = _Denoiser(model, lab, null, guidance, device, autocast)
     noise = lambda: _noise(shape, generator, device)  # noqa: E731
     with _eval_mode(model):
-        x = noise()
+        x = noise() * start_scale if start_scale != 1.0 else noise()
         for index, t in enumerate(timesteps):
             nxt = timesteps[index + 1] if index + 1 < len(timesteps) else None
             x, x0 = rule(x, t, nxt, net, noise)
@@ -238,6 +245,13 @@ def _drive(model: nn.Module, diffusion: Diffusion, shape: Sequence[int], timeste
             if callback is not None:
                 callback(step)
             yield step
+
+
+def _vp_only(diffusion: Any, name: str) -> None:
+    """The samplers here walk a VP model's timesteps; an EDM model has none."""
+    if getattr(diffusion, "kind", "vp") != "vp":
+        raise ValueError(f"{name} samples a VP model, not an EDM one: use core.diffusion.edm_samplers "
+                         "(core.diffusion.sampling.generate picks by the model)")
 
 
 # -- DDPM ----------------------------------------------------------------------------------
@@ -252,6 +266,7 @@ def iter_ddpm(model: nn.Module, diffusion: Diffusion, shape: Sequence[int], *, v
     that is not in [-1, 1]). No noise is added at t = 0. ``common``: generator, seed,
     labels, guidance, callback, device, autocast (see the module docstring).
     """
+    _vp_only(diffusion, "iter_ddpm")
     if variance not in VARIANCES:
         raise ValueError(f"unknown DDPM variance {variance!r}; use one of {', '.join(VARIANCES)}")
 
@@ -298,6 +313,7 @@ def iter_ddim(model: nn.Module, diffusion: Diffusion, shape: Sequence[int], *, s
     """
     if not 0.0 <= float(eta) <= 1.0:
         raise ValueError(f"DDIM eta must be in [0, 1], got {eta!r}")
+    _vp_only(diffusion, "iter_ddim")
     ab = diffusion.schedule_table("alpha_bars")
 
     def rule(x, t, nxt, net, noise):
@@ -384,6 +400,7 @@ def iter_dpmpp2m(model: nn.Module, diffusion: Diffusion, shape: Sequence[int], *
     step lands on sigma = 0: its output is the predicted x0. One model call per step;
     deterministic given the starting noise.
     """
+    _vp_only(diffusion, "iter_dpmpp2m")
     alpha, sigma = diffusion.schedule_table("sqrt_alpha_bars"), diffusion.schedule_table("sqrt_one_minus_alpha_bars")
     memory: dict[str, Any] = {"x0": None, "h": math.inf}  # the previous step's x0 and h
 
@@ -432,6 +449,7 @@ def iter_heun(model: nn.Module, diffusion: Diffusion, shape: Sequence[int], *,
     the last step (to sigma = 0, the predicted x0) are Euler steps, as in EDM. At most
     2 * steps - 1 model calls; deterministic given the starting noise.
     """
+    _vp_only(diffusion, "iter_heun")
     alpha, sigma = diffusion.schedule_table("sqrt_alpha_bars"), diffusion.schedule_table("sqrt_one_minus_alpha_bars")
 
     def rule(x, t, nxt, net, noise):

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from core.diffusion.device import is_oom
-from core.diffusion.process import Diffusion
+from core.diffusion.process import Process as Diffusion  # either process: VP or EDM
 from core.diffusion.registry import (DEFAULT_GUIDANCE, DEFAULT_SAMPLER, MAX_IMAGES, MAX_SEED, MAX_SIGMA_REL,
                                      SAMPLER_SPECS, WEIGHT_NAMES, default_steps, sampler_spec)
 from core.diffusion.samplers import SampleStep, StepCallback
@@ -162,10 +162,10 @@ def _iterate(model, diffusion, shape, request: SampleRequest, **kw: Any) -> Iter
     spec = sampler_spec(request.sampler)
     options: dict[str, Any] = {"clip_x0": request.clip_x0}
     if spec.uses_steps:
-        options["steps"] = min(request.steps, diffusion.T)
+        options["steps"] = min(request.steps, diffusion.max_sampler_steps)
     if spec.uses_eta:
         options["eta"] = request.eta
-    return spec.resolve()(model, diffusion, shape, **options, **kw)
+    return spec.resolve(diffusion.kind)(model, diffusion, shape, **options, **kw)
 
 
 def ignored_settings(sampler: str, conditional: bool, *, eta: float | None = None,
@@ -183,7 +183,8 @@ def ignored_settings(sampler: str, conditional: bool, *, eta: float | None = Non
 
 
 def sampler_tag(request: SampleRequest, T: int) -> str:
-    """A short name of the sampler and its steps for file names and messages: 'ddim50', 'ddpm1000'."""
+    """A short name of the sampler and its steps for file names and messages: 'ddim50', 'ddpm1000'.
+    ``T``: the process's max_sampler_steps (a VP model's T)."""
     spec = sampler_spec(request.sampler)
     if not spec.uses_steps:
         return f"{spec.name}{T}"

@@ -21,7 +21,7 @@ from core.diffusion.checkpoint import restore_rng_state
 from core.diffusion.device import autocast_dtype
 from core.diffusion.ema import EMA
 from core.diffusion.power_ema import PowerEMA
-from core.diffusion.process import Diffusion
+from core.diffusion.process import Process, build_process
 from core.diffusion.unet import UNet
 from core.training.config import TrainConfig, TrainError
 from core.training.distributed import Dist
@@ -83,7 +83,7 @@ class Parts:
     train_model: nn.Module  # what a step calls: ``model`` under DDP and/or torch.compile
     ema: EMA | PowerEMA
     optimizer: torch.optim.Optimizer
-    diffusion: Diffusion
+    diffusion: Process  # Diffusion (VP) or EDM, by the run's formulation
     amp_dtype: torch.dtype | None
     batches: Any = None  # what get_batch is called on: core.data.dataset.DeviceBatches, or the dataset itself
     data_line: str = ""  # which of the two, for train.log
@@ -95,7 +95,7 @@ def build_parts(config: TrainConfig, world: Dist, dataset: Any, classes: list[st
     it resumes, or a new run's network from ``init`` (core.training.init_from.InitWeights,
     --init-from). Returns the parts and, under --compile, where the compile cache lives."""
     device = world.device
-    diffusion = Diffusion(config.diffusion_config()).to(device)
+    diffusion = build_process(config.diffusion_config()).to(device)
     torch.manual_seed(derive_seed("init", config.seed))  # same initial weights on every rank
     model = UNet(config.model_config(len(classes))).to(device)
     if config.channels_last:

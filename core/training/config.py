@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from core.diffusion.process import DiffusionConfig
+from core.diffusion.edm import EDMConfig
+from core.diffusion.process import DiffusionConfig, ProcessConfig
 from core.diffusion.schedules import SCHEDULES
 from core.diffusion.unet import PRESETS, UNetConfig, get_preset
 from core.training import options
@@ -13,7 +14,7 @@ from core.training import options
 LOGGER_NAME = "core.training.train"  # train.log and the CLI's display listen to this logger
 
 # The options DiffusionConfig carries (the rest of config.json is the trainer's).
-DIFFUSION_OPTIONS = ("T", "schedule", "prediction", "loss_weighting", "min_snr_gamma", "zero_terminal_snr")
+DIFFUSION_OPTIONS = options.VP_ONLY_OPTIONS
 
 
 class TrainError(Exception):
@@ -52,9 +53,12 @@ class TrainConfig(options.TrainOptions):
         return get_preset(self.preset, image_size=self.image_size,
                           num_classes=num_classes if self.conditional else 0)
 
-    def diffusion_config(self) -> DiffusionConfig:
-        """The diffusion fields this DiffusionConfig has. Options it does not know yet must
+    def diffusion_config(self) -> ProcessConfig:
+        """EDM's config for formulation edm (its options are checked in check_options);
+        else the diffusion fields this DiffusionConfig has. Options it does not know yet must
         keep their classic values (they would silently change nothing otherwise)."""
+        if self.formulation == "edm":
+            return EDMConfig()
         known = {f.name for f in fields(DiffusionConfig)}
         values = {name: getattr(self, name) for name in DIFFUSION_OPTIONS}
         unknown = {k: v for k, v in values.items() if k not in known and v != options.BY_NAME[k].default}

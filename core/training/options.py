@@ -8,7 +8,7 @@ here plus its use.
 
 Recipes are named bundles of defaults for some options (``RECIPES``): ``classic`` is the
 training of dogs-image-generator-DDPM (the original project), exactly; ``fast`` a modern
-recipe. Former names (``seed`` for classic, :data:`core.diffusion.registry.FORMER_NAMES`) are
+recipe; ``edm`` Karras et al. 2022's process (option ``formulation``) with fast's optimiser. Former names (``seed`` for classic, :data:`core.diffusion.registry.FORMER_NAMES`) are
 still read wherever a recipe or preset is given: flags, the form, config.json. Explicit values override the
 recipe, and config.json stores the resolved values, so a run never depends on what a
 recipe meant when it was started.
@@ -24,7 +24,7 @@ from typing import Any, Iterable
 
 from core.data.split import MAX_HOLDOUT, parse_fraction
 from core.diffusion.registry import (AMP_MODES, DEFAULT_SAMPLER, DEVICE_SUGGESTIONS, EMA_KINDS,  # noqa: F401
-                                     LOSS_WEIGHTING_NAMES, MAX_SEED, MAX_SIGMA_REL, default_steps,
+                                     FORMULATION_NAMES, LOSS_WEIGHTING_NAMES, MAX_SEED, MAX_SIGMA_REL, default_steps,
                                      PREDICTION_NAMES, PRESET_IMAGE_SIZE, PRESET_NAMES, SAMPLER_NAMES,
                                      SCHEDULE_NAMES, WEIGHT_NAMES, FORMER_NAMES,
                                      current_name)
@@ -166,14 +166,21 @@ OPTIONS: tuple[Option, ...] = (
     # -- model and diffusion
     _opt("recipe", str, "classic", _MODEL, "Recipe",
          "a named set of values for the options below: classic (formerly seed: the training of "
-         "dogs-image-generator-DDPM, the original project, exactly) or fast (v prediction, cosine schedule, min-SNR, AdamW with warm-up, "
-         "grad clip, power EMA, batch 32); explicit options override it",
-         choices=("classic", "fast"), basic=True),
+         "dogs-image-generator-DDPM, the original project, exactly), fast (v prediction, cosine schedule, min-SNR, AdamW with warm-up, "
+         "grad clip, power EMA, batch 32) or edm (Karras et al. 2022's preconditioning, noise levels, loss "
+         "and samplers, with fast's optimiser settings); explicit options override it",
+         choices=("classic", "fast", "edm"), basic=True),
     _opt("preset", str, "classic", _MODEL, "Preset",
          "the network's size and design: classic (formerly seed: the original project's 93M UNet, "
          "slow on a CPU), small, tiny (its design, "
          "smaller); res-small, res-tiny (ResNet blocks, attention at 16 px and below: more quality per CPU "
          "minute)", choices=PRESET_NAMES, resumable=False, basic=True),
+    _opt("formulation", str, "vp", _MODEL, "Formulation",
+         "the diffusion process: vp (the original's: T noise steps on a schedule; the options T to "
+         "zero_terminal_snr below belong to it) or edm (Karras et al. 2022: continuous noise levels and the network "
+         "wrapped in EDM's preconditioning; T, schedule, prediction, loss weighting, min-SNR gamma and zero "
+         "terminal SNR do not apply and are refused; sample with heun, ddim or dpmpp2m)",
+         choices=FORMULATION_NAMES, resumable=False),
     _opt("T", int, 1000, _MODEL, "Noise steps T", "diffusion steps: how many small noise steps take an image to pure noise (x_T); the DDPM sampler takes all T, the others fewer", low=1,
          metavar="STEPS", resumable=False),
     _opt("schedule", str, "linear", _MODEL, "Schedule", "noise schedule (beta): how fast noise grows over the T steps; linear (the original), cosine (slower at first, kinder to small images) or sigmoid", choices=SCHEDULE_NAMES, resumable=False),
@@ -302,6 +309,12 @@ RECIPES: dict[str, dict[str, Any]] = {
         "grad_clip": 1.0, "ema_decay": 0.999, "ema_warmup": 10, "ema_kind": "power", "batch_size": 32, "amp": "auto",
     },
 }
+# EDM (Karras et al. 2022) with the fast recipe's optimiser settings; the VP-only options
+# (T, schedule, prediction, loss weighting, ...) keep their declared values, which EDM ignores.
+RECIPES["edm"] = {"formulation": "edm", **{k: v for k, v in RECIPES["fast"].items()
+                                            if k not in ("prediction", "schedule", "loss_weighting", "min_snr_gamma")}}
+# The options only the VP process reads: refused with formulation edm unless at their declared values.
+VP_ONLY_OPTIONS = ("T", "schedule", "prediction", "loss_weighting", "min_snr_gamma", "zero_terminal_snr")
 # Keys config.json carries besides the options (written by the trainer).
 CONFIG_META_KEYS = ("model", "diffusion", "classes", "created_at", "num_images", "world_size", "imported_from",
                     "initialized_from", "holdout")
@@ -399,6 +412,13 @@ class _Methods:
             option.check(getattr(self, option.name))
         if self.recipe not in RECIPES:
             raise ValueError(f"unknown recipe {self.recipe!r}")
+        if self.formulation == "edm":
+            given = [f"{name} {BY_NAME[name].show(getattr(self, name))}" for name in VP_ONLY_OPTIONS
+                     if getattr(self, name) != BY_NAME[name].default]
+            if given:
+                raise ValueError(f"{', '.join(given)} do{'es' if len(given) == 1 else ''} not apply to formulation edm "
+                                 "(continuous noise levels, its own preconditioning and loss): leave "
+                                 f"{'it' if len(given) == 1 else 'them'} out, or use --formulation vp")
         stop_rules = [o.cli_flags[0] for o in OPTIONS if o.name in STOP_RULES and getattr(self, o.name)]
         if stop_rules and not self.eval_every:
             raise ValueError(f"{', '.join(stop_rules)} judge{'s' if len(stop_rules) == 1 else ''} the evaluations "

@@ -254,13 +254,15 @@ def write_opening(config: Any, parts: Any, run_dir: Path, world_size: int, devic
     if resumed:
         log.info("continuing from step %d, epoch %d", *at)
     log.info("%s", parts.data_line)
+    if parts.diffusion.kind == "edm":
+        log.info("diffusion: EDM (Karras et al. 2022), %s", parts.diffusion.extra_repr())
     for note in notes:
         log.info("%s", note)
     if device.type == "cpu" and config.preset == "classic":
         log.warning("training the classic preset's (the original project's) %s-parameter network on a CPU is slow (hours per epoch of "
                     "14,000 images); --preset small or tiny are made for CPUs",
                     f"{count_parameters(model) / 1e6:.0f}M")
-    signal_left = float(parts.diffusion.alpha_bars[-1].sqrt())
+    signal_left = float(parts.diffusion.alpha_bars[-1].sqrt()) if parts.diffusion.kind == "vp" else 0.0
     if signal_left > 0.05:
         # Sampling starts from pure noise; here x_T still carries the image.
         log.warning("with T=%d and the %s schedule, x_T keeps %.0f%% of the image, so samples "

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 
 from core.diffusion.checkpoint import CheckpointError, capture_rng_state, save_checkpoint
-from core.diffusion.process import Diffusion
+from core.diffusion.process import Process as Diffusion  # either process: VP or EDM
 from core.diffusion.sampling import SampleRequest, generate_images
 from core.io.grid import save_grid, save_uint8_grid
 from core.training import runs
@@ -233,12 +233,18 @@ def write_examples(dataset: Any, diffusion: Diffusion, out_dir: Path, *, seed: i
     idx = torch.randperm(len(dataset), generator=gen)[:n]
     x, _ = dataset.get_batch(idx, gen)
     paths = [save_grid(x, out_dir / "examples.png")]
-    T = diffusion.T
-    ts = sorted({min(T - 1, round(f * (T - 1))) for f in (0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)})
-    x0 = x[:1].expand(len(ts), -1, -1, -1)
-    noise = torch.randn(x0.shape, generator=gen)
-    strip = diffusion.q_sample(x0, torch.tensor(ts, dtype=torch.long), noise)
-    paths.append(save_grid(strip, out_dir / "forward_diffusion.png", nrow=len(ts)))
+    if diffusion.kind == "edm":  # sigma from sigma_min to sigma_max, shown as x / sqrt(1 + sigma^2)
+        sigmas = torch.tensor(diffusion.sigmas(10)[:-1][::-1])
+        x0 = x[:1].expand(len(sigmas), -1, -1, -1)
+        noise = torch.randn(x0.shape, generator=gen)
+        strip = diffusion.noised(x0, sigmas, noise) / (1 + sigmas ** 2).sqrt().view(-1, 1, 1, 1)
+    else:
+        T = diffusion.T
+        ts = sorted({min(T - 1, round(f * (T - 1))) for f in (0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)})
+        x0 = x[:1].expand(len(ts), -1, -1, -1)
+        noise = torch.randn(x0.shape, generator=gen)
+        strip = diffusion.q_sample(x0, torch.tensor(ts, dtype=torch.long), noise)
+    paths.append(save_grid(strip, out_dir / "forward_diffusion.png", nrow=len(strip)))
     return paths
 
 

@@ -172,7 +172,7 @@ def _grid_path(args: argparse.Namespace, request, labels, loaded, ckpt_path: Pat
         breed_tag = "_breeds" if labels is not None else ""
     folder = runs.samples_dir(run_dir) if run_dir is not None else ckpt_path.parent
     g = f"_g{request.guidance:g}" if labels is not None and request.guidance != 1.0 else ""
-    tag = sampler_tag(request, loaded.diffusion.T)
+    tag = sampler_tag(request, loaded.diffusion.max_sampler_steps)
     weights = loaded.weights + (f"{args.ema_length:g}" if args.ema_length is not None else "")
     return folder / f"sample_step{loaded.step:07d}_{weights}_{tag}{breed_tag}{g}_seed{request.seed}.png"
 
@@ -236,7 +236,7 @@ def run(args: argparse.Namespace, workspace) -> int:
     if not args.quiet:
         guidance = request.guidance if labels is not None else 1.0
         print(f"sampling {args.n} image(s) from {ckpt_path} (step {loaded.step}, {loaded.weights_note} weights), "
-              f"{sampler_tag(request, loaded.diffusion.T)}, seed {request.seed}"
+              f"{sampler_tag(request, loaded.diffusion.max_sampler_steps)}, seed {request.seed}"
               + (f", guidance {guidance:g}" if labels is not None else ""))
     try:
         paths = _draw(args, loaded, request, device, out, individual)

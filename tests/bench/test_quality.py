@@ -40,6 +40,8 @@ def test_arms_parse_with_default_networks_and_errors():
         ("fast", "res-tiny", 1e-3, "fast-res-tiny-lr1e-3"), ("peer", None, 3e-4, "peer-lr3e-4")]
     config = q._train_config(swept[1], Path("/d"), argparse.Namespace(image_size=32, minutes=1, seed=0, smoke=False))
     assert (config["lr"], config["recipe"], config["run"]) == (6e-4, "fast", "fast-lr6e-4")
+    edm = q.parse_arms("edm@res-tiny,edm")  # any recipe of core.training.options.RECIPES
+    assert [(a.recipe, a.preset) for a in edm] == [("edm", "res-tiny"), ("edm", q.FAST_PRESET)]
     for bad, msg in [("nope", "unknown arm 'nope'"), ("fast@huge", "unknown preset 'huge'"),
                      ("peer@small", "network is fixed"), ("classic,classic", "listed twice"), ("seed,classic", "listed twice"), (" , ", "no arms"),
                      ("fast~abc", "learning rate"), ("peer~0", "learning rate"), ("fast~2", "learning rate")]:

@@ -30,13 +30,15 @@ def make_dataset(data_dir: Path, counts: dict[str, int] = BREEDS, size: int = 16
 
 
 def make_checkpoint_run(ws: Workspace, name: str = "tiny-run", *, image_size: int = 16, T: int = 10,
-                        conditional: bool = False, state: str = "finished", ema_kind: str = "exp") -> Path:
-    """A run directory with a real (untrained) tiny checkpoint, config and status. ``ema_kind``
-    "power": a power EMA over 12 made-up updates, with snapshots at steps 4 and 8."""
+                        conditional: bool = False, state: str = "finished", ema_kind: str = "exp",
+                        edm: bool = False) -> Path:
+    """A run directory with a real (untrained) tiny checkpoint, config and status (an EDM one
+    with ``edm``). ``ema_kind`` "power": a power EMA over 12 made-up updates, with snapshots at
+    steps 4 and 8."""
     import torch
 
     from core.diffusion.checkpoint import save_checkpoint
-    from core.diffusion.process import Diffusion, DiffusionConfig
+    from core.diffusion.process import DiffusionConfig, build_process
     from core.diffusion.ema import EMA
     from core.training.runs import checkpoints_dir, write_config, write_status
     from core.diffusion.unet import UNet, get_preset
@@ -45,8 +47,10 @@ def make_checkpoint_run(ws: Workspace, name: str = "tiny-run", *, image_size: in
     classes = sorted(BREEDS) if conditional else []
     config = get_preset("tiny", image_size=image_size, num_classes=len(classes))
     model = UNet(config)
-    dconf = DiffusionConfig(T=T, schedule="linear")
-    Diffusion(dconf)
+    from core.diffusion.edm import EDMConfig
+
+    dconf = EDMConfig() if edm else DiffusionConfig(T=T, schedule="linear")
+    build_process(dconf)
     run_dir = ws.run_dir(name)
     ema = EMA(model) if ema_kind == "exp" else _power_ema(model, checkpoints_dir(run_dir))
     save_checkpoint(checkpoints_dir(run_dir) / "last.pt", model_config=config, diffusion_config=dconf,

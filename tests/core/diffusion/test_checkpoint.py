@@ -100,7 +100,8 @@ def test_round_trip_is_bit_identical_and_resumes_exactly(tmp_path):
     assert ckpt["extra"] == {"note": "hello", "losses": [0.5, 0.25]}
     assert ckpt["model_config"] == model.config.to_dict()
     assert ckpt["diffusion_config"] == {"T": 1000, "schedule": "cosine", "prediction": "eps",
-                                        "loss_weighting": "uniform", "min_snr_gamma": 5.0, "zero_terminal_snr": False}
+                                        "loss_weighting": "uniform", "min_snr_gamma": 5.0, "zero_terminal_snr": False,
+                                        "kind": "vp"}
     _assert_nested_equal(dict(model.state_dict()), ckpt["model"])
     _assert_nested_equal(ema.state_dict(), ckpt["ema"])
     _assert_nested_equal(opt.state_dict(), ckpt["optimizer"])

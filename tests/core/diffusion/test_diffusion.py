@@ -23,7 +23,7 @@ def test_config_round_trip_and_errors() -> None:
     cfg = DiffusionConfig(T=250, schedule="cosine")
     assert DiffusionConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.to_dict() == {"T": 250, "schedule": "cosine", "prediction": "eps", "loss_weighting": "uniform",
-                             "min_snr_gamma": 5.0, "zero_terminal_snr": False}
+                             "min_snr_gamma": 5.0, "zero_terminal_snr": False, "kind": "vp"}
     with pytest.raises(ValueError, match="unknown diffusion config key.*bogus"):
         DiffusionConfig.from_dict({"T": 10, "bogus": 1})
     with pytest.raises(ValueError, match="unknown schedule 'quadratic'.*linear, cosine, sigmoid"):

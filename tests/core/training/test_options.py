@@ -156,7 +156,7 @@ def test_former_name_seed_is_read_as_classic_everywhere():
     assert config.model_config(0) == TrainConfig(data="/d").model_config(0)
     # --help lists today's names and says what they were
     assert "classic" in options.help_text(options.BY_NAME["recipe"]) and "formerly seed" in options.BY_NAME["recipe"].help
-    assert options.BY_NAME["recipe"].choices == ("classic", "fast")
+    assert options.BY_NAME["recipe"].choices == ("classic", "fast", "edm")
 
 
 def test_lr_warmup_and_cosine():
