@@ -111,7 +111,7 @@ def _train_config(arm: Arm, data: Path, args) -> dict[str, Any]:
 
 
 def train_ours(arm: Arm, data: Path, run_dir: Path, args) -> dict[str, Any]:
-    from core.diffusion.checkpoint import load_checkpoint
+    from core.diffusion.checkpoint import ema_kind, load_checkpoint
     from core.training.runs import LAST_CHECKPOINT, checkpoints_dir
     from core.training.train import TrainConfig, TrainError, train
 
@@ -130,7 +130,7 @@ def train_ours(arm: Arm, data: Path, run_dir: Path, args) -> dict[str, Any]:
     images = int(extra.get("images_seen") or 0)
     return {"checkpoint": path, "steps": int(ckpt["step"]), "batch": int(extra.get("batch_size") or 0),
             "seconds": seconds, "images_per_s": images / seconds if seconds > 0 else float("nan"),
-            "parameters": sum(v.numel() for v in ckpt["model"].values())}
+            "parameters": sum(v.numel() for v in ckpt["model"].values()), "ema_kind": ema_kind(ckpt)}
 
 
 def sample_ours(checkpoint: Path, n: int, sampler: str, steps: int, seed: int,
@@ -273,7 +273,9 @@ def _draw(arm: Arm, k: int, data: Path, args, ctx: dict[str, Any]) -> tuple[dict
         ctx["fast"] = ckpt
     result["network"] = arm.preset
     draws = [(arm.name, sample_ours(ckpt, args.n, args.sampler, args.sample_steps, args.seed))]
-    for length in args.ema_lengths:
+    # Post-hoc lengths exist for a power EMA only (an arm with +ema_kind=exp, or classic, has none).
+    lengths = args.ema_lengths if result.get("ema_kind") == "power" else ()
+    for length in lengths:
         draws.append((f"{arm.name}@ema{length:g}",
                       sample_ours(ckpt, args.n, args.sampler, args.sample_steps, args.seed, ema_length=length)))
     return result, draws
