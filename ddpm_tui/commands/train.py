@@ -90,10 +90,11 @@ def _cpu_start(given: dict[str, Any], quiet: bool) -> dict[str, Any]:
 
         if torch.cuda.is_available():
             return {}
+    recipe = given.get("recipe", options.NEW_RUN_RECIPE)
     if not quiet:
-        print(f"no CUDA GPU: starting from the CPU default ({options.cpu_start_text()}); "
+        print(f"no CUDA GPU: starting from the CPU default ({options.cpu_start_text(recipe)}); "
               "pass --preset classic --image-size 64 for the original's network")
-    return dict(options.CPU_NEW_RUN)
+    return options.cpu_new_run(recipe)
 
 
 def _init_source(given: dict[str, Any], saved: dict | None, workspace, run_dir: Path) -> dict[str, Any]:

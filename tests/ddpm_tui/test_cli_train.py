@@ -538,8 +538,9 @@ def test_without_a_gpu_a_new_run_starts_from_the_forms_cpu_default(ws: Path, mon
     workspace = Workspace(ws)
     config = build_config(build_parser().parse_args(["train", "--run", "n"]), workspace, ws / "runs" / "n")
     expected = form_defaults(gpu)
-    assert (config.preset, config.image_size, config.max_time) == (
-        expected["preset"], expected["image_size"], expected["max_time"])
+    assert (config.preset, config.image_size, config.max_time, config.lr) == (
+        expected["preset"], expected["image_size"], expected["max_time"], expected["lr"])
+    assert config.lr == (2e-4 if gpu else 1e-3)  # the CPU start's measured lr, the recipe's on a GPU
     out = capsys.readouterr().out
     assert ("res-small" in out and out.count("\n") == 1) if not gpu else out == ""
     assert config.preset == ("classic" if gpu else options.CPU_NEW_RUN["preset"])
@@ -547,6 +548,12 @@ def test_without_a_gpu_a_new_run_starts_from_the_forms_cpu_default(ws: Path, mon
     config = build_config(build_parser().parse_args(["train", "--run", "n", "--preset", "tiny"]), workspace,
                           ws / "runs" / "n")
     assert (config.preset, config.image_size, config.max_time) == ("tiny", 64, 0.0)
+    # The CPU lr was measured for the fast recipe only; another recipe, or --lr, keeps its own.
+    if not gpu:
+        for argv, lr in ((["--recipe", "classic"], 3e-4), (["--lr", "5e-4"], 5e-4)):
+            config = build_config(build_parser().parse_args(["train", "--run", "n", *argv]), workspace,
+                                  ws / "runs" / "n")
+            assert (config.preset, config.lr) == ("res-small", lr), argv
 
 
 def test_runs_at_80_columns_never_cuts_a_figure_or_a_state(ws: Path, monkeypatch, capsys):
