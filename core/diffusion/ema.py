@@ -25,6 +25,28 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
+@contextlib.contextmanager
+def swapped_in(model: nn.Module, params: dict[str, torch.Tensor], weights: dict[str, torch.Tensor]):
+    """``model`` (whose ``params`` these are) holding ``weights`` inside the block: storages
+    swapped, nothing copied, and swapped back after, however the block ends."""
+    for name, p in params.items():
+        w = weights[name]
+        if (w.dtype, w.device, w.shape) != (p.dtype, p.device, p.shape):
+            raise ValueError(f"EMA weight {name!r} is {w.dtype} on {w.device}, the model's {p.dtype} on {p.device}")
+    swapped: list[str] = []
+    try:
+        with torch.no_grad():
+            for name, p in params.items():
+                p.data, weights[name] = weights[name], p.data
+                swapped.append(name)
+        yield model
+    finally:
+        with torch.no_grad():
+            for name in swapped:
+                p = params[name]
+                p.data, weights[name] = weights[name], p.data
+
+
 class EMA:
     def __init__(self, model: nn.Module, decay: float = 0.995, warmup_steps: int = 0):
         if not 0.0 <= decay <= 1.0:
@@ -86,28 +108,11 @@ class EMA:
         for name, p in self._params(model).items():
             p.copy_(self.shadow[name])
 
-    @contextlib.contextmanager
     def applied(self, model: nn.Module):
         """``model`` holding the averaged weights inside the block and its own again after.
         The parameters' storages are swapped with the shadows, so nothing is copied and no
         second model is made (a deep copy of the classic network is ~373 MB)."""
-        params = self._params(model)
-        for name, p in params.items():
-            s = self.shadow[name]
-            if (s.dtype, s.device, s.shape) != (p.dtype, p.device, p.shape):
-                raise ValueError(f"EMA weight {name!r} is {s.dtype} on {s.device}, the model's {p.dtype} on {p.device}")
-        swapped: list[str] = []
-        try:
-            with torch.no_grad():
-                for name, p in params.items():
-                    p.data, self.shadow[name] = self.shadow[name], p.data
-                    swapped.append(name)
-            yield model
-        finally:
-            with torch.no_grad():
-                for name in swapped:
-                    p = params[name]
-                    p.data, self.shadow[name] = self.shadow[name], p.data
+        return swapped_in(model, self._params(model), self.shadow)
 
     def state_dict(self) -> dict[str, Any]:
         """Plain dict (floats, ints, tensors): safe for ``torch.load(weights_only=True)``."""

@@ -19,14 +19,13 @@ so a target that is one of the stored profiles is returned exactly.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 
-from core.diffusion.ema import unwrap_model
+from core.diffusion.ema import swapped_in, unwrap_model
 from core.diffusion.registry import EMA_PROFILES as DEFAULT_PROFILES, MAX_SIGMA_REL  # EDM2's two; the largest
 _CHUNK = 1 << 15  # updates per block when the Gram matrix is summed (bounded memory for long runs)
 
@@ -186,28 +185,10 @@ class PowerEMA:
         for name, p in self._params(model).items():
             p.copy_(weights[name])
 
-    @contextlib.contextmanager
     def applied(self, model: nn.Module):
         """``model`` holding the average at ``length`` inside the block, its own weights after
         (storages swapped, nothing copied when ``length`` is a tracked profile)."""
-        params = self._params(model)
-        weights = self.weights_at()
-        for name, p in params.items():
-            w = weights[name]
-            if (w.dtype, w.device, w.shape) != (p.dtype, p.device, p.shape):
-                raise ValueError(f"EMA weight {name!r} is {w.dtype} on {w.device}, the model's {p.dtype} on {p.device}")
-        swapped: list[str] = []
-        try:
-            with torch.no_grad():
-                for name, p in params.items():
-                    p.data, weights[name] = weights[name], p.data
-                    swapped.append(name)
-            yield model
-        finally:
-            with torch.no_grad():
-                for name in swapped:
-                    p = params[name]
-                    p.data, weights[name] = weights[name], p.data
+        return swapped_in(model, self._params(model), self.weights_at())
 
     def state_dict(self) -> dict[str, Any]:
         """Plain dict, safe for ``torch.load(weights_only=True)``. ``shadow`` holds the average
