@@ -222,15 +222,15 @@ class _Child:
                 self.cancelled = True
                 self.quit = self.quit or message[0] == "quit"
 
-    def load(self, path: Path, weights: str, device: str):
+    def load(self, path: Path, weights: str, device: str, ema_length: float | None = None):
         from core.diffusion.sampling import load_for_sampling
 
         stat = path.stat()
-        key = (str(path), stat.st_mtime_ns, stat.st_size, weights, device)
+        key = (str(path), stat.st_mtime_ns, stat.st_size, weights, ema_length, device)
         if self.cache is None or self.cache[0] != key:
             self.cache = None  # the old model goes before the new one loads: never two at once
             _empty_device_cache()
-            self.cache = (key, load_for_sampling(path, weights))
+            self.cache = (key, load_for_sampling(path, weights, ema_length))
         return self.cache[1]
 
     def job(self, job: dict) -> None:
@@ -250,7 +250,7 @@ class _Child:
             return
         path = Path(job["checkpoint"])
         try:
-            loaded = self.load(path, request.weights, str(device))
+            loaded = self.load(path, request.weights, str(device), request.ema_length)
         except (CheckpointError, OSError) as exc:
             send(("failed", f"cannot load {path}: {exc}"))
             return

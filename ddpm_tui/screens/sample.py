@@ -1,4 +1,5 @@
-"""Sample: pick a run and checkpoint, EMA or raw weights, a sampler (from
+"""Sample: pick a run and checkpoint, EMA or raw weights (and, for a run with a power EMA, its
+length sigma_rel), a sampler (from
 core.diffusion.registry's table; it says which take steps and eta), steps, eta, count, seed, breed and guidance (conditional runs) and a device;
 generate through core.diffusion.sampling.generate (the path `ddpm-tui sample` uses) with a progress
 bar and a live half-block preview of the images forming from noise; save PNGs with `w`.
@@ -29,7 +30,7 @@ from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Input, Label, ProgressBar, Select, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from core.diffusion.registry import DEFAULT_SAMPLER, SAMPLER_SPECS, default_steps
+from core.diffusion.registry import DEFAULT_SAMPLER, EMA_PROFILES, SAMPLER_SPECS, default_steps
 from core.io.safe_text import shown, shown_markup
 from ddpm_tui.devices import find_choices_for, gpu_of, known_choices, provisional_choices, runs_training_on
 from ddpm_tui.draw_worker import DrawProcess
@@ -44,6 +45,9 @@ UPSCALE = 4  # the enlarged copies Ctrl+U adds for viewing
 FIELD_HELP = {
     "weights": "EMA: the moving average of the weights over training (smoother, usually better); raw: the "
                "weights of the last step",
+    "ema-length": f"power EMA only: sigma_rel, the averaging length as a fraction of the run (blank: the "
+                  f"run's own; {' and '.join(f'{p:.2f}' for p in EMA_PROFILES)} are tracked, others are rebuilt "
+                  "from the run's EMA snapshots)",
     "steps": "denoising steps: more is slower and usually finer (DDPM always takes the run's T)",
     "eta": "eta: how much fresh noise DDIM adds at each step (0 = the same images for a seed, 1 = like DDPM); "
            "not the ETA (time left) of training",
@@ -108,6 +112,7 @@ class SampleScreen(StudioScreen):
         self._drawer: DrawProcess | None = None  # the child that draws; None when released
         self._release_when_done = False  # the user left while it was drawing
         self._breed_names: list[str] = []
+        self._power_ema = False  # the chosen run averages with a power EMA (its length can be picked)
         self.preview_x0 = False  # preview the model's x0 prediction instead of the noisy x_t
 
     def compose_body(self) -> ComposeResult:
@@ -121,6 +126,9 @@ class SampleScreen(StudioScreen):
                     yield Select([], compact=True, id="checkpoint", prompt="(none)")
                     yield Label("Weights")
                     yield Select([("EMA", "ema"), ("raw", "raw")], value="ema", allow_blank=False, compact=True, id="weights")
+                    yield Label("EMA length")
+                    yield Input("", placeholder="the run's", compact=True, id="ema-length", type="number",
+                                disabled=True)
                     yield Label("Sampler")
                     yield Select([(spec.label, spec.name) for spec in SAMPLER_SPECS.values()],
                                  value=DEFAULT_SAMPLER, allow_blank=False, compact=True, id="sampler")
@@ -245,6 +253,8 @@ class SampleScreen(StudioScreen):
             self._run_changed()
         elif event.select.id == "device":
             self._update_gpu_note()
+        elif event.select.id == "weights":
+            self._update_ema_length()
         elif event.select.id == "sampler":
             spec = SAMPLER_SPECS.get(str(event.value))
             steps = self.query_one("#steps", Input)
@@ -275,6 +285,13 @@ class SampleScreen(StudioScreen):
         breed.value = NO_BREED
         breed.disabled = not classes
         self.query_one("#guidance", Input).disabled = not classes
+        self._power_ema = config.get("ema_kind") == "power"
+        self._update_ema_length()
+
+    def _update_ema_length(self) -> None:
+        """The length applies to the EMA weights of a run with a power EMA, and to nothing else."""
+        self.query_one("#ema-length", Input).disabled = not (
+            self._power_ema and self.query_one("#weights", Select).value == "ema")
 
     # -- generating ------------------------------------------------------------------------
 
@@ -307,10 +324,23 @@ class SampleScreen(StudioScreen):
             label=None if any_breed else int(breed),
             seed=number("seed", int, 0, "Seed"),
             weights=str(self.query_one("#weights", Select).value),
+            ema_length=self._ema_length(),
         )
         device = self.query_one("#device", Select).value
         return SampleJob(Path(ckpt), str(run) if isinstance(run, str) else Path(ckpt).parent.parent.name, options,
                          device=str(device) if isinstance(device, str) else "auto")
+
+    def _ema_length(self) -> float | None:
+        """The EMA length field: None when blank or not in use, else a checked sigma_rel."""
+        field = self.query_one("#ema-length", Input)
+        raw = field.value.strip()
+        if field.disabled or not raw:
+            return None
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"EMA length: {raw!r} is not a number") from None
+        return value  # its range is checked by SampleRequest, as for `ddpm-tui sample --ema-length`
 
     def action_generate(self) -> None:
         if self._worker is not None and self._worker.state in (WorkerState.PENDING, WorkerState.RUNNING):

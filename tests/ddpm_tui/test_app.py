@@ -575,6 +575,56 @@ def test_sample_generates_from_checkpoint_and_saves_pngs(workspace):
     run_async(go())
 
 
+def test_sample_ema_length_only_for_a_power_ema(workspace):
+    """The EMA length field is open for the EMA weights of a power-EMA run, closed otherwise."""
+    make_checkpoint_run(workspace, "exp-run", image_size=16, T=10)
+    make_checkpoint_run(workspace, "power-run", image_size=16, T=10, ema_kind="power")
+
+    async def go():
+        app = make_app(workspace, start_mode="sample")
+        async with app.run_test(size=(100, 30)) as pilot:
+            screen = app.screen
+            length = screen.query_one("#ema-length", Input)
+            await fill_sample_form(app, pilot, run="power-run")
+            await wait_for(pilot, lambda: not length.disabled, 20, "the EMA length field")
+            screen.query_one("#weights", Select).value = "raw"
+            await wait_for(pilot, lambda: length.disabled, 20, "the field to close for raw weights")
+            screen.query_one("#weights", Select).value = "ema"
+            await wait_for(pilot, lambda: not length.disabled, 20, "the field to reopen")
+            screen.query_one("#run", Select).value = "exp-run"
+            await wait_for(pilot, lambda: length.disabled, 20, "the field to close for an exp EMA")
+
+    run_async(go())
+
+
+@pytest.mark.slow
+def test_sample_draws_with_a_chosen_ema_length(workspace):
+    """A length typed on the form reaches the sampler (rebuilt from the run's snapshots) and the
+    status line names it; one out of range is a one-line error, not a draw."""
+    make_checkpoint_run(workspace, "power-run", image_size=16, T=10, ema_kind="power")
+
+    async def go():
+        app = make_app(workspace, start_mode="sample")
+        async with app.run_test(size=(100, 30)) as pilot:
+            screen = app.screen
+            await fill_sample_form(app, pilot, steps="2", count="2")
+            length = screen.query_one("#ema-length", Input)
+            await wait_for(pilot, lambda: not length.disabled, 20, "the EMA length field")
+            length.value = "0.07"
+            await pilot.press("ctrl+r")
+            await wait_for(pilot, lambda: screen._result is not None, 120, "the samples")
+            assert screen._result.job.request.ema_length == 0.07
+            assert "power EMA sigma_rel 0.07 weights" in text_of(screen.query_one("#sample-status", Static))
+            screen._result = None
+            length.value = "5"
+            await pilot.press("ctrl+r")
+            status = screen.query_one("#sample-status", Static)
+            await wait_for(pilot, lambda: "ema_length" in text_of(status), 20, "the error")
+            assert "got 5.0" in text_of(status) and screen._result is None
+
+    run_async(go())
+
+
 def test_sample_conditional_run_offers_breeds(workspace):
     make_checkpoint_run(workspace, "cond-run", image_size=16, T=10, conditional=True)
 
