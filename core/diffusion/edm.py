@@ -47,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.io.jsonio import dataclass_from_dict
+
 ModelFn = Callable[..., torch.Tensor]
 
 # The sigma range mapped onto the network's timestep range [0, NET_T_MAX]: EDM's sampling
@@ -88,13 +90,7 @@ class EDMConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EDMConfig":
-        if not isinstance(data, dict):
-            raise ValueError(f"diffusion config must be a dict, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown EDM config key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "EDM config")
 
 
 def _as_column(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor | float:

@@ -10,7 +10,7 @@ distribution the network is trained on and the one the sampler walks through.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import torch
@@ -20,6 +20,7 @@ from torch import nn
 from core.diffusion.edm import EDM, EDMConfig
 from core.diffusion.registry import LOSS_WEIGHTING_NAMES, PREDICTION_NAMES, check_implemented
 from core.diffusion.schedules import SCHEDULES, make_betas
+from core.io.jsonio import dataclass_from_dict
 
 ModelFn = Callable[..., torch.Tensor]
 
@@ -87,15 +88,7 @@ class DiffusionConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DiffusionConfig":
         """Missing keys take their defaults, so configs written before a field existed load as then."""
-        if not isinstance(data, dict):
-            raise ValueError(f"diffusion config must be a dict, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown diffusion config key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "diffusion config")
 
 
 class Diffusion(nn.Module):

@@ -14,6 +14,7 @@ No torch import: the studio reads run folders through this.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -114,3 +115,15 @@ def read_jsonl(path: Path | str) -> list[dict]:
     """Every object of a JSONL file in order ([] when it is missing); garbled lines and a
     half-written last line are skipped."""
     return read_jsonl_tail(path, 0)[0]
+
+
+def dataclass_from_dict(cls: type, data: Any, what: str):
+    """A dataclass from a JSON object: missing keys take their defaults (configs written before a
+    field existed load as then); an unknown key or a non-object is a ValueError naming ``what``."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} must be a dict, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return cls(**data)

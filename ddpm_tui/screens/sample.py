@@ -81,6 +81,27 @@ class SampleResult:
     device: str = ""  # the device actually used: "cpu", "cuda:1"
 
 
+def field_number(field: Input, kind: type, label: str, lo: float | None = None, optional: bool = False):
+    """A form field's number, or a ValueError naming the field; ``optional``: blank or closed is None.
+    Only the floor is checked here; SampleRequest checks the rest (EMA length: as `sample --ema-length`)."""
+    raw = field.value.strip()
+    if optional and (field.disabled or not raw):
+        return None
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ValueError(f"{label}: {raw!r} is not a number") from None
+    if lo is not None and value < lo:
+        raise ValueError(f"{label} must be at least {lo}, got {raw}")
+    return value
+
+
+def tile_grid(images: np.ndarray) -> np.ndarray:
+    from ddpm_tui.widgets.halfblock import tile_images
+
+    return tile_images(list(images), gap=max(1, images.shape[1] // 16))
+
+
 def sample_output_dir(root: Path, run_name: str) -> Path:
     return root / "samples" / re.sub(r"[^A-Za-z0-9._-]", "_", run_name or "checkpoint")
 
@@ -288,10 +309,9 @@ class SampleScreen(StudioScreen):
         self._power_ema = config.get("ema_kind") == "power"
         self._update_ema_length()
 
-    def _update_ema_length(self) -> None:
-        """The length applies to the EMA weights of a run with a power EMA, and to nothing else."""
-        self.query_one("#ema-length", Input).disabled = not (
-            self._power_ema and self.query_one("#weights", Select).value == "ema")
+    def _update_ema_length(self) -> None:  # open for the EMA weights of a run with a power EMA only
+        opened = self._power_ema and self.query_one("#weights", Select).value == "ema"
+        self.query_one("#ema-length", Input).disabled = not opened
 
     # -- generating ------------------------------------------------------------------------
 
@@ -301,14 +321,7 @@ class SampleScreen(StudioScreen):
             raise ValueError("no checkpoint: pick a run that has saved one (Train screen)")
 
         def number(fid: str, kind: type, lo: float, label: str):
-            raw = self.query_one(f"#{fid}", Input).value.strip()
-            try:
-                value = kind(raw)
-            except ValueError:
-                raise ValueError(f"{label}: {raw!r} is not a number") from None
-            if value < lo:
-                raise ValueError(f"{label} must be at least {lo}, got {raw}")
-            return value
+            return field_number(self.query_one(f"#{fid}", Input), kind, label, lo)
 
         breed = self.query_one("#breed", Select).value
         run = self.query_one("#run", Select).value
@@ -324,23 +337,11 @@ class SampleScreen(StudioScreen):
             label=None if any_breed else int(breed),
             seed=number("seed", int, 0, "Seed"),
             weights=str(self.query_one("#weights", Select).value),
-            ema_length=self._ema_length(),
+            ema_length=field_number(self.query_one("#ema-length", Input), float, "EMA length", optional=True),
         )
         device = self.query_one("#device", Select).value
         return SampleJob(Path(ckpt), str(run) if isinstance(run, str) else Path(ckpt).parent.parent.name, options,
                          device=str(device) if isinstance(device, str) else "auto")
-
-    def _ema_length(self) -> float | None:
-        """The EMA length field: None when blank or not in use, else a checked sigma_rel."""
-        field = self.query_one("#ema-length", Input)
-        raw = field.value.strip()
-        if field.disabled or not raw:
-            return None
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ValueError(f"EMA length: {raw!r} is not a number") from None
-        return value  # its range is checked by SampleRequest, as for `ddpm-tui sample --ema-length`
 
     def action_generate(self) -> None:
         if self._worker is not None and self._worker.state in (WorkerState.PENDING, WorkerState.RUNNING):
@@ -397,16 +398,11 @@ class SampleScreen(StudioScreen):
             elif kind == "cancelling":
                 call(self._cancelling, message[1], message[2])
 
-    def _grid(self, images: np.ndarray) -> np.ndarray:
-        from ddpm_tui.widgets.halfblock import tile_images
-
-        return tile_images(list(images), gap=max(1, images.shape[1] // 16))
-
     def _progress(self, done: int, total: int, preview: np.ndarray) -> None:
         self.query_one("#sample-progress", ProgressBar).update(total=total, progress=done)
         what = "x0, the model's guess of the final image" if self.preview_x0 else "x_t, the noisy image"
         self.query_one("#sample-status", Static).update(f"step {done}/{total} · preview {what} (Ctrl+T)")
-        self.query_one("#sample-preview", HalfBlockImage).set_image(self._grid(preview))
+        self.query_one("#sample-preview", HalfBlockImage).set_image(tile_grid(preview))
 
     def _cancelling(self, next_step: str, seconds: int) -> None:
         """A cancelled draw whose process has not answered: say what comes, and when."""
@@ -421,7 +417,7 @@ class SampleScreen(StudioScreen):
 
     def _done(self, result: SampleResult) -> None:
         self._result = result
-        self.query_one("#sample-preview", HalfBlockImage).set_image(self._grid(result.images))
+        self.query_one("#sample-preview", HalfBlockImage).set_image(tile_grid(result.images))
         r = result.job.request
         spec = SAMPLER_SPECS.get(r.sampler)
         what = f"{spec.label if spec else r.sampler} · {result.weights_note} weights · seed {r.seed} · {result.device}"
